@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing ladderd needs on Debian/Ubuntu.
+# Idempotent: each step is skipped when what it installs is already present.
+# Usage: scripts/setup.sh [--runtime-only]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runtime_only=0
+[ "${1:-}" = "--runtime-only" ] && runtime_only=1
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+need_apt=()
+want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$1"); }
+
+# Build: FFmpeg headers/libraries for ffmpeg-sys-next, clang for its bindgen step.
+for p in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev \
+         libswscale-dev libswresample-dev libavutil-dev ffmpeg; do want "$p"; done
+if [ "$runtime_only" -eq 0 ]; then
+  # Tests: a real browser and a second, independent HLS client.
+  for p in chromium gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+           gstreamer1.0-plugins-bad gstreamer1.0-libav nodejs npm; do want "$p"; done
+fi
+
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install a Rust toolchain (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+
+if [ "$runtime_only" -eq 0 ]; then
+  if ! command -v cargo-nextest >/dev/null 2>&1; then
+    echo "setup: installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+  # Browser-side test tools come from the npm registry, pinned by tests/browser/package-lock.json.
+  if [ ! -d tests/browser/node_modules ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi

@@ -1,0 +1,620 @@
+//! The YAML configuration: schema, defaults and validation.
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere), so a typo is an error with a line and
+//! column rather than a silently ignored key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub rtmp: RtmpConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub hls: HlsConfig,
+    #[serde(default)]
+    pub transcode: TranscodeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub ladders: BTreeMap<String, Vec<RungConfig>>,
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    /// Connections open at once (publishers and half-open handshakes together).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to complete the RTMP handshake and `publish`.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: f64,
+    /// Seconds without a byte from a publisher before it is dropped.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: f64,
+    /// The RTMP application name in the publish URL (`rtmp://host/APP/KEY`).
+    #[serde(default = "default_app")]
+    pub app: String,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:1935".parse().expect("literal address"),
+            max_connections: default_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+            app: default_app(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_handshake_timeout() -> f64 {
+    5.0
+}
+fn default_idle_timeout() -> f64 {
+    10.0
+}
+fn default_app() -> String {
+    "live".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:8080".parse().expect("literal address") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API; `/metrics` and health endpoints need none.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9090".parse().expect("literal address"), token: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HlsConfig {
+    /// Target segment duration in seconds.
+    #[serde(default = "default_segment_duration")]
+    pub segment_duration: f64,
+    /// Segments kept in each media playlist (and in memory).
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self { segment_duration: default_segment_duration(), window: default_window() }
+    }
+}
+
+fn default_segment_duration() -> f64 {
+    2.0
+}
+fn default_window() -> usize {
+    6
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Hardware {
+    /// GPU where it works, else CPU, and say so.
+    #[default]
+    Auto,
+    /// GPU or refuse.
+    Nvidia,
+    /// CPU only.
+    Cpu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeConfig {
+    #[serde(default)]
+    pub hardware: Hardware,
+    /// libx264 preset for CPU-encoded rungs.
+    #[serde(default = "default_x264_preset")]
+    pub x264_preset: String,
+    /// Frames per second above which rungs drop frames (the passthrough rung keeps the source's).
+    #[serde(default = "default_max_frame_rate")]
+    pub max_frame_rate: f64,
+    /// AAC bitrate, used when audio has to be re-encoded (today audio is passed through).
+    #[serde(default = "default_audio_bitrate")]
+    pub audio_bitrate: u64,
+    /// Threads each libx264 encoder may use (0: let x264 decide).
+    #[serde(default = "default_encoder_threads")]
+    pub encoder_threads: usize,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self {
+            hardware: Hardware::Auto,
+            x264_preset: default_x264_preset(),
+            max_frame_rate: default_max_frame_rate(),
+            audio_bitrate: default_audio_bitrate(),
+            encoder_threads: default_encoder_threads(),
+        }
+    }
+}
+
+fn default_x264_preset() -> String {
+    "veryfast".into()
+}
+fn default_max_frame_rate() -> f64 {
+    60.0
+}
+fn default_audio_bitrate() -> u64 {
+    128_000
+}
+fn default_encoder_threads() -> usize {
+    0
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `ladderd=debug,info`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// One rung of a ladder: a rendition encoded at a size and bitrate, or the source passed through.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    pub name: String,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Video bits per second.
+    #[serde(default)]
+    pub video_bitrate: Option<u64>,
+    /// Package the source's H.264 as-is (no decode, no encode).
+    #[serde(default)]
+    pub passthrough: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub stream_key: String,
+    pub ladder: String,
+}
+
+/// Where an error was found in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", fmt_at(.path, .location, .message))]
+    Invalid { path: PathBuf, location: Option<Location>, message: String },
+}
+
+fn fmt_at(path: &Path, location: &Option<Location>, message: &str) -> String {
+    match location {
+        Some(l) => format!("{}:{}:{}: {}", path.display(), l.line, l.column, message),
+        None => format!("{}: {}", path.display(), message),
+    }
+}
+
+/// A rule the parsed file breaks, with the YAML path and value that locate it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// Dotted path to the offending key, e.g. `channels[1].ladder`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| vec![ConfigError::Read { path: path.to_owned(), source }])?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
+            vec![ConfigError::Invalid { path: path.to_owned(), location, message: e.to_string() }]
+        })?;
+        let violations = config.validate();
+        if violations.is_empty() {
+            Ok(config)
+        } else {
+            Err(violations
+                .into_iter()
+                .map(|v| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    location: locate(text, &v.key),
+                    message: v.to_string(),
+                })
+                .collect())
+        }
+    }
+
+    /// Every rule the configuration breaks (empty when it is valid).
+    pub fn validate(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let mut bad = |key: String, message: String| out.push(Violation { key, message });
+
+        let hls = &self.hls;
+        if !(hls.segment_duration.is_finite() && (0.5..=20.0).contains(&hls.segment_duration)) {
+            bad("hls.segment_duration".into(), "must be between 0.5 and 20 seconds".into());
+        }
+        if !(2..=100).contains(&hls.window) {
+            bad("hls.window".into(), "must be between 2 and 100 segments".into());
+        }
+        if self.rtmp.max_connections == 0 {
+            bad("rtmp.max_connections".into(), "must be at least 1".into());
+        }
+        for (key, v) in [("rtmp.handshake_timeout", self.rtmp.handshake_timeout), ("rtmp.idle_timeout", self.rtmp.idle_timeout)]
+        {
+            if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
+                bad(key.into(), "must be a number of seconds between 0 and 3600".into());
+            }
+        }
+        if !valid_name(&self.rtmp.app) {
+            bad("rtmp.app".into(), "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_'".into());
+        }
+        const PRESETS: [&str; 10] =
+            ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+        if !PRESETS.contains(&self.transcode.x264_preset.as_str()) {
+            bad("transcode.x264_preset".into(), format!("must be one of {}", PRESETS.join(", ")));
+        }
+        if !(self.transcode.max_frame_rate.is_finite() && (1.0..=240.0).contains(&self.transcode.max_frame_rate)) {
+            bad("transcode.max_frame_rate".into(), "must be between 1 and 240".into());
+        }
+        if !(8_000..=512_000).contains(&self.transcode.audio_bitrate) {
+            bad("transcode.audio_bitrate".into(), "must be between 8000 and 512000".into());
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            bad("log.level".into(), format!("{:?} is not a tracing filter", self.log.level));
+        }
+        if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
+            bad("admin.listen".into(), "must differ from http.listen".into());
+        }
+
+        if self.ladders.is_empty() {
+            bad("ladders".into(), "at least one ladder is needed".into());
+        }
+        for (lname, rungs) in &self.ladders {
+            let at = |i: usize| format!("ladders.{lname}[{i}]");
+            if !valid_name(lname) {
+                bad(format!("ladders.{lname}"), "ladder names are 1-64 characters of a-z, A-Z, 0-9, '-', '_'".into());
+            }
+            if rungs.is_empty() {
+                bad(format!("ladders.{lname}"), "a ladder needs at least one rung".into());
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut passthroughs = 0;
+            for (i, r) in rungs.iter().enumerate() {
+                if !valid_name(&r.name) || r.name == "audio" {
+                    bad(
+                        format!("{}.name", at(i)),
+                        "rung names are 1-64 characters of a-z, A-Z, 0-9, '-', '_', and not \"audio\"".into(),
+                    );
+                }
+                if !seen.insert(r.name.as_str()) {
+                    bad(format!("{}.name", at(i)), format!("rung name {:?} is used twice in this ladder", r.name));
+                }
+                if r.passthrough {
+                    passthroughs += 1;
+                    if r.width.is_some() || r.height.is_some() || r.video_bitrate.is_some() {
+                        bad(at(i), "a passthrough rung takes no width, height or video_bitrate".into());
+                    }
+                } else {
+                    match (r.width, r.height) {
+                        (Some(w), Some(h)) => {
+                            if !(16..=7680).contains(&w) || w % 2 != 0 {
+                                bad(format!("{}.width", at(i)), "must be even and between 16 and 7680".into());
+                            }
+                            if !(16..=4320).contains(&h) || h % 2 != 0 {
+                                bad(format!("{}.height", at(i)), "must be even and between 16 and 4320".into());
+                            }
+                        }
+                        _ => bad(at(i), "needs width and height (or passthrough: true)".into()),
+                    }
+                    match r.video_bitrate {
+                        Some(b) if (50_000..=100_000_000).contains(&b) => {}
+                        Some(_) => bad(
+                            format!("{}.video_bitrate", at(i)),
+                            "must be between 50000 and 100000000 bits per second".into(),
+                        ),
+                        None => bad(at(i), "needs video_bitrate".into()),
+                    }
+                }
+            }
+            if passthroughs > 1 {
+                bad(format!("ladders.{lname}"), "at most one passthrough rung".into());
+            }
+        }
+
+        let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            if !valid_name(&c.name) {
+                bad(
+                    format!("channels[{i}].name"),
+                    "channel names are 1-64 characters of a-z, A-Z, 0-9, '-', '_'".into(),
+                );
+            }
+            if !names.insert(c.name.as_str()) {
+                bad(format!("channels[{i}].name"), format!("channel {:?} is defined twice", c.name));
+            }
+            if c.stream_key.len() < 4 || c.stream_key.len() > 256 || !c.stream_key.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+            {
+                bad(
+                    format!("channels[{i}].stream_key"),
+                    "stream keys are 4-256 printable ASCII characters without '/' or spaces".into(),
+                );
+            }
+            if !keys.insert(c.stream_key.as_str()) {
+                bad(format!("channels[{i}].stream_key"), "this stream key is used by another channel".into());
+            }
+            if !self.ladders.contains_key(&c.ladder) {
+                bad(format!("channels[{i}].ladder"), format!("no ladder named {:?}", c.ladder));
+            }
+        }
+        out
+    }
+
+    /// The channel a stream key publishes to.
+    pub fn channel_by_key(&self, key: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.stream_key == key)
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// Names that appear in URLs and metric labels.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Finds the line and column of the key a violation names, by walking the YAML text: each path
+/// segment is looked up as a key below the previous one (`[i]` picks the i-th sequence item).
+/// Best effort — the parse already succeeded, so the file is well-formed YAML — and `None` when the
+/// file uses a layout this walk does not follow.
+fn locate(text: &str, key: &str) -> Option<Location> {
+    let mut segments = Vec::new();
+    for part in key.split('.') {
+        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
+        segments.push(Segment::Key(name.to_string()));
+        for idx in rest.split('[') {
+            if let Ok(i) = idx.trim_end_matches(']').parse::<usize>() {
+                segments.push(Segment::Index(i));
+            }
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    // (line index, column) of the current node; start before the first line at column 0.
+    let mut pos: Option<(usize, usize)> = None;
+    let mut best = None;
+    for seg in &segments {
+        let (from, min_col) = match pos {
+            None => (0, 0),
+            Some((l, c)) => (l, c),
+        };
+        let found = match seg {
+            Segment::Key(k) => find_key(&lines, from, min_col, pos.is_none(), k),
+            Segment::Index(i) => find_item(&lines, from, *i),
+        };
+        match found {
+            Some(p) => {
+                pos = Some(p);
+                best = Some(Location { line: p.0 + 1, column: p.1 + 1 });
+            }
+            None => break,
+        }
+    }
+    best
+}
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// Finds `key:` (or `key: ` inside a `{ … }` flow mapping) at or after `from`.
+fn find_key(lines: &[&str], from: usize, min_col: usize, top: bool, key: &str) -> Option<(usize, usize)> {
+    let needles = [format!("{key}:"), format!("\"{key}\":")];
+    for (n, line) in lines.iter().enumerate().skip(from) {
+        let code = line.split(" #").next().unwrap_or(line);
+        for needle in &needles {
+            let mut start = 0;
+            while let Some(off) = code[start..].find(needle.as_str()) {
+                let col = start + off;
+                let before = code[..col].chars().last();
+                let boundary = matches!(before, None | Some(' ' | '{' | ',' | '-'));
+                if boundary && (n > from || col >= min_col) && (!top || col == 0) {
+                    return Some((n, col));
+                }
+                start = col + needle.len();
+            }
+        }
+    }
+    None
+}
+
+/// Finds the `i`-th `- ` item of the sequence that follows line `from`.
+fn find_item(lines: &[&str], from: usize, i: usize) -> Option<(usize, usize)> {
+    let mut count = 0;
+    let mut item_col = None;
+    for (n, line) in lines.iter().enumerate().skip(from + 1) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let col = line.len() - trimmed.len();
+        if trimmed.starts_with("- ") || trimmed == "-" {
+            match item_col {
+                None => item_col = Some(col),
+                Some(c) if c != col => continue,
+                _ => {}
+            }
+            if count == i {
+                return Some((n, col + 2));
+            }
+            count += 1;
+        } else if item_col.is_some_and(|c| col <= c) {
+            // A key at or left of the items' column ends the sequence.
+            if item_col.is_some_and(|c| col < c) || !trimmed.starts_with('-') {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+rtmp:  { listen: "0.0.0.0:1935" }
+http:  { listen: "0.0.0.0:8080" }
+admin: { listen: "127.0.0.1:9090" }
+hls:   { segment_duration: 2.0, window: 6 }
+ladders:
+  default:
+    - { name: "1080p", width: 1920, height: 1080, video_bitrate: 6000000 }
+    - { name: "720p",  width: 1280, height: 720,  video_bitrate: 3000000 }
+    - { name: "480p",  width: 854,  height: 480,  video_bitrate: 1200000 }
+    - { name: "360p",  width: 640,  height: 360,  video_bitrate: 700000 }
+channels:
+  - { name: "demo", stream_key: "demo-key", ladder: "default" }
+"#;
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn the_documented_example_parses_with_defaults() {
+        let c = parse(EXAMPLE).expect("valid");
+        assert_eq!(c.ladders["default"].len(), 4);
+        assert_eq!(c.transcode.x264_preset, "veryfast");
+        assert_eq!(c.rtmp.app, "live");
+        assert_eq!(c.channel_by_key("demo-key").map(|c| c.name.as_str()), Some("demo"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_and_column() {
+        let text = EXAMPLE.replace("window: 6", "window: 6, windw: 3");
+        let errs = parse(&text).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.starts_with("test.yaml:5:"), "{msg}");
+        assert!(msg.contains("windw"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_offending_line() {
+        let text = EXAMPLE.replace("ladder: \"default\"", "ladder: \"nope\"");
+        let errs = parse(&text).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let msg = errs[0].to_string();
+        assert!(msg.starts_with("test.yaml:13:"), "{msg}");
+        assert!(msg.contains("channels[0].ladder") && msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn rung_rules() {
+        let text = EXAMPLE
+            .replace("width: 854,", "width: 855,")
+            .replace("- { name: \"360p\"", "- { name: \"src\", passthrough: true, width: 10 }\n    - { name: \"360p\"");
+        let errs: Vec<String> = parse(&text).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert!(errs.iter().any(|e| e.contains("ladders.default[2].width") && e.starts_with("test.yaml:10:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("passthrough rung takes no width")), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_and_names_are_refused() {
+        let text = EXAMPLE.replace(
+            "  - { name: \"demo\", stream_key: \"demo-key\", ladder: \"default\" }",
+            "  - { name: \"demo\", stream_key: \"demo-key\", ladder: \"default\" }\n  - { name: \"demo\", stream_key: \"demo-key\", ladder: \"default\" }",
+        );
+        let errs: Vec<String> = parse(&text).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert!(errs.iter().any(|e| e.contains("defined twice") && e.starts_with("test.yaml:14:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("used by another channel")), "{errs:?}");
+    }
+
+    #[test]
+    fn block_style_yaml_is_located_too() {
+        let text = "ladders:\n  l:\n    - name: a\n      width: 640\n      height: 360\n      video_bitrate: 10\nchannels: []\n";
+        let errs: Vec<String> = parse(text).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs, vec!["test.yaml:6:7: ladders.l[0].video_bitrate: must be between 50000 and 100000000 bits per second"]);
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ladderd.yaml");
+        Config::load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+    }
+}

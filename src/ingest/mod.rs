@@ -1,0 +1,52 @@
+//! RTMP ingest: accepts publishers, authenticates stream keys, parses FLV tags into
+//! [`MediaPacket`](crate::media::MediaPacket)s for the channel.
+
+pub mod flv;
+pub mod rtmp;
+
+use std::net::SocketAddr;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::media::Arrival;
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No channel has this stream key.
+    UnknownKey,
+    /// The channel already has a live publisher.
+    Busy,
+    /// The URL's application name is not the configured one.
+    BadApp,
+    /// The daemon is shutting down.
+    Draining,
+}
+
+impl Refusal {
+    /// The `reason` label of `ladderd_publish_rejections_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::Busy => "busy",
+            Refusal::BadApp => "bad_app",
+            Refusal::Draining => "draining",
+        }
+    }
+}
+
+/// An accepted publish: where its media goes, and how the daemon can end it.
+pub struct Publish {
+    pub channel: String,
+    /// Media in arrival order. Dropping it ends the publish for the channel.
+    pub media: mpsc::Sender<Arrival>,
+    /// Cancelled when the daemon wants the publisher gone (kick, shutdown, pipeline failure).
+    pub kick: CancellationToken,
+}
+
+/// The daemon's side of a publish request.
+pub trait PublishGate: Send + Sync + 'static {
+    /// Called once the client has sent `publish`; `app` and `stream_key` come from the URL.
+    fn begin(&self, app: &str, stream_key: &str, peer: SocketAddr) -> Result<Publish, Refusal>;
+}

@@ -1,0 +1,5 @@
+//! Packaging, sans-IO: fMP4/CMAF fragments, segmentation and playlist text.
+
+pub mod fmp4;
+pub mod playlist;
+pub mod segmenter;

@@ -1,0 +1,7 @@
+//! Transcoding: decode the source once, scale and encode it for each rung of the ladder.
+
+pub mod backend;
+pub mod ladder;
+pub mod pipeline;
+
+pub use pipeline::{TranscodeError, TranscodeSpec, Transcoder};

@@ -1,0 +1,6 @@
+//! (being written)
+pub struct TranscodeSpec;
+pub struct Transcoder;
+#[derive(Debug, thiserror::Error)]
+#[error("transcode")]
+pub struct TranscodeError;
