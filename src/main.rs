@@ -1,1 +1,124 @@
-fn main() {}
+//! The `ladderd` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ladderd::Config;
+use ladderd::config::LogFormat;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "ladderd", version, about = "RTMP in, ABR ladder, low-latency HLS out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// The YAML configuration file.
+        #[arg(long, short, default_value = "/etc/ladderd/ladderd.yaml")]
+        config: PathBuf,
+        /// Log format, overriding the file's `log.format`.
+        #[arg(long, value_parser = ["human", "json"])]
+        log_format: Option<String>,
+    },
+    /// Validate a configuration file and print every error with its line and column.
+    CheckConfig {
+        /// The YAML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} channel{}, {} ladder{})",
+                    file.display(),
+                    c.channels.len(),
+                    if c.channels.len() == 1 { "" } else { "s" },
+                    c.ladders.len(),
+                    if c.ladders.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, log_format } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let format = match log_format.as_deref() {
+                Some("json") => LogFormat::Json,
+                Some(_) => LogFormat::Human,
+                None => cfg.log.format,
+            };
+            init_logging(format, &cfg.log.level);
+            match run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ladderd-io").build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let daemon = ladderd::start(config, shutdown.clone()).await?;
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: ending publishes and flushing playlists");
+            shutdown.cancel();
+        });
+        daemon.wait().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,747 @@
+//! A channel ties one published stream through the stages: it accepts or refuses publishes,
+//! starts the transcoder and packagers for each publish, and keeps what outlives a publish (the
+//! playlist window, media sequence numbers, discontinuities) so a publisher that comes back
+//! continues the same playlists.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ChannelConfig, Config};
+use crate::ingest::{Publish, PublishGate, Refusal};
+use crate::media::{
+    Alignment, Arrival, AudioParams, EncodedPacket, MediaPacket, RenditionSink, Sample, SegmentClock, Ticks,
+    VideoParams, secs_to_ticks, ticks_to_secs,
+};
+use crate::metrics::Metrics;
+use crate::origin::content_type;
+use crate::package::fmp4::TrackParams;
+use crate::package::playlist::{self, AudioRendition, MasterPlaylist, MediaPlaylist, PlaylistSegment, Variant};
+use crate::package::segmenter::{Segment, Segmenter};
+use crate::store::{Cacheability, ChannelObjects, Object, Store};
+use crate::transcode::ladder;
+use crate::transcode::{TranscodeSpec, Transcoder};
+
+/// Name of the audio rendition (rung names may not use it).
+const AUDIO: &str = "audio";
+/// Source packets buffered between ingest and the channel thread. Beyond this, ingest waits and
+/// TCP pushes back on the publisher.
+const INGEST_QUEUE: usize = 512;
+/// Segments kept in the store after they leave the playlist, for players that fetched the
+/// playlist just before.
+const GRACE_SEGMENTS: usize = 2;
+
+/// Every configured channel, and the gate ingest asks about publishes.
+pub struct Channels {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    channels: HashMap<String, Arc<ChannelState>>,
+    draining: AtomicBool,
+}
+
+struct ChannelState {
+    config: ChannelConfig,
+    /// The kick token of the live publish, if one is live.
+    live: Mutex<Option<CancellationToken>>,
+    /// The thread of the latest publish (it may still be flushing after the publisher left).
+    thread: Mutex<Option<JoinHandle<()>>>,
+    history: Arc<Mutex<History>>,
+}
+
+impl Channels {
+    pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| {
+                store.channel(&c.name);
+                metrics.channel_live.with_label_values(&[&c.name]).set(0);
+                let state = ChannelState {
+                    config: c.clone(),
+                    live: Mutex::new(None),
+                    thread: Mutex::new(None),
+                    history: Arc::new(Mutex::new(History::default())),
+                };
+                (c.name.clone(), Arc::new(state))
+            })
+            .collect();
+        Self { config, store, metrics, channels, draining: AtomicBool::new(false) }
+    }
+
+    /// Refuses new publishes and ends the live ones; returns once every channel has flushed its
+    /// last segment and ended its playlists.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for state in self.channels.values() {
+            if let Some(kick) = lock(&state.live).as_ref() {
+                kick.cancel();
+            }
+        }
+        for state in self.channels.values() {
+            let handle = lock(&state.thread).take();
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
+        }
+    }
+
+    pub fn is_live(&self, channel: &str) -> bool {
+        self.channels.get(channel).is_some_and(|s| lock(&s.live).is_some())
+    }
+}
+
+impl PublishGate for Channels {
+    fn begin(&self, app: &str, stream_key: &str, peer: SocketAddr) -> Result<Publish, Refusal> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Draining);
+        }
+        if app != self.config.rtmp.app {
+            return Err(Refusal::BadApp);
+        }
+        let name = &self.config.channel_by_key(stream_key).ok_or(Refusal::UnknownKey)?.name;
+        let state = self.channels.get(name).ok_or(Refusal::UnknownKey)?.clone();
+        let mut live = lock(&state.live);
+        if live.is_some() {
+            return Err(Refusal::Busy);
+        }
+        let kick = CancellationToken::new();
+        *live = Some(kick.clone());
+        drop(live);
+
+        let (tx, rx) = mpsc::channel(INGEST_QUEUE);
+        let ctx = PublishContext {
+            state: state.clone(),
+            config: self.config.clone(),
+            objects: self.store.channel(name),
+            metrics: self.metrics.clone(),
+            kick: kick.clone(),
+        };
+        self.metrics.publishes.with_label_values(&[name]).inc();
+        self.metrics.channel_live.with_label_values(&[name]).set(1);
+        tracing::info!(channel = %name, %peer, "publish started");
+
+        let mut thread = lock(&state.thread);
+        let previous = thread.take();
+        let spawned = std::thread::Builder::new().name(format!("ch-{name}")).spawn(move || {
+            // The previous publish may still be flushing its last segments; keep the order.
+            if let Some(p) = previous {
+                let _ = p.join();
+            }
+            run_publish(ctx, rx);
+        });
+        match spawned {
+            Ok(h) => {
+                *thread = Some(h);
+                Ok(Publish { channel: name.clone(), media: tx, kick })
+            }
+            Err(e) => {
+                tracing::error!(channel = %name, error = %e, "cannot start channel thread");
+                *lock(&state.live) = None;
+                self.metrics.channel_live.with_label_values(&[name]).set(0);
+                Err(Refusal::Draining)
+            }
+        }
+    }
+}
+
+struct PublishContext {
+    state: Arc<ChannelState>,
+    config: Arc<Config>,
+    objects: Arc<ChannelObjects>,
+    metrics: Arc<Metrics>,
+    kick: CancellationToken,
+}
+
+/// The channel thread of one publish: runs until the publisher leaves, then flushes.
+fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
+    let name = ctx.state.config.name.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish_loop(&ctx, rx)));
+    if outcome.is_err() {
+        ctx.metrics.pipeline_errors.with_label_values(&[&name, "panic"]).inc();
+        tracing::error!(channel = %name, "channel pipeline panicked; publish ended");
+        ctx.kick.cancel();
+    }
+    tracing::info!(channel = %name, "publish ended");
+}
+
+fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
+    let name = &ctx.state.config.name;
+    let mut video_params: Option<VideoParams> = None;
+    let mut audio_params: Option<AudioParams> = None;
+    let mut session: Option<Session> = None;
+    let mut dropped_before_start = 0u64;
+
+    while let Some(arrival) = rx.blocking_recv() {
+        let result = match arrival.packet {
+            MediaPacket::VideoParams(p) => match session.as_mut() {
+                Some(s) => s.video_params(p),
+                None => {
+                    video_params = Some(p);
+                    Ok(())
+                }
+            },
+            MediaPacket::AudioParams(p) => {
+                if let Some(s) = session.as_mut() {
+                    s.audio_params(p);
+                } else {
+                    audio_params = Some(p);
+                }
+                Ok(())
+            }
+            MediaPacket::Video(sample) => {
+                if session.is_none() {
+                    match (&video_params, sample.keyframe) {
+                        (Some(vp), true) => match Session::start(ctx, vp.clone(), audio_params.clone(), arrival.at) {
+                            Ok(s) => session = Some(s),
+                            Err(e) => {
+                                tracing::error!(channel = %name, error = %e, "cannot start the pipeline; ending the publish");
+                                ctx.metrics.pipeline_errors.with_label_values(&[name, "start"]).inc();
+                                break;
+                            }
+                        },
+                        _ => {
+                            dropped_before_start += 1;
+                            continue;
+                        }
+                    }
+                }
+                match session.as_mut() {
+                    Some(s) => s.video(sample, arrival.at),
+                    None => Ok(()),
+                }
+            }
+            MediaPacket::Audio(sample) => {
+                if let Some(s) = session.as_mut() {
+                    s.audio(sample, arrival.at);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(channel = %name, error = %e, "pipeline failed; ending the publish");
+            ctx.metrics.pipeline_errors.with_label_values(&[name, "transcode"]).inc();
+            break;
+        }
+    }
+    // The publisher is gone (or is being sent away): the channel is free for the next one while
+    // this thread flushes.
+    ctx.kick.cancel();
+    drop(rx);
+    *lock(&ctx.state.live) = None;
+    ctx.metrics.channel_live.with_label_values(&[name]).set(0);
+    if dropped_before_start > 0 {
+        tracing::debug!(channel = %name, packets = dropped_before_start, "dropped video before the first keyframe");
+    }
+    if let Some(s) = session {
+        s.finish();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("transcode: {0}")]
+    Transcode(#[from] crate::transcode::TranscodeError),
+    #[error("the source ({width}x{height}) is smaller than every rung of ladder {ladder:?} and the ladder has no passthrough rung")]
+    NothingToEncode { ladder: String, width: u32, height: u32 },
+}
+
+/// The stages of one publish.
+struct Session {
+    transcoder: Option<Transcoder>,
+    passthrough: Option<(RenditionPublisher, SegmentClock)>,
+    audio: Option<AudioTrack>,
+}
+
+struct AudioTrack {
+    publisher: RenditionPublisher,
+    /// With cadence alignment, audio cuts on the cadence by itself.
+    clock: SegmentClock,
+    /// With source-keyframe alignment, the pts of the latest video cut not yet followed by audio.
+    pending_cut: Option<Ticks>,
+    alignment: Alignment,
+}
+
+impl Session {
+    fn start(
+        ctx: &PublishContext,
+        source: VideoParams,
+        audio: Option<AudioParams>,
+        first_arrival: SystemTime,
+    ) -> Result<Session, SessionError> {
+        let name = &ctx.state.config.name;
+        let ladder_name = &ctx.state.config.ladder;
+        let rungs = ctx.config.ladders.get(ladder_name).map(Vec::as_slice).unwrap_or_default();
+        let plan = ladder::plan(rungs, source.width, source.height);
+        for (rung, why) in &plan.skipped {
+            tracing::info!(channel = %name, rung = %rung, reason = %why, "rung left out");
+        }
+        if plan.encoded.is_empty() && plan.passthrough.is_none() {
+            return Err(SessionError::NothingToEncode {
+                ladder: ladder_name.clone(),
+                width: source.width,
+                height: source.height,
+            });
+        }
+        let alignment = if plan.passthrough.is_some() { Alignment::SourceKeyframes } else { Alignment::Cadence };
+        let target = secs_to_ticks(ctx.config.hls.segment_duration);
+
+        // Variants in the master playlist, highest first: passthrough, then the rungs as configured.
+        let mut video: Vec<(String, Option<u64>)> = Vec::new();
+        if let Some(p) = &plan.passthrough {
+            video.push((p.clone(), None));
+        }
+        video.extend(plan.encoded.iter().map(|r| (r.name.clone(), Some(r.bitrate))));
+        let renditions = video.iter().map(|(n, _)| n.clone()).chain(audio.iter().map(|_| AUDIO.to_string()));
+        let anchor = first_arrival;
+        {
+            let mut h = lock(&ctx.state.history);
+            h.begin_publish(renditions.collect(), &ctx.objects, &ctx.config);
+            h.variants = video.clone();
+            h.audio = audio.as_ref().map(|_| AUDIO.to_string());
+        }
+        let publisher = |rendition: &str| RenditionPublisher {
+            channel: name.clone(),
+            rendition: rendition.to_string(),
+            history: ctx.state.history.clone(),
+            objects: ctx.objects.clone(),
+            metrics: ctx.metrics.clone(),
+            config: ctx.config.clone(),
+            segmenter: None,
+            track: None,
+            anchor,
+        };
+
+        let passthrough = plan.passthrough.as_ref().map(|p| {
+            let mut publisher = publisher(p);
+            publisher.start_track(TrackParams::Video(source.clone()));
+            (publisher, SegmentClock::new(target, alignment))
+        });
+        let audio = audio.map(|a| {
+            let mut publisher = publisher(AUDIO);
+            publisher.start_track(TrackParams::Audio(a));
+            AudioTrack { publisher, clock: SegmentClock::new(target, Alignment::Cadence), pending_cut: None, alignment }
+        });
+        let transcoder = if plan.encoded.is_empty() {
+            None
+        } else {
+            let sinks: Vec<Box<dyn RenditionSink>> =
+                plan.encoded.iter().map(|r| Box::new(publisher(&r.name)) as Box<dyn RenditionSink>).collect();
+            let spec = TranscodeSpec {
+                channel: name.clone(),
+                source,
+                rungs: plan.encoded.clone(),
+                alignment,
+                segment_target: target,
+                x264_preset: ctx.config.transcode.x264_preset.clone(),
+                max_frame_rate: ctx.config.transcode.max_frame_rate,
+                encoder_threads: ctx.config.transcode.encoder_threads,
+                hardware: ctx.config.transcode.hardware,
+            };
+            Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
+        };
+        Ok(Session { transcoder, passthrough, audio })
+    }
+
+    fn video_params(&mut self, params: VideoParams) -> Result<(), SessionError> {
+        if let Some((p, _)) = self.passthrough.as_mut() {
+            p.params(params.clone());
+        }
+        if let Some(t) = self.transcoder.as_mut() {
+            t.new_params(params)?;
+        }
+        Ok(())
+    }
+
+    fn audio_params(&mut self, params: AudioParams) {
+        if let Some(a) = self.audio.as_mut() {
+            a.publisher.start_track(TrackParams::Audio(params));
+        }
+    }
+
+    fn video(&mut self, sample: Sample, at: SystemTime) -> Result<(), SessionError> {
+        if let Some((publisher, clock)) = self.passthrough.as_mut() {
+            let mut s = sample.clone();
+            s.segment_start = clock.is_cut(s.pts, s.keyframe);
+            if s.segment_start
+                && let Some(a) = self.audio.as_mut()
+            {
+                a.pending_cut = Some(s.pts);
+            }
+            publisher.packet(EncodedPacket { sample: s, ingest_time: at });
+        }
+        if let Some(t) = self.transcoder.as_mut() {
+            t.push(sample, at)?;
+        }
+        Ok(())
+    }
+
+    fn audio(&mut self, mut sample: Sample, at: SystemTime) {
+        let Some(a) = self.audio.as_mut() else { return };
+        sample.segment_start = match a.alignment {
+            Alignment::Cadence => a.clock.is_audio_cut(sample.pts),
+            Alignment::SourceKeyframes => match a.pending_cut {
+                Some(cut) if sample.pts >= cut => {
+                    a.pending_cut = None;
+                    true
+                }
+                _ => false,
+            },
+        };
+        a.publisher.packet(EncodedPacket { sample, ingest_time: at });
+    }
+
+    fn finish(self) {
+        if let Some(t) = self.transcoder
+            && let Err(e) = t.finish()
+        {
+            tracing::warn!(error = %e, "transcoder did not flush cleanly");
+        }
+        if let Some((p, _)) = self.passthrough {
+            Box::new(p).finish();
+        }
+        if let Some(a) = self.audio {
+            Box::new(a.publisher).finish();
+        }
+    }
+}
+
+/// What a channel remembers across publishes.
+#[derive(Default)]
+struct History {
+    renditions: BTreeMap<String, RenditionLog>,
+    /// Video variants of the current (or last) publish, highest first, with their nominal bitrate.
+    variants: Vec<(String, Option<u64>)>,
+    audio: Option<String>,
+    /// The master playlist as last published.
+    master: String,
+}
+
+/// One rendition's playlist state.
+struct RenditionLog {
+    segments: VecDeque<LoggedSegment>,
+    /// Names of objects that left the playlist but stay a little longer in the store.
+    leaving: VecDeque<(String, Option<String>)>,
+    /// Media sequence number of `segments[0]` (or of the next segment when empty).
+    media_sequence: u64,
+    next_msn: u64,
+    discontinuity_sequence: u64,
+    target_duration: u64,
+    ended: bool,
+    /// The next segment starts after a gap (a new publish or new stream parameters).
+    discontinuity_next: bool,
+    init_uri: Option<String>,
+    /// Facts for the master playlist.
+    width: u32,
+    height: u32,
+    codec: String,
+    channels: u8,
+    frame_rate: f64,
+}
+
+struct LoggedSegment {
+    uri: String,
+    map_uri: String,
+    duration: f64,
+    program_date_time: SystemTime,
+    discontinuity: bool,
+    bytes: u64,
+}
+
+impl History {
+    /// Readies the logs of the renditions of a new publish: they continue at one common media
+    /// sequence number so that segment N starts at the same instant in every rendition.
+    fn begin_publish(&mut self, names: Vec<String>, objects: &ChannelObjects, config: &Config) {
+        let base = self.renditions.values().map(|r| r.next_msn).max().unwrap_or_else(first_media_sequence);
+        let target = config.hls.segment_duration.ceil() as u64;
+        for log in self.renditions.values_mut() {
+            log.next_msn = base;
+        }
+        for name in &names {
+            let log = self.renditions.entry(name.clone()).or_insert_with(|| RenditionLog {
+                segments: VecDeque::new(),
+                leaving: VecDeque::new(),
+                media_sequence: base,
+                next_msn: base,
+                discontinuity_sequence: 0,
+                target_duration: target,
+                ended: false,
+                discontinuity_next: false,
+                init_uri: None,
+                width: 0,
+                height: 0,
+                codec: String::new(),
+                channels: 0,
+                frame_rate: 0.0,
+            });
+            if log.segments.is_empty() {
+                log.media_sequence = base;
+            }
+            log.discontinuity_next = !log.segments.is_empty();
+            log.ended = false;
+        }
+        // Renditions the new publish does not have (a smaller source) stay ended.
+        let _ = objects;
+    }
+}
+
+/// Media sequence numbers start from the wall clock (tenths of a second since the Unix epoch) so
+/// that segment names are never reused across restarts: their URLs are cached as immutable.
+fn first_media_sequence() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64 / 100).unwrap_or(0)
+}
+
+/// Packages one rendition and publishes it into the store: the [`RenditionSink`] behind a rung's
+/// encoder, and the writer of the passthrough and audio renditions.
+struct RenditionPublisher {
+    channel: String,
+    rendition: String,
+    history: Arc<Mutex<History>>,
+    objects: Arc<ChannelObjects>,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    segmenter: Option<Segmenter>,
+    /// The parameters the current segmenter was made for.
+    track: Option<TrackParams>,
+    /// Wall-clock time of pts 0, for EXT-X-PROGRAM-DATE-TIME (one anchor for all renditions).
+    anchor: SystemTime,
+}
+
+impl RenditionPublisher {
+    /// Starts (or restarts, on new parameters) the track: a new init segment, and a discontinuity
+    /// if segments were already published with the old one.
+    fn start_track(&mut self, track: TrackParams) {
+        // Publishers repeat sequence headers (some every second); only a change starts a new track.
+        if self.track.as_ref() == Some(&track) {
+            return;
+        }
+        self.track = Some(track.clone());
+        if let Some(mut old) = self.segmenter.take() {
+            if let Some(seg) = old.finish() {
+                self.publish(seg);
+            }
+        }
+        let segmenter = Segmenter::new(track.clone());
+        let mut h = lock(&self.history);
+        let log = h.renditions.get_mut(&self.rendition).expect("rendition log created at publish start");
+        let init_uri = format!("init-{}.mp4", log.next_msn);
+        if log.init_uri.is_some() && !log.segments.is_empty() {
+            log.discontinuity_next = true;
+        }
+        log.init_uri = Some(init_uri.clone());
+        match &track {
+            TrackParams::Video(v) => {
+                log.width = v.width;
+                log.height = v.height;
+                log.codec = v.codec.clone();
+            }
+            TrackParams::Audio(a) => {
+                log.codec = a.codec.clone();
+                log.channels = a.channels;
+            }
+        }
+        drop(h);
+        self.objects.put(
+            format!("{}/{}", self.rendition, init_uri),
+            Object::new(vec![segmenter.init_segment()], content_type(&init_uri), Cacheability::Immutable),
+        );
+        self.segmenter = Some(segmenter);
+    }
+
+    fn publish(&mut self, seg: Segment) {
+        let published_at = SystemTime::now();
+        let window = self.config.hls.window;
+        let mut h = lock(&self.history);
+        let h = &mut *h;
+        let Some(log) = h.renditions.get_mut(&self.rendition) else { return };
+        let msn = log.next_msn;
+        log.next_msn += 1;
+        let uri = format!("{msn}.m4s");
+        let duration = ticks_to_secs(seg.duration);
+        let bytes = seg.fragment.len() as u64;
+        let pdt = self.anchor + Duration::from_secs_f64(ticks_to_secs(seg.start_pts.max(0)));
+        self.objects.put(
+            format!("{}/{}", self.rendition, uri),
+            Object::new(seg.fragment.chunks.clone(), content_type(&uri), Cacheability::Immutable),
+        );
+        let map_uri = log.init_uri.clone().unwrap_or_default();
+        if duration > 0.0 && seg.frames > 1 && log.width > 0 {
+            log.frame_rate = f64::from(seg.frames) / duration;
+        }
+        // RFC 8216bis §4.4.3.1: each EXTINF, rounded to the nearest integer, must not exceed the
+        // target duration; the target never shrinks while the playlist lives.
+        log.target_duration = log.target_duration.max(duration.round() as u64);
+        log.segments.push_back(LoggedSegment {
+            uri,
+            map_uri,
+            duration,
+            program_date_time: pdt,
+            discontinuity: std::mem::take(&mut log.discontinuity_next),
+            bytes,
+        });
+        while log.segments.len() > window {
+            let Some(old) = log.segments.pop_front() else { break };
+            log.media_sequence += 1;
+            if old.discontinuity {
+                log.discontinuity_sequence += 1;
+            }
+            let init_still_used = log.segments.iter().any(|s| s.map_uri == old.map_uri);
+            log.leaving.push_back((old.uri, (!init_still_used).then_some(old.map_uri)));
+        }
+        while log.leaving.len() > GRACE_SEGMENTS {
+            if let Some((uri, init)) = log.leaving.pop_front() {
+                self.objects.remove(&format!("{}/{}", self.rendition, uri));
+                if let Some(init) = init {
+                    self.objects.remove(&format!("{}/{}", self.rendition, init));
+                }
+            }
+        }
+        self.render_playlist(log);
+        let master = render_master(h);
+        if let Some(master) = master
+            && master != h.master
+        {
+            self.objects.put(
+                "master.m3u8",
+                Object::new(vec![Bytes::from(master.clone())], content_type("master.m3u8"), Cacheability::Live),
+            );
+            h.master = master;
+        }
+
+        self.metrics.segments_published.with_label_values(&[&self.channel, &self.rendition]).inc();
+        if let Ok(latency) = published_at.duration_since(seg.program_date_time) {
+            self.metrics
+                .segment_latency
+                .with_label_values(&[&self.channel, &self.rendition])
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    fn render_playlist(&self, log: &RenditionLog) {
+        let text = playlist::render_media(&MediaPlaylist {
+            target_duration: log.target_duration,
+            media_sequence: log.media_sequence,
+            discontinuity_sequence: log.discontinuity_sequence,
+            segments: log
+                .segments
+                .iter()
+                .map(|s| PlaylistSegment {
+                    uri: s.uri.clone(),
+                    map_uri: s.map_uri.clone(),
+                    duration: s.duration,
+                    program_date_time: s.program_date_time,
+                    discontinuity: s.discontinuity,
+                })
+                .collect(),
+            ended: log.ended,
+        });
+        self.objects.put(
+            format!("{}/index.m3u8", self.rendition),
+            Object::new(vec![Bytes::from(text)], content_type("index.m3u8"), Cacheability::Live),
+        );
+    }
+
+    fn end(&mut self) {
+        if let Some(mut s) = self.segmenter.take()
+            && let Some(seg) = s.finish()
+        {
+            self.publish(seg);
+        }
+        let mut h = lock(&self.history);
+        if let Some(log) = h.renditions.get_mut(&self.rendition) {
+            log.ended = true;
+            self.render_playlist(log);
+        }
+    }
+}
+
+impl RenditionSink for RenditionPublisher {
+    fn params(&mut self, params: VideoParams) {
+        self.start_track(TrackParams::Video(params));
+    }
+
+    fn packet(&mut self, packet: EncodedPacket) {
+        let Some(segmenter) = self.segmenter.as_mut() else {
+            tracing::warn!(channel = %self.channel, rendition = %self.rendition, "packet before stream parameters; dropped");
+            return;
+        };
+        if let Some(seg) = segmenter.push(packet) {
+            self.publish(seg);
+        }
+    }
+
+    fn finish(mut self: Box<Self>) {
+        self.end();
+    }
+}
+
+/// The master playlist, once every rendition of the current publish has a segment (so that
+/// RESOLUTION, CODECS and FRAME-RATE are measured, not guessed).
+fn render_master(h: &History) -> Option<String> {
+    let audio = match &h.audio {
+        Some(name) => {
+            let log = h.renditions.get(name)?;
+            let (peak, avg) = measured(log)?;
+            Some((name, log, peak, avg))
+        }
+        None => None,
+    };
+    let mut variants = Vec::new();
+    for (name, nominal) in &h.variants {
+        let log = h.renditions.get(name)?;
+        let (peak, avg) = measured(log)?;
+        // Before the window is full the measured figures are noisy; never declare less than the
+        // configured rate (BANDWIDTH is an upper bound, RFC 8216bis §4.4.6.2).
+        let peak = peak.max(nominal.map(|n| n + n / 10).unwrap_or(0));
+        let avg = if log.segments.len() >= 3 { avg } else { avg.max(nominal.unwrap_or(0)) };
+        let (a_peak, a_avg, a_codec) = match &audio {
+            Some((_, alog, p, a)) => (*p, *a, Some(alog.codec.as_str())),
+            None => (0, 0, None),
+        };
+        let codecs = match a_codec {
+            Some(c) => format!("{},{}", log.codec, c),
+            None => log.codec.clone(),
+        };
+        variants.push(Variant {
+            uri: format!("{name}/index.m3u8"),
+            bandwidth: peak + a_peak,
+            average_bandwidth: avg + a_avg,
+            width: log.width,
+            height: log.height,
+            frame_rate: log.frame_rate,
+            codecs,
+        });
+    }
+    if variants.is_empty() {
+        return None;
+    }
+    let audio = audio.map(|(name, log, _, _)| AudioRendition {
+        group_id: "audio".into(),
+        name: "main".into(),
+        uri: format!("{name}/index.m3u8"),
+        channels: log.channels,
+        language: None,
+    });
+    Some(playlist::render_master(&MasterPlaylist { variants, audio }))
+}
+
+/// (peak, average) bits per second over the window; `None` before the first segment.
+fn measured(log: &RenditionLog) -> Option<(u64, u64)> {
+    if log.segments.is_empty() {
+        return None;
+    }
+    let segs: Vec<(u64, f64)> = log.segments.iter().map(|s| (s.bytes, s.duration)).collect();
+    Some(playlist::measured_bandwidth(&segs))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State behind these locks is updated in single assignments; a panicking holder leaves it usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

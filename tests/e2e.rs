@@ -1,0 +1,199 @@
+//! End to end: the real `ffmpeg` publishes over RTMP; ladderd transcodes a CPU ladder and serves
+//! fMP4 HLS; `ffprobe`/`ffmpeg` check what comes out.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const LADDER: &str = r#"
+ladders:
+  default:
+    - { name: "1080p", width: 1920, height: 1080, video_bitrate: 6000000 }
+    - { name: "720p",  width: 1280, height: 720,  video_bitrate: 3000000 }
+    - { name: "480p",  width: 854,  height: 480,  video_bitrate: 1200000 }
+    - { name: "360p",  width: 640,  height: 360,  video_bitrate: 700000 }
+channels:
+  - { name: "demo", stream_key: "demo-key", ladder: "default" }
+  - { name: "other", stream_key: "other-key", ladder: "default" }
+"#;
+
+/// Attributes of an `#EXT-X-STREAM-INF` line.
+fn attrs(line: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = line.split_once(':').map(|(_, r)| r).unwrap_or("");
+    while !rest.is_empty() {
+        let Some((k, r)) = rest.split_once('=') else { break };
+        let (v, r) = if let Some(r) = r.strip_prefix('"') {
+            let end = r.find('"').expect("closing quote");
+            (&r[..end], r[end + 1..].trim_start_matches(','))
+        } else {
+            match r.split_once(',') {
+                Some((v, r)) => (v, r),
+                None => (r, ""),
+            }
+        };
+        out.insert(k.to_string(), v.to_string());
+        rest = r;
+    }
+    out
+}
+
+#[test]
+fn rtmp_to_cpu_ladder_to_fmp4_hls() {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = CancellationToken::new();
+    let daemon = rt.block_on(ladderd::start(config(LADDER, 2.0), shutdown.clone())).expect("daemon starts");
+    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
+    let metrics = daemon.metrics.clone();
+    let waiter = rt.spawn(daemon.wait());
+
+    let main = publish(rtmp, "demo-key", "1280x720", 12, &[]);
+    // While it is live: a wrong key and a second publisher on the same key are both refused, and
+    // the live channel carries on.
+    eventually(Duration::from_secs(15), "the first segment", || {
+        let r = http_get(http, "/live/demo/720p/index.m3u8");
+        (r.status == 200).then_some(())
+    });
+    let wrong = wait_with_timeout(publish(rtmp, "wrong-key", "320x180", 2, &[]), Duration::from_secs(15));
+    assert!(!wrong.status.success(), "a publish with an unknown key must fail");
+    let busy = wait_with_timeout(publish(rtmp, "demo-key", "320x180", 2, &[]), Duration::from_secs(15));
+    assert!(!busy.status.success(), "a second publisher on a live channel must fail");
+
+    let out = wait_with_timeout(main, Duration::from_secs(60));
+    assert!(out.status.success(), "publisher failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Master playlist: 720p, 480p, 360p, never an upscaled 1080p.
+    let master = http_get(http, "/live/demo/master.m3u8");
+    assert_eq!(master.status, 200);
+    assert_eq!(master.header("content-type"), Some("application/vnd.apple.mpegurl"));
+    assert_eq!(master.header("access-control-allow-origin"), Some("*"));
+    let master = master.text();
+    let lines: Vec<&str> = master.lines().collect();
+    let mut variants = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("#EXT-X-STREAM-INF:") {
+            variants.insert(lines[i + 1].to_string(), attrs(l));
+        }
+    }
+    let expected = [("720p", "1280x720"), ("480p", "854x480"), ("360p", "640x360")];
+    assert_eq!(variants.len(), 3, "variants: {master}");
+    assert!(!master.contains("1080p"), "1080p must be left out of a 720p source: {master}");
+    let audio_uri = lines
+        .iter()
+        .find(|l| l.starts_with("#EXT-X-MEDIA:TYPE=AUDIO"))
+        .map(|l| attrs(l)["URI"].clone())
+        .expect("an audio rendition");
+
+    // The rendition playlists end, and every segment starts at the same time everywhere.
+    let mut starts: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (name, size) in expected {
+        let uri = format!("{name}/index.m3u8");
+        let a = variants.get(&uri).unwrap_or_else(|| panic!("{uri} missing from {master}"));
+        assert_eq!(a["RESOLUTION"], size);
+        // x264's High profile at the level it picks for the size, and AAC-LC.
+        assert!(a["CODECS"].starts_with("avc1.64") && a["CODECS"].ends_with(",mp4a.40.2"), "{a:?}");
+        assert!(a["BANDWIDTH"].parse::<u64>().expect("BANDWIDTH") > 0);
+        assert!(a["AVERAGE-BANDWIDTH"].parse::<u64>().expect("AVERAGE-BANDWIDTH") > 0);
+        let fps: f64 = a["FRAME-RATE"].parse().expect("FRAME-RATE");
+        assert!((fps - 30.0).abs() < 0.5, "{a:?}");
+
+        let playlist = eventually(Duration::from_secs(20), "ENDLIST", || {
+            let p = parse_media_playlist(&http_get(http, &format!("/live/demo/{uri}")).text());
+            p.ended.then_some(p)
+        });
+        let init_uri = playlist.map.clone().expect("EXT-X-MAP");
+        let init = http_get(http, &format!("/live/demo/{name}/{init_uri}"));
+        assert_eq!(init.status, 200);
+        assert_eq!(init.header("cache-control"), Some("public, max-age=31536000, immutable"));
+        let mut whole = init.body.clone();
+        for (seg, duration) in &playlist.segments {
+            let r = http_get(http, &format!("/live/demo/{name}/{seg}"));
+            assert_eq!(r.status, 200, "{name}/{seg}");
+            // Each segment alone (after its init) starts with an IDR picture.
+            let mut one = init.body.clone();
+            one.extend_from_slice(&r.body);
+            let first = ffprobe_stdin(
+                &one,
+                &["-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type,pts_time", "-of", "csv=p=0", "-read_intervals", "%+#1"],
+            );
+            let mut f = first.trim().split(',');
+            assert_eq!(f.next(), Some("1"), "{name}/{seg} must start with a key frame: {first}");
+            let pts: f64 = f.next().and_then(|v| v.parse().ok()).expect("pts_time");
+            assert_eq!(f.next(), Some("I"), "{name}/{seg}: {first}");
+            starts.entry(seg.clone()).or_default().push(pts);
+            assert!(*duration > 0.5 && *duration < 4.5, "{name}/{seg} lasts {duration}");
+            whole.extend_from_slice(&r.body);
+        }
+        // The whole rendition decodes without error and holds ~360 frames at the rung's size.
+        let frames = ffprobe_stdin(
+            &whole,
+            &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames,width,height", "-of", "csv=p=0"],
+        );
+        let f: Vec<&str> = frames.trim().split(',').collect();
+        assert_eq!(format!("{}x{}", f[0], f[1]), size);
+        let n: i64 = f[2].parse().expect("frame count");
+        assert!((n - 360).abs() <= 30, "{name}: {n} frames");
+        let mut child = std::process::Command::new(ffmpeg())
+            .args(["-v", "error", "-i", "-", "-f", "null", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ffmpeg");
+        {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(&whole).expect("write");
+        }
+        let out = child.wait_with_output().expect("ffmpeg decode");
+        assert!(out.status.success() && out.stderr.is_empty(), "{name} decode errors: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for (seg, pts) in &starts {
+        assert_eq!(pts.len(), 3, "segment {seg} must exist in every rendition");
+        assert!(pts.iter().all(|p| (p - pts[0]).abs() < 0.001), "segment {seg} starts differ: {pts:?}");
+    }
+    assert!(starts.len() >= 5, "12 s in 2 s segments: {starts:?}");
+
+    // Audio rendition ends too and decodes.
+    let audio = eventually(Duration::from_secs(10), "audio ENDLIST", || {
+        let p = parse_media_playlist(&http_get(http, &format!("/live/demo/{audio_uri}")).text());
+        p.ended.then_some(p)
+    });
+    assert!(audio.segments.len() >= 5);
+
+    // An independent client plays the master playlist.
+    let probe = std::process::Command::new(ffprobe())
+        .args(["-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+        .arg(format!("http://{http}/live/demo/master.m3u8"))
+        .output()
+        .expect("ffprobe");
+    let streams = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success() && streams.contains("h264") && streams.contains("aac"), "ffprobe: {streams} {}", String::from_utf8_lossy(&probe.stderr));
+
+    // Metrics.
+    let text = http_get(admin, "/metrics").text();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from /metrics"))
+    };
+    assert!(value("ladderd_ingest_bytes_total{channel=\"demo\"}") > 1e6);
+    assert_eq!(value("ladderd_publishes_total{channel=\"demo\"}"), 1.0);
+    assert_eq!(value("ladderd_publish_rejections_total{reason=\"unknown_key\"}"), 1.0);
+    assert_eq!(value("ladderd_publish_rejections_total{reason=\"busy\"}"), 1.0);
+    assert!(value("ladderd_frames_decoded_total{channel=\"demo\"}") >= 330.0);
+    for rung in ["720p", "480p", "360p"] {
+        assert!(value(&format!("ladderd_frames_encoded_total{{channel=\"demo\",rung=\"{rung}\"}}")) >= 330.0);
+        assert!(value(&format!("ladderd_segments_published_total{{channel=\"demo\",rendition=\"{rung}\"}}")) >= 5.0);
+    }
+    assert!(value("ladderd_http_requests_total{class=\"2xx\",listener=\"origin\"}") > 10.0);
+    assert_eq!(metrics.publishes.with_label_values(&["other"]).get(), 0);
+
+    shutdown.cancel();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await }).expect("daemon stops").expect("join");
+}

@@ -1,0 +1,169 @@
+//! What the integration tests share: a daemon on ephemeral ports, a tiny HTTP client, and the
+//! real `ffmpeg`/`ffprobe` tools (paths overridable with `FFMPEG`/`FFPROBE`).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ladderd::Config;
+
+pub fn ffmpeg() -> String {
+    std::env::var("FFMPEG").unwrap_or_else(|_| "ffmpeg".into())
+}
+
+pub fn ffprobe() -> String {
+    std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into())
+}
+
+/// A configuration on ephemeral loopback ports with the given `ladders:` and `channels:` YAML.
+pub fn config(ladders_and_channels: &str, segment_duration: f64) -> Config {
+    let text = format!(
+        "rtmp: {{ listen: \"127.0.0.1:0\", handshake_timeout: 3, idle_timeout: 5 }}\n\
+         http: {{ listen: \"127.0.0.1:0\" }}\n\
+         admin: {{ listen: \"127.0.0.1:0\" }}\n\
+         hls: {{ segment_duration: {segment_duration}, window: 20 }}\n\
+         transcode: {{ x264_preset: ultrafast, encoder_threads: 1 }}\n\
+         {ladders_and_channels}"
+    );
+    Config::parse(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("test config invalid: {e:?}"))
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "ladderd=info,warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Publishes `secs` seconds of a synthetic 30 fps source with AAC audio, in real time.
+pub fn publish(rtmp: SocketAddr, key: &str, size: &str, secs: u32, extra_video_args: &[&str]) -> Child {
+    let url = format!("rtmp://{rtmp}/live/{key}");
+    let mut cmd = Command::new(ffmpeg());
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=30")])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &secs.to_string()])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "60", "-keyint_min", "60"])
+        .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v", "1500k"])
+        .args(extra_video_args)
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv", &url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("ffmpeg must be installed (scripts/setup.sh)")
+}
+
+/// Waits for a child for at most `limit`, killing it after that.
+pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait_with_output().expect("collect output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A plain HTTP/1.1 GET (the server always sends Content-Length).
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    HttpResponse { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs ffprobe on bytes given on stdin and returns its stdout.
+pub fn ffprobe_stdin(bytes: &[u8], args: &[&str]) -> String {
+    let mut child = Command::new(ffprobe())
+        .args(["-v", "error"])
+        .args(args)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffprobe must be installed");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("ffprobe output");
+    let _ = writer.join();
+    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A media playlist's parsed essentials.
+#[derive(Debug, Default)]
+pub struct MediaPlaylist {
+    pub map: Option<String>,
+    pub segments: Vec<(String, f64)>,
+    pub ended: bool,
+    pub media_sequence: u64,
+}
+
+pub fn parse_media_playlist(text: &str) -> MediaPlaylist {
+    let mut p = MediaPlaylist::default();
+    let mut pending = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+            p.map = Some(v.trim_end_matches('"').to_string());
+        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+            pending = v.split(',').next().and_then(|d| d.parse::<f64>().ok());
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            p.media_sequence = v.parse().expect("media sequence");
+        } else if line == "#EXT-X-ENDLIST" {
+            p.ended = true;
+        } else if !line.starts_with('#') && !line.is_empty() {
+            p.segments.push((line.to_string(), pending.take().expect("EXTINF before URI")));
+        }
+    }
+    p
+}
