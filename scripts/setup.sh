@@ -21,7 +21,10 @@ for p in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavfilte
 if [ "$runtime_only" -eq 0 ]; then
   # Tests: a real browser and a second, independent HLS client.
   for p in chromium gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-           gstreamer1.0-plugins-bad gstreamer1.0-libav nodejs npm; do want "$p"; done
+           gstreamer1.0-plugins-bad gstreamer1.0-libav; do want "$p"; done
+  # Node.js may come from elsewhere than Debian's packages; only install it when absent.
+  command -v node >/dev/null 2>&1 || want nodejs
+  command -v npm >/dev/null 2>&1 || want npm
 fi
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -30,9 +33,15 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is missing; install a Rust toolchain (https://rustup.rs) and re-run" >&2
-  exit 1
+  # Debian's own cargo is too old for this crate (edition 2024); rustup installs a current one.
+  echo "setup: installing a Rust toolchain with rustup"
+  command -v curl >/dev/null 2>&1 || { $SUDO apt-get install -y -qq curl ca-certificates >/dev/null; }
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+  export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
 if [ "$runtime_only" -eq 0 ]; then

@@ -1,0 +1,65 @@
+//! hls.js in headless Chromium plays what ladderd serves (tests/browser/play.mjs drives it).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const LADDER: &str = r#"
+ladders:
+  small:
+    - { name: "360p", width: 640, height: 360, video_bitrate: 700000 }
+    - { name: "180p", width: 320, height: 180, video_bitrate: 250000 }
+channels:
+  - { name: "shop", stream_key: "shop-key", ladder: "small" }
+"#;
+
+#[test]
+fn hls_js_in_chromium_plays_the_ladder() {
+    init_tracing();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/hls.js").exists() && dir.join("node_modules/playwright-core").exists(),
+        "run scripts/setup.sh first (npm packages for the browser test are missing)"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = CancellationToken::new();
+    let daemon = rt.block_on(ladderd::start(config(LADDER, 1.0), shutdown.clone())).expect("daemon starts");
+    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
+    let waiter = rt.spawn(daemon.wait());
+
+    let publisher = publish(rtmp, "shop-key", "640x360", 25, &["-g", "30", "-keyint_min", "30"]);
+    eventually(Duration::from_secs(20), "the master playlist", || {
+        (http_get(http, "/live/shop/master.m3u8").status == 200).then_some(())
+    });
+    let out = Command::new("node")
+        .arg(dir.join("play.mjs"))
+        .arg(format!("http://{http}/live/shop/master.m3u8"))
+        .arg("10")
+        .output()
+        .expect("node must be installed (scripts/setup.sh)");
+    assert!(out.status.success(), "play.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("play.mjs prints JSON");
+
+    let levels = report["levels"].as_array().expect("levels");
+    assert_eq!(levels.len(), 2, "{report}");
+    assert_eq!(levels[0]["height"], 360);
+    let fatal: Vec<&serde_json::Value> =
+        report["errors"].as_array().expect("errors").iter().filter(|e| e.as_str().is_some_and(|s| s.starts_with("FATAL"))).collect();
+    assert!(fatal.is_empty(), "hls.js fatal errors: {report}");
+    let samples = report["samples"].as_array().expect("samples");
+    let first = samples.first().and_then(|s| s["t"].as_f64()).expect("sample");
+    let last = samples.last().and_then(|s| s["t"].as_f64()).expect("sample");
+    assert!(last - first > 5.0, "currentTime must advance while playing: {first} → {last}: {report}");
+    assert!(samples.last().is_some_and(|s| s["width"].as_u64().unwrap_or(0) > 0), "video has a picture: {report}");
+    assert!(samples.last().is_some_and(|s| s["playingDate"].as_f64().is_some()), "PROGRAM-DATE-TIME reaches the player: {report}");
+    assert!(report["fragsLoaded"].as_u64().unwrap_or(0) >= 4, "{report}");
+
+    let _ = wait_with_timeout(publisher, Duration::from_secs(40));
+    shutdown.cancel();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await }).expect("daemon stops").expect("join");
+}
