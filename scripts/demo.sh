@@ -3,6 +3,7 @@
 # synthetic test stream to its demo channel. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh --runtime-only
 cargo build --release --locked

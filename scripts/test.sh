@@ -3,6 +3,7 @@
 # end-to-end tests (real ffmpeg publisher, ffprobe, hls.js in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh
 
