@@ -249,7 +249,9 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
 enum SessionError {
     #[error("transcode: {0}")]
     Transcode(#[from] crate::transcode::TranscodeError),
-    #[error("the source ({width}x{height}) is smaller than every rung of ladder {ladder:?} and the ladder has no passthrough rung")]
+    #[error(
+        "the source ({width}x{height}) is smaller than every rung of ladder {ladder:?} and the ladder has no passthrough rung"
+    )]
     NothingToEncode { ladder: String, width: u32, height: u32 },
 }
 

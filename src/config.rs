@@ -312,7 +312,8 @@ impl Config {
         if self.rtmp.max_connections == 0 {
             bad("rtmp.max_connections".into(), "must be at least 1".into());
         }
-        for (key, v) in [("rtmp.handshake_timeout", self.rtmp.handshake_timeout), ("rtmp.idle_timeout", self.rtmp.idle_timeout)]
+        for (key, v) in
+            [("rtmp.handshake_timeout", self.rtmp.handshake_timeout), ("rtmp.idle_timeout", self.rtmp.idle_timeout)]
         {
             if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
                 bad(key.into(), "must be a number of seconds between 0 and 3600".into());
@@ -406,7 +407,9 @@ impl Config {
             if !names.insert(c.name.as_str()) {
                 bad(format!("channels[{i}].name"), format!("channel {:?} is defined twice", c.name));
             }
-            if c.stream_key.len() < 4 || c.stream_key.len() > 256 || !c.stream_key.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+            if c.stream_key.len() < 4
+                || c.stream_key.len() > 256
+                || !c.stream_key.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
             {
                 bad(
                     format!("channels[{i}].stream_key"),
@@ -590,7 +593,10 @@ channels:
             .replace("width: 854,", "width: 855,")
             .replace("- { name: \"360p\"", "- { name: \"src\", passthrough: true, width: 10 }\n    - { name: \"360p\"");
         let errs: Vec<String> = parse(&text).unwrap_err().iter().map(|e| e.to_string()).collect();
-        assert!(errs.iter().any(|e| e.contains("ladders.default[2].width") && e.starts_with("test.yaml:10:")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("ladders.default[2].width") && e.starts_with("test.yaml:10:")),
+            "{errs:?}"
+        );
         assert!(errs.iter().any(|e| e.contains("passthrough rung takes no width")), "{errs:?}");
     }
 
@@ -609,7 +615,10 @@ channels:
     fn block_style_yaml_is_located_too() {
         let text = "ladders:\n  l:\n    - name: a\n      width: 640\n      height: 360\n      video_bitrate: 10\nchannels: []\n";
         let errs: Vec<String> = parse(text).unwrap_err().iter().map(|e| e.to_string()).collect();
-        assert_eq!(errs, vec!["test.yaml:6:7: ladders.l[0].video_bitrate: must be between 50000 and 100000000 bits per second"]);
+        assert_eq!(
+            errs,
+            vec!["test.yaml:6:7: ladders.l[0].video_bitrate: must be between 50000 and 100000000 bits per second"]
+        );
     }
 
     #[test]

@@ -113,7 +113,14 @@ mod tests {
         let store = Store::new();
         assert!(store.get_channel("a").is_none());
         let ch = store.channel("a");
-        ch.put("x.m4s", Object::new(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")], "video/iso.segment", Cacheability::Immutable));
+        ch.put(
+            "x.m4s",
+            Object::new(
+                vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
+                "video/iso.segment",
+                Cacheability::Immutable,
+            ),
+        );
         let got = store.get_channel("a").and_then(|c| c.get("x.m4s")).expect("present");
         assert_eq!(got.len(), 3);
         ch.remove("x.m4s");

@@ -48,18 +48,27 @@ fn hls_js_in_chromium_plays_the_ladder() {
     let levels = report["levels"].as_array().expect("levels");
     assert_eq!(levels.len(), 2, "{report}");
     assert_eq!(levels[0]["height"], 360);
-    let fatal: Vec<&serde_json::Value> =
-        report["errors"].as_array().expect("errors").iter().filter(|e| e.as_str().is_some_and(|s| s.starts_with("FATAL"))).collect();
+    let fatal: Vec<&serde_json::Value> = report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter(|e| e.as_str().is_some_and(|s| s.starts_with("FATAL")))
+        .collect();
     assert!(fatal.is_empty(), "hls.js fatal errors: {report}");
     let samples = report["samples"].as_array().expect("samples");
     let first = samples.first().and_then(|s| s["t"].as_f64()).expect("sample");
     let last = samples.last().and_then(|s| s["t"].as_f64()).expect("sample");
     assert!(last - first > 5.0, "currentTime must advance while playing: {first} → {last}: {report}");
     assert!(samples.last().is_some_and(|s| s["width"].as_u64().unwrap_or(0) > 0), "video has a picture: {report}");
-    assert!(samples.last().is_some_and(|s| s["playingDate"].as_f64().is_some()), "PROGRAM-DATE-TIME reaches the player: {report}");
+    assert!(
+        samples.last().is_some_and(|s| s["playingDate"].as_f64().is_some()),
+        "PROGRAM-DATE-TIME reaches the player: {report}"
+    );
     assert!(report["fragsLoaded"].as_u64().unwrap_or(0) >= 4, "{report}");
 
     let _ = wait_with_timeout(publisher, Duration::from_secs(40));
     shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await }).expect("daemon stops").expect("join");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
+        .expect("daemon stops")
+        .expect("join");
 }

@@ -119,7 +119,16 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
             one.extend_from_slice(&r.body);
             let first = ffprobe_stdin(
                 &one,
-                &["-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type,pts_time", "-of", "csv=p=0", "-read_intervals", "%+#1"],
+                &[
+                    "-select_streams",
+                    "v:0",
+                    "-show_entries",
+                    "frame=key_frame,pict_type,pts_time",
+                    "-of",
+                    "csv=p=0",
+                    "-read_intervals",
+                    "%+#1",
+                ],
             );
             let mut f = first.trim().split(',');
             assert_eq!(f.next(), Some("1"), "{name}/{seg} must start with a key frame: {first}");
@@ -132,7 +141,15 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
         // The whole rendition decodes without error and holds ~360 frames at the rung's size.
         let frames = ffprobe_stdin(
             &whole,
-            &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames,width,height", "-of", "csv=p=0"],
+            &[
+                "-count_frames",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=nb_read_frames,width,height",
+                "-of",
+                "csv=p=0",
+            ],
         );
         let f: Vec<&str> = frames.trim().split(',').collect();
         assert_eq!(format!("{}x{}", f[0], f[1]), size);
@@ -149,7 +166,11 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
             child.stdin.take().expect("stdin").write_all(&whole).expect("write");
         }
         let out = child.wait_with_output().expect("ffmpeg decode");
-        assert!(out.status.success() && out.stderr.is_empty(), "{name} decode errors: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name} decode errors: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for (seg, pts) in &starts {
         assert_eq!(pts.len(), 3, "segment {seg} must exist in every rendition");
@@ -171,7 +192,11 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
         .output()
         .expect("ffprobe");
     let streams = String::from_utf8_lossy(&probe.stdout);
-    assert!(probe.status.success() && streams.contains("h264") && streams.contains("aac"), "ffprobe: {streams} {}", String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        probe.status.success() && streams.contains("h264") && streams.contains("aac"),
+        "ffprobe: {streams} {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
 
     // Metrics.
     let text = http_get(admin, "/metrics").text();
@@ -195,5 +220,7 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
     assert_eq!(metrics.publishes.with_label_values(&["other"]).get(), 0);
 
     shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await }).expect("daemon stops").expect("join");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
+        .expect("daemon stops")
+        .expect("join");
 }

@@ -29,7 +29,9 @@ impl Admin {
         }
         match req.uri().path() {
             // Prometheus text exposition format 0.0.4.
-            "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render().into()),
+            "/metrics" => {
+                text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render().into())
+            }
             "/healthz" => text(StatusCode::OK, "application/json", r#"{"status":"ok"}"#.into()),
             _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
         }

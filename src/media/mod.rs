@@ -182,10 +182,8 @@ mod tests {
     #[test]
     fn cadence_cut_lands_after_the_multiple_when_no_frame_is_on_it() {
         let mut c = SegmentClock::new(180_000, Alignment::Cadence);
-        let cuts: Vec<Ticks> = [1000, 179_000, 181_000, 300_000, 362_000]
-            .into_iter()
-            .filter(|&pts| c.is_cut(pts, false))
-            .collect();
+        let cuts: Vec<Ticks> =
+            [1000, 179_000, 181_000, 300_000, 362_000].into_iter().filter(|&pts| c.is_cut(pts, false)).collect();
         assert_eq!(cuts, vec![1000, 181_000, 362_000]);
     }
 

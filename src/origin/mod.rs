@@ -133,10 +133,17 @@ mod tests {
     fn origin() -> Origin {
         let store = Arc::new(Store::new());
         let ch = store.channel("demo");
-        ch.put("master.m3u8", Object::new(vec![Bytes::from_static(b"#EXTM3U\n")], content_type("master.m3u8"), Cacheability::Live));
+        ch.put(
+            "master.m3u8",
+            Object::new(vec![Bytes::from_static(b"#EXTM3U\n")], content_type("master.m3u8"), Cacheability::Live),
+        );
         ch.put(
             "720p/1.m4s",
-            Object::new(vec![Bytes::from_static(b"moof"), Bytes::from_static(b"mdat")], content_type("x.m4s"), Cacheability::Immutable),
+            Object::new(
+                vec![Bytes::from_static(b"moof"), Bytes::from_static(b"mdat")],
+                content_type("x.m4s"),
+                Cacheability::Immutable,
+            ),
         );
         Origin::new(store, Arc::new(Metrics::new()))
     }
@@ -162,7 +169,9 @@ mod tests {
     #[test]
     fn unknown_names_are_404_and_not_cached() {
         let o = origin();
-        for p in ["/live/nope/master.m3u8", "/live/demo/720p/2.m4s", "/live/demo/", "/x", "/live/demo/../demo/master.m3u8"] {
+        for p in
+            ["/live/nope/master.m3u8", "/live/demo/720p/2.m4s", "/live/demo/", "/x", "/live/demo/../demo/master.m3u8"]
+        {
             let r = get(&o, Method::GET, p);
             assert_eq!(r.status(), 404, "{p}");
             assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_MISS, "{p}");

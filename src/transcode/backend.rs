@@ -1,1 +1,1 @@
-//! (being written)
+//! Choosing a backend per stage.
