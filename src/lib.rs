@@ -6,6 +6,7 @@
 pub mod api;
 pub mod channel;
 pub mod config;
+pub mod ffi;
 pub mod http;
 pub mod ingest;
 pub mod media;

@@ -1,12 +1,52 @@
-//! The transcoding threads of one publish: a decode thread and one scale+encode thread per rung.
+//! The transcoding threads of one publish: a decode thread that decodes the source once and
+//! decides where segments cut, and one scale+encode thread per rung.
+//!
+//! ```text
+//! channel thread ──(bounded)──► decode thread ──(bounded, per rung)──► rung thread ──► RenditionSink
+//!   push(sample)                 h264 decoder                           swscale
+//!                                SegmentClock (one for all rungs)       libx264, IDR forced on cuts
+//!                                frame-rate cap
+//! ```
+//!
+//! Every rung receives the same pictures with the same `segment_start` marks and forces an IDR on
+//! exactly those, so segment N starts at the same instant in every rendition. A rung that falls
+//! behind skips pictures up to the next cut (counted) instead of holding the others back; the cut
+//! picture itself is always delivered, so no rung ever misses a segment boundary.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg_next::format::Pixel;
+use ffmpeg_next::software::scaling;
+use ffmpeg_next::util::error::EAGAIN;
+use ffmpeg_next::{Dictionary, Packet, Rational, codec, frame, picture};
+use prometheus::IntCounter;
 
 use crate::config::Hardware;
-use crate::media::{Alignment, RenditionSink, Sample, Ticks, VideoParams};
+use crate::ffi::{self, SharedFrame};
+use crate::media::{Alignment, EncodedPacket, RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks, VideoParams, avc};
 use crate::metrics::Metrics;
+use crate::transcode::backend::{self, NoHardware, NvidiaOffer, StagePlan};
 use crate::transcode::ladder::Rung;
+
+/// Source packets queued for the decoder. When full, the channel thread waits, and behind it
+/// ingest and the publisher's TCP connection.
+const DECODE_QUEUE: usize = 64;
+/// Decoded pictures queued for one rung (about a quarter of a second at 30 fps). Pictures are
+/// shared between rungs, so this bounds memory to this many source pictures, not per rung.
+const RUNG_QUEUE: usize = 8;
+/// Source packets whose arrival time and keyframe flag are remembered until their picture is
+/// decoded. H.264 reorders by at most 16 pictures; this leaves room for decode errors.
+const PENDING_LIMIT: usize = 128;
+/// Frame rate assumed when the source's SPS carries no timing information.
+const DEFAULT_FRAME_RATE: f64 = 30.0;
+/// A rung that takes a picture this long after its source frame arrived at ingest is behind: it
+/// skips pictures up to the next segment start instead of falling further behind.
+const LAG_LIMIT: Duration = Duration::from_secs(1);
 
 /// What to transcode.
 #[derive(Debug, Clone)]
@@ -24,27 +64,730 @@ pub struct TranscodeSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
-    #[error("{0}")]
-    Todo(String),
+    #[error("channel {channel}: {source}")]
+    Backend { channel: String, source: NoHardware },
+    #[error("channel {channel}: {what}: {source}")]
+    Decoder { channel: String, what: &'static str, source: ffmpeg::Error },
+    #[error("channel {channel}, rung {rung}: {what}: {source}")]
+    Encoder { channel: String, rung: String, what: &'static str, source: ffmpeg::Error },
+    #[error("channel {channel}, rung {rung}, pts {pts}: scaling failed: {source}")]
+    Scale { channel: String, rung: String, pts: Ticks, source: ffmpeg::Error },
+    #[error("channel {channel}, rung {rung}: libx264 wrote unusable parameter sets: {source}")]
+    EncoderParams { channel: String, rung: String, source: avc::AvcError },
+    #[error("channel {channel}: {source}")]
+    Ffi { channel: String, source: ffi::FfiError },
+    #[error("channel {channel}: cannot start a transcoding thread: {source}")]
+    Thread { channel: String, source: std::io::Error },
+    #[error("channel {channel}: the decode thread has stopped")]
+    Stopped { channel: String },
+    #[error("channel {channel}: the {thread} thread panicked")]
+    Panicked { channel: String, thread: String },
 }
 
-pub struct Transcoder {}
+/// Messages to the decode thread.
+enum DecodeInput {
+    Params(VideoParams),
+    Sample(Sample, SystemTime),
+}
+
+/// A decoded source picture on its way to the rungs.
+struct Picture {
+    frame: SharedFrame,
+    pts: Ticks,
+    segment_start: bool,
+    ingest_time: SystemTime,
+    /// The source's frame rate, when its SPS says.
+    frame_rate: Option<f64>,
+}
+
+/// A running transcode.
+pub struct Transcoder {
+    channel: String,
+    plan: StagePlan,
+    input: Option<SyncSender<DecodeInput>>,
+    decoder: Option<JoinHandle<Result<(), TranscodeError>>>,
+    rungs: Vec<(String, JoinHandle<Result<(), TranscodeError>>)>,
+}
 
 impl Transcoder {
+    /// Opens the decoder and starts the threads; `sinks[i]` receives `spec.rungs[i]`.
     pub fn start(
-        _spec: TranscodeSpec,
-        _sinks: Vec<Box<dyn RenditionSink>>,
-        _metrics: Arc<Metrics>,
+        spec: TranscodeSpec,
+        sinks: Vec<Box<dyn RenditionSink>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, TranscodeError> {
-        todo!()
+        ffi::init();
+        let channel = spec.channel.clone();
+        let plan = backend::choose(spec.hardware, &NvidiaOffer::probe())
+            .map_err(|source| TranscodeError::Backend { channel: channel.clone(), source })?;
+        if !plan.refused.is_empty() {
+            let reasons: Vec<String> = plan.refused.iter().map(ToString::to_string).collect();
+            tracing::warn!(channel = %channel, refused = %reasons.join("; "), "hardware backends refused; those stages run on the CPU");
+        }
+        tracing::info!(
+            channel = %channel,
+            decode = plan.decode.name(),
+            scale = plan.scale.name(),
+            encode = plan.encode.name(),
+            rungs = spec.rungs.len(),
+            "transcode backends chosen"
+        );
+
+        let decoder = open_decoder(&channel, &spec.source)?;
+        let mut feeds = Vec::new();
+        let mut rungs = Vec::new();
+        for (rung, sink) in spec.rungs.iter().zip(sinks) {
+            let (tx, rx) = mpsc::sync_channel(RUNG_QUEUE);
+            let worker = RungWorker::new(&spec, rung.clone(), &metrics);
+            let handle = std::thread::Builder::new()
+                .name(format!("rung-{}-{}", channel, rung.name))
+                .spawn(move || worker.run(rx, sink))
+                .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
+            rungs.push((rung.name.clone(), handle));
+            feeds.push(RungFeed {
+                name: rung.name.clone(),
+                tx: Some(tx),
+                cap_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "frame_rate_cap"]),
+                decode_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "decode_error"]),
+            });
+        }
+        let (input, rx) = mpsc::sync_channel(DECODE_QUEUE);
+        let worker = DecodeWorker {
+            channel: channel.clone(),
+            source: spec.source.clone(),
+            decoder,
+            clock: SegmentClock::new(spec.segment_target, spec.alignment),
+            min_frame_gap: (f64::from(TIMESCALE) / spec.max_frame_rate).round() as Ticks,
+            pending: BTreeMap::new(),
+            last_kept: None,
+            wait_for_keyframe: false,
+            feeds,
+            decoded: metrics.frames_decoded.with_label_values(&[&channel]),
+        };
+        let decoder = std::thread::Builder::new()
+            .name(format!("decode-{channel}"))
+            .spawn(move || worker.run(rx))
+            .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
+        Ok(Self { channel, plan, input: Some(input), decoder: Some(decoder), rungs })
     }
-    pub fn new_params(&mut self, _params: VideoParams) -> Result<(), TranscodeError> {
-        todo!()
+
+    /// Where each stage runs.
+    pub fn plan(&self) -> &StagePlan {
+        &self.plan
     }
-    pub fn push(&mut self, _sample: Sample, _at: SystemTime) -> Result<(), TranscodeError> {
-        todo!()
+
+    /// New source parameters (a new AVC sequence header): the decoder restarts at the next keyframe.
+    pub fn new_params(&mut self, params: VideoParams) -> Result<(), TranscodeError> {
+        self.send(DecodeInput::Params(params))
     }
-    pub fn finish(self) -> Result<(), TranscodeError> {
-        todo!()
+
+    /// One source access unit, in decode order. Blocks while the decoder's queue is full.
+    pub fn push(&mut self, sample: Sample, at: SystemTime) -> Result<(), TranscodeError> {
+        self.send(DecodeInput::Sample(sample, at))
+    }
+
+    fn send(&mut self, msg: DecodeInput) -> Result<(), TranscodeError> {
+        let stopped = || TranscodeError::Stopped { channel: self.channel.clone() };
+        let input = self.input.as_ref().ok_or_else(stopped)?;
+        input.send(msg).map_err(|_| stopped())
+    }
+
+    /// Flushes the decoder and every encoder (their last packets reach the sinks, which are then
+    /// finished) and joins the threads. Returns the first error any thread met.
+    pub fn finish(mut self) -> Result<(), TranscodeError> {
+        drop(self.input.take());
+        let mut first: Option<TranscodeError> = None;
+        let mut keep = |r: Result<(), TranscodeError>| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "transcoding thread failed");
+                first.get_or_insert(e);
+            }
+        };
+        if let Some(h) = self.decoder.take() {
+            keep(join(&self.channel, "decode", h));
+        }
+        for (name, h) in std::mem::take(&mut self.rungs) {
+            keep(join(&self.channel, &name, h));
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Transcoder {
+    fn drop(&mut self) {
+        // Dropping the input ends the decode thread, which ends the rung threads; they finish on
+        // their own. Joining here would block whoever drops us, so only `finish` joins.
+        drop(self.input.take());
+    }
+}
+
+fn join(channel: &str, thread: &str, h: JoinHandle<Result<(), TranscodeError>>) -> Result<(), TranscodeError> {
+    h.join().unwrap_or_else(|_| Err(TranscodeError::Panicked { channel: channel.into(), thread: thread.into() }))
+}
+
+fn open_decoder(channel: &str, source: &VideoParams) -> Result<ffmpeg::decoder::Video, TranscodeError> {
+    let err = |what, source| TranscodeError::Decoder { channel: channel.into(), what, source };
+    let codec =
+        ffmpeg::decoder::find(codec::Id::H264).ok_or_else(|| err("find h264", ffmpeg::Error::DecoderNotFound))?;
+    let mut ctx = codec::Context::new_with_codec(codec);
+    ffi::set_extradata(&mut ctx, &source.avcc)
+        .map_err(|source| TranscodeError::Ffi { channel: channel.into(), source })?;
+    // Slice threads add no delay; frame threads would hold back one picture per thread.
+    ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() });
+    let mut decoder = ctx.decoder();
+    decoder.set_packet_time_base(Rational(1, TIMESCALE as i32));
+    decoder.open_as(codec).and_then(|o| o.video()).map_err(|e| err("open h264 decoder", e))
+}
+
+/// The decode thread's state.
+struct DecodeWorker {
+    channel: String,
+    source: VideoParams,
+    decoder: ffmpeg::decoder::Video,
+    clock: SegmentClock,
+    /// Pictures closer together than this are dropped (the `max_frame_rate` cap).
+    min_frame_gap: Ticks,
+    /// By pts: arrival time and keyframe flag of packets sent to the decoder.
+    pending: BTreeMap<Ticks, (SystemTime, bool)>,
+    last_kept: Option<Ticks>,
+    /// After new parameters, packets up to the next keyframe cannot be decoded.
+    wait_for_keyframe: bool,
+    feeds: Vec<RungFeed>,
+    decoded: IntCounter,
+}
+
+impl DecodeWorker {
+    fn run(mut self, rx: Receiver<DecodeInput>) -> Result<(), TranscodeError> {
+        for msg in rx {
+            match msg {
+                DecodeInput::Params(p) => {
+                    if p != self.source {
+                        self.restart(p)?;
+                    }
+                }
+                DecodeInput::Sample(s, at) => self.decode(s, at),
+            }
+            if self.feeds.iter().all(|f| f.tx.is_none()) {
+                tracing::error!(channel = %self.channel, "every rung has stopped; ending the transcode");
+                break;
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+
+    /// Drains the old decoder and opens one for the new parameters.
+    fn restart(&mut self, params: VideoParams) -> Result<(), TranscodeError> {
+        tracing::info!(
+            channel = %self.channel,
+            from = %format!("{}x{} {}", self.source.width, self.source.height, self.source.codec),
+            to = %format!("{}x{} {}", params.width, params.height, params.codec),
+            "source parameters changed; decoder restarts at the next keyframe"
+        );
+        self.drain();
+        self.decoder = open_decoder(&self.channel, &params)?;
+        self.source = params;
+        self.pending.clear();
+        self.wait_for_keyframe = true;
+        Ok(())
+    }
+
+    fn decode(&mut self, sample: Sample, at: SystemTime) {
+        if self.wait_for_keyframe {
+            if !sample.keyframe {
+                return;
+            }
+            self.wait_for_keyframe = false;
+        }
+        self.pending.insert(sample.pts, (at, sample.keyframe));
+        while self.pending.len() > PENDING_LIMIT {
+            self.pending.pop_first();
+        }
+        let mut packet = Packet::copy(&sample.data);
+        packet.set_pts(Some(sample.pts));
+        packet.set_dts(Some(sample.dts));
+        if sample.keyframe {
+            packet.set_flags(codec::packet::Flags::KEY);
+        }
+        let mut sent = self.decoder.send_packet(&packet);
+        if sent == Err(ffmpeg::Error::Other { errno: EAGAIN }) {
+            // The decoder wants its output read before it takes more input.
+            self.receive();
+            sent = self.decoder.send_packet(&packet);
+        }
+        if let Err(e) = sent {
+            tracing::warn!(channel = %self.channel, pts = sample.pts, error = %e, "source packet did not decode");
+            for f in &self.feeds {
+                f.decode_drops.inc();
+            }
+        }
+        self.receive();
+    }
+
+    fn drain(&mut self) {
+        if self.decoder.send_eof().is_ok() {
+            self.receive();
+        }
+    }
+
+    fn receive(&mut self) {
+        loop {
+            let mut frame = frame::Video::empty();
+            match self.decoder.receive_frame(&mut frame) {
+                Ok(()) => self.picture(frame),
+                Err(ffmpeg::Error::Other { errno: EAGAIN }) | Err(ffmpeg::Error::Eof) => return,
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "decoder error");
+                    for f in &self.feeds {
+                        f.decode_drops.inc();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn picture(&mut self, frame: frame::Video) {
+        let Some(pts) = frame.timestamp().or(frame.pts()) else {
+            tracing::debug!(channel = %self.channel, "decoded picture without a timestamp; dropped");
+            return;
+        };
+        self.decoded.inc();
+        // Forget packets whose pictures will never come (decode errors), then take this one's.
+        while self.pending.first_key_value().is_some_and(|(&p, _)| p < pts) {
+            self.pending.pop_first();
+        }
+        let (ingest_time, keyframe) = self.pending.remove(&pts).unwrap_or_else(|| (SystemTime::now(), frame.is_key()));
+        let segment_start = self.clock.is_cut(pts, keyframe);
+        // Frame-rate cap: drop pictures that come sooner than the cap allows, never a cut. A tenth
+        // of a frame of slack absorbs millisecond rounding of RTMP timestamps.
+        if !segment_start && self.last_kept.is_some_and(|l| pts - l < self.min_frame_gap - self.min_frame_gap / 10) {
+            for f in &self.feeds {
+                f.cap_drops.inc();
+            }
+            return;
+        }
+        self.last_kept = Some(pts);
+        let frame_rate = self.decoder.frame_rate().map(f64::from).filter(|r| r.is_finite() && *r > 0.0);
+        let picture = Arc::new(Picture { frame: SharedFrame::new(frame), pts, segment_start, ingest_time, frame_rate });
+        for f in &mut self.feeds {
+            f.offer(&self.channel, &picture);
+        }
+    }
+}
+
+/// The decode thread's end of one rung's queue.
+struct RungFeed {
+    name: String,
+    /// `None` once the rung thread has gone.
+    tx: Option<SyncSender<Arc<Picture>>>,
+    cap_drops: IntCounter,
+    decode_drops: IntCounter,
+}
+
+impl RungFeed {
+    fn offer(&mut self, channel: &str, picture: &Arc<Picture>) {
+        let Some(tx) = &self.tx else { return };
+        // Blocking: a rung that is late sheds pictures itself (see `RungWorker`), so this waits at
+        // most for the time it takes that rung to discard its queue.
+        if tx.send(picture.clone()).is_err() {
+            tracing::error!(channel, rung = %self.name, "rung thread has stopped; its rendition ends here");
+            self.tx = None;
+        }
+    }
+}
+
+/// One rung's thread: scales the shared pictures and encodes them with libx264.
+struct RungWorker {
+    channel: String,
+    rung: Rung,
+    preset: String,
+    threads: usize,
+    max_frame_rate: f64,
+    encoded: IntCounter,
+    lag_drops: IntCounter,
+}
+
+/// The open encoder of a rung, with what must be matched to its output packets.
+struct Encoding {
+    encoder: ffmpeg::encoder::Video,
+    /// Pts of the pictures forced to IDR that have not come out yet.
+    cuts: VecDeque<Ticks>,
+    /// Ingest time by pts of the pictures inside the encoder.
+    ingest: BTreeMap<Ticks, SystemTime>,
+}
+
+impl RungWorker {
+    fn new(spec: &TranscodeSpec, rung: Rung, metrics: &Metrics) -> Self {
+        Self {
+            encoded: metrics.frames_encoded.with_label_values(&[&spec.channel, &rung.name]),
+            lag_drops: metrics.frames_dropped.with_label_values(&[&spec.channel, &rung.name, "lagging"]),
+            channel: spec.channel.clone(),
+            rung,
+            preset: spec.x264_preset.clone(),
+            threads: spec.encoder_threads,
+            max_frame_rate: spec.max_frame_rate,
+        }
+    }
+
+    fn run(self, rx: Receiver<Arc<Picture>>, mut sink: Box<dyn RenditionSink>) -> Result<(), TranscodeError> {
+        let result = self.encode_all(rx, sink.as_mut());
+        // Whatever happened, the rendition's last segment is published and its playlist ended.
+        sink.finish();
+        result
+    }
+
+    fn encode_all(&self, rx: Receiver<Arc<Picture>>, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
+        let mut scaler: Option<(scaling::Context, (Pixel, u32, u32))> = None;
+        let mut encoding: Option<Encoding> = None;
+        let mut lagging = false;
+        for picture in rx {
+            if picture.segment_start {
+                lagging = false;
+            } else if lagging || picture.ingest_time.elapsed().is_ok_and(|age| age > LAG_LIMIT) {
+                if !lagging {
+                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, pts = picture.pts, "rung is behind; skipping to the next segment");
+                }
+                lagging = true;
+                self.lag_drops.inc();
+                continue;
+            }
+            let src = picture.frame.frame();
+            let input = (src.format(), src.width(), src.height());
+            if scaler.as_ref().is_none_or(|(_, i)| *i != input) {
+                let ctx = scaling::Context::get(
+                    input.0,
+                    input.1,
+                    input.2,
+                    Pixel::YUV420P,
+                    self.rung.width,
+                    self.rung.height,
+                    scaling::Flags::BICUBIC,
+                )
+                .map_err(|e| self.scale_error(picture.pts, e))?;
+                scaler = Some((ctx, input));
+            }
+            let Some((ctx, _)) = scaler.as_mut() else { continue };
+            let mut out = frame::Video::empty();
+            ctx.run(src, &mut out).map_err(|e| self.scale_error(picture.pts, e))?;
+            out.set_pts(Some(picture.pts));
+            out.set_kind(if picture.segment_start { picture::Type::I } else { picture::Type::None });
+
+            if encoding.is_none() {
+                let e = self.open_encoder(picture.frame_rate)?;
+                let params =
+                    avc::params_from_annexb(&ffi::extradata(&e)).map_err(|source| TranscodeError::EncoderParams {
+                        channel: self.channel.clone(),
+                        rung: self.rung.name.clone(),
+                        source,
+                    })?;
+                sink.params(params);
+                encoding = Some(Encoding { encoder: e, cuts: VecDeque::new(), ingest: BTreeMap::new() });
+            }
+            let Some(enc) = encoding.as_mut() else { continue };
+            if picture.segment_start {
+                enc.cuts.push_back(picture.pts);
+            }
+            enc.ingest.insert(picture.pts, picture.ingest_time);
+            enc.encoder.send_frame(&out).map_err(|e| self.encoder_error("send a picture", e))?;
+            self.receive(enc, sink)?;
+        }
+        if let Some(enc) = encoding.as_mut() {
+            enc.encoder.send_eof().map_err(|e| self.encoder_error("flush", e))?;
+            self.receive(enc, sink)?;
+        }
+        Ok(())
+    }
+
+    fn receive(&self, enc: &mut Encoding, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
+        loop {
+            let mut packet = Packet::empty();
+            match enc.encoder.receive_packet(&mut packet) {
+                Ok(()) => {}
+                Err(ffmpeg::Error::Other { errno: EAGAIN }) | Err(ffmpeg::Error::Eof) => return Ok(()),
+                Err(e) => return Err(self.encoder_error("receive a packet", e)),
+            }
+            let Some(pts) = packet.pts() else { continue };
+            let dts = packet.dts().unwrap_or(pts);
+            while enc.cuts.front().is_some_and(|&c| c < pts) {
+                enc.cuts.pop_front();
+            }
+            let segment_start = enc.cuts.front() == Some(&pts);
+            if segment_start {
+                enc.cuts.pop_front();
+            }
+            let keyframe = packet.is_key();
+            if segment_start && !keyframe {
+                tracing::warn!(channel = %self.channel, rung = %self.rung.name, pts, "encoder did not make the forced IDR");
+            }
+            let ingest_time = enc.ingest.remove(&pts).unwrap_or_else(SystemTime::now);
+            while enc.ingest.first_key_value().is_some_and(|(&p, _)| p < pts) {
+                enc.ingest.pop_first();
+            }
+            let data = avc::annexb_to_length_prefixed(packet.data().unwrap_or_default());
+            self.encoded.inc();
+            sink.packet(EncodedPacket {
+                sample: Sample { pts, dts, keyframe, segment_start: segment_start && keyframe, data },
+                ingest_time,
+            });
+        }
+    }
+
+    fn open_encoder(&self, source_rate: Option<f64>) -> Result<ffmpeg::encoder::Video, TranscodeError> {
+        let codec = ffmpeg::encoder::find_by_name("libx264")
+            .ok_or_else(|| self.encoder_error("find libx264", ffmpeg::Error::EncoderNotFound))?;
+        let mut enc = codec::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(|e| self.encoder_error("allocate libx264", e))?;
+        let fps = source_rate.unwrap_or(DEFAULT_FRAME_RATE).min(self.max_frame_rate);
+        enc.set_width(self.rung.width);
+        enc.set_height(self.rung.height);
+        enc.set_format(Pixel::YUV420P);
+        enc.set_time_base(Rational(1, TIMESCALE as i32));
+        // A hint for rate control; timestamps carry the real timing.
+        enc.set_frame_rate(Some(Rational((fps * 1000.0).round() as i32, 1000)));
+        // SPS/PPS in extradata (the avcC of the init segment), not repeated in the stream.
+        enc.set_flags(codec::Flags::GLOBAL_HEADER);
+        let bitrate = usize::try_from(self.rung.bitrate).unwrap_or(usize::MAX);
+        enc.set_bit_rate(bitrate);
+        enc.set_max_bit_rate(bitrate);
+        let mut opts = Dictionary::new();
+        opts.set("preset", &self.preset);
+        // zerolatency: no B-frames, no lookahead, sliced threads — a picture in, a packet out.
+        opts.set("tune", "zerolatency");
+        opts.set("profile", "high");
+        // A one-second VBV keeps every segment near the declared bitrate (HLS BANDWIDTH).
+        opts.set("bufsize", &bitrate.to_string());
+        // Keyframes only where the segment clock forces them: no periodic or scene-cut IDRs, so
+        // every rung's IDRs fall on the same timestamps.
+        opts.set("x264-params", "keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0");
+        opts.set("forced-idr", "1");
+        if self.threads > 0 {
+            opts.set("threads", &self.threads.to_string());
+        }
+        let enc = enc.open_as_with(codec, opts).map_err(|e| self.encoder_error("open libx264", e))?;
+        tracing::debug!(channel = %self.channel, rung = %self.rung.name, width = self.rung.width, height = self.rung.height, fps, "encoder opened");
+        Ok(enc)
+    }
+
+    fn encoder_error(&self, what: &'static str, source: ffmpeg::Error) -> TranscodeError {
+        TranscodeError::Encoder { channel: self.channel.clone(), rung: self.rung.name.clone(), what, source }
+    }
+
+    fn scale_error(&self, pts: Ticks, source: ffmpeg::Error) -> TranscodeError {
+        TranscodeError::Scale { channel: self.channel.clone(), rung: self.rung.name.clone(), pts, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// What a fake sink saw.
+    #[derive(Default)]
+    struct Seen {
+        params: Vec<VideoParams>,
+        packets: Vec<Sample>,
+        finished: bool,
+    }
+
+    struct FakeSink(Arc<Mutex<Seen>>);
+
+    impl RenditionSink for FakeSink {
+        fn params(&mut self, params: VideoParams) {
+            self.0.lock().expect("lock").params.push(params);
+        }
+        fn packet(&mut self, packet: EncodedPacket) {
+            self.0.lock().expect("lock").packets.push(packet.sample);
+        }
+        fn finish(self: Box<Self>) {
+            self.0.lock().expect("lock").finished = true;
+        }
+    }
+
+    /// A real H.264 source made by the `ffmpeg` CLI, read back as (params, samples) on the 90 kHz clock.
+    fn source(dir: &Path, rate: u32, secs: u32) -> (VideoParams, Vec<Sample>) {
+        let file = dir.join("src.mp4");
+        let status = Command::new(std::env::var("FFMPEG").unwrap_or_else(|_| "ffmpeg".into()))
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size=320x240:rate={rate}"))
+            .args([
+                "-t",
+                &secs.to_string(),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "45",
+                "-bf",
+                "2",
+                "-sc_threshold",
+                "0",
+            ])
+            .args(["-pix_fmt", "yuv420p"])
+            .arg(&file)
+            .status()
+            .expect("ffmpeg must be installed");
+        assert!(status.success());
+        ffi::init();
+        let mut input = ffmpeg::format::input(&file).expect("open source");
+        let stream = input.streams().best(ffmpeg::media::Type::Video).expect("video stream");
+        let (index, tb) = (stream.index(), stream.time_base());
+        let ctx = codec::Context::from_parameters(stream.parameters()).expect("parameters");
+        let params = avc::params_from_avcc(Bytes::from(ffi::extradata(&ctx))).expect("avcC");
+        let to_ticks = |v: i64| v * i64::from(TIMESCALE) * i64::from(tb.numerator()) / i64::from(tb.denominator());
+        let mut samples = Vec::new();
+        for (s, packet) in input.packets() {
+            if s.index() != index {
+                continue;
+            }
+            let pts = to_ticks(packet.pts().expect("pts"));
+            samples.push(Sample {
+                pts,
+                dts: to_ticks(packet.dts().expect("dts")),
+                keyframe: packet.is_key(),
+                segment_start: false,
+                data: Bytes::copy_from_slice(packet.data().expect("data")),
+            });
+        }
+        (params, samples)
+    }
+
+    fn spec(source: VideoParams, alignment: Alignment, max_frame_rate: f64) -> TranscodeSpec {
+        TranscodeSpec {
+            channel: "test".into(),
+            source,
+            rungs: vec![
+                Rung { name: "240p".into(), width: 320, height: 240, bitrate: 400_000 },
+                Rung { name: "120p".into(), width: 160, height: 120, bitrate: 150_000 },
+            ],
+            alignment,
+            segment_target: 90_000,
+            x264_preset: "ultrafast".into(),
+            max_frame_rate,
+            encoder_threads: 1,
+            hardware: Hardware::Cpu,
+        }
+    }
+
+    /// Runs a transcode over `samples`, all stamped as arriving at ingest at `arrived` (pass a
+    /// time in the future to keep the lag rule out of a test about something else).
+    fn run_at(
+        spec: TranscodeSpec,
+        samples: Vec<Sample>,
+        metrics: Arc<Metrics>,
+        arrived: SystemTime,
+    ) -> Vec<Arc<Mutex<Seen>>> {
+        let seen: Vec<Arc<Mutex<Seen>>> = spec.rungs.iter().map(|_| Arc::default()).collect();
+        let sinks = seen.iter().map(|s| Box::new(FakeSink(s.clone())) as Box<dyn RenditionSink>).collect();
+        let mut t = Transcoder::start(spec, sinks, metrics).expect("start");
+        for s in samples {
+            t.push(s, arrived).expect("push");
+        }
+        t.finish().expect("finish");
+        seen
+    }
+
+    fn run(spec: TranscodeSpec, samples: Vec<Sample>, metrics: Arc<Metrics>) -> Vec<Arc<Mutex<Seen>>> {
+        run_at(spec, samples, metrics, SystemTime::now() + Duration::from_secs(3600))
+    }
+
+    fn cuts(seen: &Seen) -> Vec<Ticks> {
+        seen.packets.iter().filter(|p| p.segment_start).map(|p| p.pts).collect()
+    }
+
+    #[test]
+    fn every_rung_gets_idrs_on_the_same_cadence_and_nowhere_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 4);
+        let n = samples.len();
+        let metrics = Arc::new(Metrics::new());
+        let seen = run(spec(params, Alignment::Cadence, 60.0), samples, metrics.clone());
+        let first = cuts(&seen[0].lock().expect("lock"));
+        // 1 s cadence over 4 s at 30 fps (pts step 3000): cuts on the first frame of every second.
+        assert_eq!(first, vec![0, 90_000, 180_000, 270_000]);
+        for (s, size) in seen.iter().zip([(320, 240), (160, 120)]) {
+            let s = s.lock().expect("lock");
+            assert!(s.finished);
+            assert_eq!(s.params.len(), 1);
+            assert_eq!((s.params[0].width, s.params[0].height), size);
+            let codec = &s.params[0].codec;
+            assert!(
+                codec.len() == 11 && codec.starts_with("avc1.") && codec[5..].chars().all(|c| c.is_ascii_hexdigit()),
+                "{codec}"
+            );
+            assert_eq!(s.packets.len(), n, "no picture lost");
+            assert_eq!(cuts(&s), first, "cuts are the same in every rung");
+            let keys: Vec<Ticks> = s.packets.iter().filter(|p| p.keyframe).map(|p| p.pts).collect();
+            assert_eq!(keys, first, "IDRs only where segments start");
+            assert!(s.packets.windows(2).all(|w| w[1].dts > w[0].dts), "decode order is monotonic");
+            // Length-prefixed NAL units: the first length covers the rest exactly or partly.
+            let d = &s.packets[0].data;
+            let len = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+            assert!(len + 4 <= d.len());
+        }
+        assert_eq!(metrics.frames_decoded.with_label_values(&["test"]).get(), n as u64);
+        assert_eq!(metrics.frames_encoded.with_label_values(&["test", "120p"]).get(), n as u64);
+    }
+
+    #[test]
+    fn source_keyframe_alignment_cuts_on_source_keyframes_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 4);
+        // Source keyframes every 45 frames (1.5 s); target 1 s: every source keyframe cuts.
+        let expected: Vec<Ticks> = samples.iter().filter(|s| s.keyframe).map(|s| s.pts).collect();
+        assert_eq!(expected, vec![0, 135_000, 270_000]);
+        let seen = run(spec(params, Alignment::SourceKeyframes, 60.0), samples, Arc::new(Metrics::new()));
+        for s in &seen {
+            assert_eq!(cuts(&s.lock().expect("lock")), expected);
+        }
+    }
+
+    #[test]
+    fn the_frame_rate_cap_halves_a_60_fps_source_but_keeps_every_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 60, 2);
+        let n = samples.len() as u64;
+        let metrics = Arc::new(Metrics::new());
+        let seen = run(spec(params, Alignment::Cadence, 30.0), samples, metrics.clone());
+        let s = seen[1].lock().expect("lock");
+        let kept = s.packets.len() as u64;
+        assert!(kept.abs_diff(n / 2) <= 1, "{kept} of {n}");
+        assert_eq!(cuts(&s), vec![0, 90_000]);
+        let dropped = metrics.frames_dropped.with_label_values(&["test", "120p", "frame_rate_cap"]).get();
+        assert_eq!(dropped + kept, n);
+    }
+
+    #[test]
+    fn a_rung_behind_ingest_skips_to_each_segment_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 3);
+        let n = samples.len() as u64;
+        let metrics = Arc::new(Metrics::new());
+        // Every picture arrived long ago: only the segment starts are encoded, the rest skipped.
+        let stale = SystemTime::now() - Duration::from_secs(10);
+        let seen = run_at(spec(params, Alignment::Cadence, 60.0), samples, metrics.clone(), stale);
+        let s = seen[0].lock().expect("lock");
+        assert_eq!(cuts(&s), vec![0, 90_000, 180_000]);
+        assert_eq!(s.packets.len(), 3);
+        assert_eq!(metrics.frames_dropped.with_label_values(&["test", "240p", "lagging"]).get(), n - 3);
+    }
+
+    #[test]
+    fn nvidia_only_is_refused_here_with_the_reason() {
+        let params = VideoParams { avcc: Bytes::new(), width: 320, height: 240, codec: "avc1.64000D".into() };
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        s.hardware = Hardware::Nvidia;
+        let err = Transcoder::start(s, Vec::new(), Arc::new(Metrics::new())).err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("transcode.hardware is nvidia") && msg.contains("decode on nvidia"), "{msg}");
     }
 }

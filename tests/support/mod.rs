@@ -25,7 +25,7 @@ pub fn config(ladders_and_channels: &str, segment_duration: f64) -> Config {
          http: {{ listen: \"127.0.0.1:0\" }}\n\
          admin: {{ listen: \"127.0.0.1:0\" }}\n\
          hls: {{ segment_duration: {segment_duration}, window: 20 }}\n\
-         transcode: {{ x264_preset: ultrafast, encoder_threads: 1 }}\n\
+         transcode: {{ x264_preset: superfast, encoder_threads: 1 }}\n\
          {ladders_and_channels}"
     );
     Config::parse(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("test config invalid: {e:?}"))
