@@ -525,10 +525,10 @@ impl RenditionPublisher {
             return;
         }
         self.track = Some(track.clone());
-        if let Some(mut old) = self.segmenter.take() {
-            if let Some(seg) = old.finish() {
-                self.publish(seg);
-            }
+        if let Some(mut old) = self.segmenter.take()
+            && let Some(seg) = old.finish()
+        {
+            self.publish(seg);
         }
         let segmenter = Segmenter::new(track.clone());
         let mut h = lock(&self.history);

@@ -1,12 +1,17 @@
 //! Cuts one rendition's packets into segments, sans-IO: packets in, finished segments out. The
 //! segmenter cuts exactly where a packet says `segment_start`, never elsewhere.
+//!
+//! Samples are kept in a pending list in the track timescale with their decode times; a fragment
+//! is built from any run of them once the decode time that follows the run is known (the next
+//! sample's, or an estimate at the end of the stream). A segment is written as one such
+//! fragment; LL-HLS parts are shorter runs of the same list.
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::media::{EncodedPacket, Ticks};
-use crate::package::fmp4::{Fragment, TrackParams};
+use crate::media::{AudioParams, EncodedPacket, TIMESCALE, Ticks};
+use crate::package::fmp4::{self, Fragment, FragmentSample, TrackParams};
 
 /// A finished segment.
 #[derive(Debug, Clone)]
@@ -22,26 +27,571 @@ pub struct Segment {
     pub program_date_time: SystemTime,
 }
 
+/// Duration given to the last video sample of a stream when no earlier sample tells (one frame
+/// at 30 fps).
+const DEFAULT_VIDEO_SAMPLE_DURATION: i64 = 3000;
+/// AAC-LC's frame length, used if the parameters say 0.
+const DEFAULT_AAC_FRAME_SAMPLES: u32 = 1024;
+
+/// A sample waiting to be written, timed in the track timescale.
+#[derive(Debug, Clone)]
+struct PendingSample {
+    dts: i64,
+    composition_offset: i32,
+    keyframe: bool,
+    data: Bytes,
+}
+
+/// The segment being filled.
+#[derive(Debug)]
+struct OpenSegment {
+    start_pts: Ticks,
+    program_date_time: SystemTime,
+    samples: Vec<PendingSample>,
+}
+
+/// The running decode clock of an AAC track, in samples. RTMP carries millisecond timestamps,
+/// too coarse for 1024-sample frames (21.33 ms at 48 kHz), so durations come from the frame
+/// length and the packet timestamps only re-anchor the clock after a real gap.
+#[derive(Debug, Clone, Copy)]
+struct AudioClock {
+    next: i64,
+}
+
 pub struct Segmenter {
     track: TrackParams,
+    /// The track timescale (never 0, so conversions cannot divide by zero).
+    timescale: u32,
+    /// `mfhd` sequence number of the next fragment (§8.8.5: starts at 1, increases by fragment).
+    next_sequence: u32,
+    open: Option<OpenSegment>,
+    audio_clock: Option<AudioClock>,
 }
 
 impl Segmenter {
     pub fn new(track: TrackParams) -> Self {
-        Self { track }
+        let timescale = track.timescale().max(1);
+        Self { track, timescale, next_sequence: 1, open: None, audio_clock: None }
     }
 
     pub fn init_segment(&self) -> Bytes {
-        crate::package::fmp4::init_segment(&self.track)
+        fmp4::init_segment(&self.track)
     }
 
     /// Adds a packet (decode order); returns the segment it closed, if it opened a new one.
-    pub fn push(&mut self, _packet: EncodedPacket) -> Option<Segment> {
-        todo!("Segmenter::push")
+    pub fn push(&mut self, packet: EncodedPacket) -> Option<Segment> {
+        let sample = packet.sample;
+        if !sample.segment_start && self.open.is_none() {
+            // Before the first cut: a rendition starts where every other rendition starts.
+            return None;
+        }
+        let pending = match &self.track {
+            TrackParams::Video(_) => PendingSample {
+                dts: sample.dts,
+                composition_offset: clamp_i32(sample.pts.saturating_sub(sample.dts)),
+                keyframe: sample.keyframe,
+                data: sample.data,
+            },
+            TrackParams::Audio(a) => {
+                let frame = aac_frame_samples(a);
+                let at = rescale(sample.pts, TIMESCALE, self.timescale);
+                let dts = match self.audio_clock {
+                    // Within a frame of the packet time: the timestamp's rounding, not a gap.
+                    Some(c) if c.next.abs_diff(at) <= frame.unsigned_abs() => c.next,
+                    Some(c) => {
+                        tracing::debug!(expected = c.next, packet = at, "audio timestamps jumped; clock re-synced");
+                        at
+                    }
+                    None => at.max(0),
+                };
+                self.audio_clock = Some(AudioClock { next: dts.saturating_add(frame) });
+                // Every AAC frame is a sync sample and is presented at its decode time.
+                PendingSample { dts, composition_offset: 0, keyframe: true, data: sample.data }
+            }
+        };
+        let closed = if sample.segment_start { self.close(Some(pending.dts)) } else { None };
+        let open = self.open.get_or_insert_with(|| OpenSegment {
+            start_pts: sample.pts,
+            program_date_time: packet.ingest_time,
+            samples: Vec::new(),
+        });
+        open.samples.push(pending);
+        closed
     }
 
     /// Closes the open segment, if it holds any sample.
     pub fn finish(&mut self) -> Option<Segment> {
-        todo!("Segmenter::finish")
+        self.close(None)
+    }
+
+    /// Closes the open segment. `next_dts` is the decode time of the sample that follows it,
+    /// which gives its last sample's duration; `None` at the end of the stream.
+    fn close(&mut self, next_dts: Option<i64>) -> Option<Segment> {
+        let open = self.open.take()?;
+        let end_dts = match next_dts {
+            Some(d) => d,
+            None => self.estimated_end(&open.samples)?,
+        };
+        let first_dts = open.samples.first()?.dts;
+        let frames = u32::try_from(open.samples.len()).unwrap_or(u32::MAX);
+        let (fragment, track_duration) = self.build_fragment(open.samples, end_dts);
+        // Converting both ends (not the difference) keeps consecutive segments' 90 kHz durations
+        // summing to the track's own timeline, without accumulating rounding.
+        let start = rescale(first_dts.max(0), self.timescale, TIMESCALE);
+        let end = rescale(first_dts.max(0).saturating_add(track_duration), self.timescale, TIMESCALE);
+        Some(Segment {
+            start_pts: open.start_pts,
+            duration: end.saturating_sub(start),
+            fragment,
+            frames,
+            program_date_time: open.program_date_time,
+        })
+    }
+
+    /// Where a run of samples ends when nothing follows it: the last sample lasts as long as the
+    /// one before it (video), or one frame (audio, whose frames all have the same length).
+    fn estimated_end(&self, samples: &[PendingSample]) -> Option<i64> {
+        let last = samples.last()?;
+        let duration = match &self.track {
+            TrackParams::Audio(a) => aac_frame_samples(a),
+            TrackParams::Video(_) => match samples.len().checked_sub(2).and_then(|i| samples.get(i)) {
+                Some(prev) if last.dts > prev.dts => last.dts - prev.dts,
+                _ => rescale(DEFAULT_VIDEO_SAMPLE_DURATION, TIMESCALE, self.timescale),
+            },
+        };
+        Some(last.dts.saturating_add(duration))
+    }
+
+    /// One `moof`+`mdat` of `samples`, whose run ends at decode time `end_dts`; also returns the
+    /// run's duration in the track timescale. Each sample lasts until the next one's decode time
+    /// (§8.8.8: `trun` durations are decode deltas); a decode time that goes backwards gives 0.
+    fn build_fragment(&mut self, samples: Vec<PendingSample>, end_dts: i64) -> (Fragment, i64) {
+        let mut described = Vec::with_capacity(samples.len());
+        let mut payloads = Vec::with_capacity(samples.len());
+        let mut total: i64 = 0;
+        let base = samples.first().map_or(0, |s| s.dts.max(0));
+        for (i, s) in samples.iter().enumerate() {
+            let next = samples.get(i + 1).map_or(end_dts, |n| n.dts);
+            let duration = u32::try_from(next.saturating_sub(s.dts).max(0)).unwrap_or(u32::MAX);
+            total = total.saturating_add(i64::from(duration));
+            described.push(FragmentSample {
+                duration,
+                size: u32::try_from(s.data.len()).unwrap_or(u32::MAX),
+                keyframe: s.keyframe,
+                composition_offset: s.composition_offset,
+            });
+        }
+        for s in samples {
+            payloads.push(s.data);
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1).max(1);
+        (fmp4::fragment(sequence, base as u64, &described, payloads), total)
+    }
+}
+
+fn aac_frame_samples(a: &AudioParams) -> i64 {
+    i64::from(if a.frame_samples == 0 { DEFAULT_AAC_FRAME_SAMPLES } else { a.frame_samples })
+}
+
+/// `value` in timescale `from` converted to timescale `to`, rounded to nearest, saturating.
+fn rescale(value: i64, from: u32, to: u32) -> i64 {
+    if from == to || from == 0 {
+        return value;
+    }
+    let half = i128::from(from) / 2;
+    let scaled = i128::from(value) * i128::from(to);
+    let rounded = if scaled >= 0 { (scaled + half) / i128::from(from) } else { (scaled - half) / i128::from(from) };
+    i64::try_from(rounded).unwrap_or(if rounded < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn clamp_i32(v: i64) -> i32 {
+    i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use mp4_atom::{Any, Codec, Decode, Encode, Moof, Moov, TrunEntry};
+
+    use super::*;
+    use crate::media::{Sample, VideoParams};
+
+    fn video_track() -> TrackParams {
+        TrackParams::Video(VideoParams {
+            avcc: Bytes::from_static(&[1, 0x42, 0, 0x1e, 0xff, 0xe1, 0, 4, 0x67, 0x42, 0, 0x1e, 1, 0, 2, 0x68, 0xce]),
+            width: 640,
+            height: 360,
+            codec: "avc1.42001e".into(),
+        })
+    }
+
+    fn audio_track() -> TrackParams {
+        TrackParams::Audio(AudioParams {
+            asc: Bytes::from_static(&[0x11, 0x90]),
+            sample_rate: 48_000,
+            channels: 2,
+            codec: "mp4a.40.2".into(),
+            frame_samples: 1024,
+        })
+    }
+
+    fn epoch(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn packet(pts: Ticks, dts: Ticks, keyframe: bool, segment_start: bool, tag: u8) -> EncodedPacket {
+        EncodedPacket {
+            sample: Sample { pts, dts, keyframe, segment_start, data: Bytes::from(vec![tag; 4 + tag as usize]) },
+            ingest_time: epoch(dts.max(0) as u64),
+        }
+    }
+
+    /// (sequence number, tfdt, trun entries, payload bytes in order) of a fragment.
+    fn decode(f: &Fragment) -> (u32, u64, Vec<TrunEntry>, Vec<u8>) {
+        let bytes: Vec<u8> = f.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut buf = bytes.as_slice();
+        let moof = Moof::decode(&mut buf).expect("moof");
+        let moof_len = bytes.len() - buf.len();
+        let traf = &moof.traf[0];
+        let trun = &traf.trun[0];
+        assert_eq!(trun.data_offset, Some(moof_len as i32 + 8));
+        (
+            moof.mfhd.sequence_number,
+            traf.tfdt.as_ref().expect("tfdt").base_media_decode_time,
+            trun.samples.iter().collect(),
+            bytes[moof_len + 8..].to_vec(),
+        )
+    }
+
+    fn durations(entries: &[TrunEntry]) -> Vec<u32> {
+        entries.iter().map(|e| e.duration.expect("duration")).collect()
+    }
+
+    #[test]
+    fn cuts_exactly_at_segment_start_and_drops_what_comes_before() {
+        let mut s = Segmenter::new(video_track());
+        let mut out = Vec::new();
+        for i in 0..12i64 {
+            // Cuts at 2 and 7; the keyframe at 4 does not cut on its own.
+            let start = i == 2 || i == 7;
+            let key = start || i == 4;
+            out.extend(s.push(packet(i * 3000, i * 3000, key, start, i as u8)));
+        }
+        assert_eq!(out.len(), 1, "only the second cut closes a segment");
+        out.extend(s.finish());
+        assert!(s.finish().is_none(), "finish twice gives nothing more");
+        assert_eq!(out.len(), 2);
+
+        let (a, b) = (&out[0], &out[1]);
+        assert_eq!((a.start_pts, a.duration, a.frames), (6000, 15_000, 5));
+        assert_eq!(a.program_date_time, epoch(6000));
+        assert_eq!((b.start_pts, b.duration, b.frames), (21_000, 15_000, 5));
+
+        let (seq, tfdt, entries, mdat) = decode(&a.fragment);
+        assert_eq!((seq, tfdt), (1, 6000));
+        assert_eq!(durations(&entries), vec![3000; 5]);
+        let flags: Vec<u32> = entries.iter().map(|e| e.flags.expect("flags")).collect();
+        assert_eq!(flags, vec![0x0200_0000, 0x0101_0000, 0x0200_0000, 0x0101_0000, 0x0101_0000]);
+        let expected: Vec<u8> = (2u8..7).flat_map(|t| vec![t; 4 + t as usize]).collect();
+        assert_eq!(mdat, expected, "the mdat holds exactly the samples 2..7, in order");
+
+        let (seq, tfdt, entries, _) = decode(&b.fragment);
+        assert_eq!((seq, tfdt), (2, 21_000));
+        // The last sample of the stream lasts as long as the one before it.
+        assert_eq!(durations(&entries), vec![3000; 5]);
+    }
+
+    #[test]
+    fn video_durations_are_dts_deltas_and_offsets_are_signed() {
+        let mut s = Segmenter::new(video_track());
+        // Decode order I P B B with jittery decode times; the next cut's dts closes the segment.
+        let frames = [(3000, 0, true, true), (12_000, 3003, false, false), (6000, 6006, false, false)];
+        for (pts, dts, key, start) in frames {
+            assert!(s.push(packet(pts, dts, key, start, 1)).is_none());
+        }
+        assert!(s.push(packet(9000, 9009, false, false, 1)).is_none());
+        let seg = s.push(packet(15_000, 12_000, true, true, 1)).expect("closed by the cut");
+        assert_eq!(seg.duration, 12_000, "next segment's first dts − first dts");
+        let (_, tfdt, entries, _) = decode(&seg.fragment);
+        assert_eq!(tfdt, 0);
+        assert_eq!(durations(&entries), vec![3003, 3003, 3003, 2991]);
+        let cts: Vec<i64> = entries.iter().map(|e| e.cts.expect("cts")).collect();
+        assert_eq!(cts, vec![3000, 8997, -6, -9]);
+    }
+
+    #[test]
+    fn negative_first_dts_clamps_the_base_decode_time() {
+        let mut s = Segmenter::new(video_track());
+        s.push(packet(0, -6000, true, true, 1));
+        s.push(packet(9000, -3000, false, false, 1));
+        let seg = s.finish().expect("segment");
+        let (_, tfdt, entries, _) = decode(&seg.fragment);
+        assert_eq!(tfdt, 0);
+        assert_eq!(durations(&entries), vec![3000, 3000]);
+        assert_eq!(seg.duration, 6000);
+    }
+
+    #[test]
+    fn lone_sample_gets_the_default_duration() {
+        let mut s = Segmenter::new(video_track());
+        assert!(s.finish().is_none(), "nothing open");
+        s.push(packet(0, 0, false, false, 1));
+        assert!(s.finish().is_none(), "a packet before the first cut is dropped");
+        s.push(packet(500, 500, true, true, 1));
+        let seg = s.finish().expect("segment");
+        assert_eq!((seg.frames, seg.duration), (1, 3000));
+
+        let mut s = Segmenter::new(audio_track());
+        s.push(packet(0, 0, true, true, 1));
+        let seg = s.finish().expect("segment");
+        assert_eq!(durations(&decode(&seg.fragment).2), vec![1024]);
+        assert_eq!(seg.duration, 1920, "1024 samples at 48 kHz in 90 kHz ticks");
+    }
+
+    /// RTMP audio timestamps: whole milliseconds of a 1024-sample, 48 kHz frame clock.
+    fn rtmp_audio_pts(frame: i64) -> Ticks {
+        let ms = (frame * 1024 * 1000 + 24_000) / 48_000;
+        ms * 90
+    }
+
+    #[test]
+    fn audio_durations_come_from_the_frame_length_not_millisecond_timestamps() {
+        let mut s = Segmenter::new(audio_track());
+        let mut segments = Vec::new();
+        for i in 0..100 {
+            let pts = rtmp_audio_pts(i);
+            segments.extend(s.push(packet(pts, pts, true, i % 40 == 0, 1)));
+        }
+        segments.extend(s.finish());
+        assert_eq!(segments.len(), 3);
+        let mut next_tfdt = 0;
+        for (n, seg) in segments.iter().enumerate() {
+            let (seq, tfdt, entries, _) = decode(&seg.fragment);
+            assert_eq!(seq, n as u32 + 1);
+            assert_eq!(tfdt, next_tfdt, "segments follow each other without gaps");
+            assert!(durations(&entries).iter().all(|&d| d == 1024));
+            next_tfdt += 1024 * entries.len() as u64;
+        }
+        assert_eq!([segments[0].frames, segments[1].frames, segments[2].frames], [40, 40, 20]);
+        // 90 kHz durations add up to the exact sample count: 100 × 1024 samples = 192 000 ticks.
+        let total: Ticks = segments.iter().map(|s| s.duration).sum();
+        assert_eq!(total, 192_000);
+        assert_eq!(segments[0].duration, 76_800);
+        assert_eq!(segments[1].start_pts, rtmp_audio_pts(40));
+    }
+
+    #[test]
+    fn audio_clock_resyncs_after_a_gap_and_starts_at_the_first_frame() {
+        let mut s = Segmenter::new(audio_track());
+        // Starts mid-stream at 1 s; frames 0..5, then 11 frames go missing, then 5 more.
+        let base = 90_000;
+        let frames: Vec<i64> = (0..5).chain(16..21).collect();
+        for (n, i) in frames.iter().enumerate() {
+            let pts = base + rtmp_audio_pts(*i);
+            assert!(s.push(packet(pts, pts, true, n == 0, 1)).is_none());
+        }
+        let seg = s.finish().expect("segment");
+        let (_, tfdt, entries, _) = decode(&seg.fragment);
+        assert_eq!(tfdt, 48_000, "the clock starts from the first frame's time");
+        // The frame before the gap lasts until the next frame's (re-synced) time.
+        let gap_end = (rtmp_audio_pts(16) + base) * 48_000 / 90_000;
+        let mut want = vec![1024; 10];
+        want[4] = (gap_end - 48_000 - 4 * 1024) as u32;
+        assert_eq!(durations(&entries), want);
+        // Frame 16 is at 341.33 ms, carried as 341 ms: the clock takes the packet's time.
+        assert_eq!(want[4], 12 * 1024 - 16);
+    }
+
+    #[test]
+    fn hostile_timestamps_do_not_panic() {
+        for track in [video_track(), audio_track()] {
+            let mut s = Segmenter::new(track);
+            let values = [i64::MIN, -1, 0, i64::MAX, 5, i64::MIN / 2, i64::MAX - 1];
+            for (i, &pts) in values.iter().enumerate() {
+                for &dts in &values {
+                    let _ = s.push(packet(pts, dts, i % 2 == 0, i.wrapping_add(dts as usize) % 3 == 0, 1));
+                }
+            }
+            let _ = s.finish();
+        }
+        let mut zero_rate = audio_track();
+        if let TrackParams::Audio(a) = &mut zero_rate {
+            a.sample_rate = 0;
+            a.frame_samples = 0;
+        }
+        let mut s = Segmenter::new(zero_rate);
+        s.push(packet(0, 0, true, true, 1));
+        s.push(packet(1920, 1920, true, false, 1));
+        assert!(s.finish().is_some());
+    }
+
+    fn ffprobe(input: &[u8], args: &[&str]) -> (String, String) {
+        let mut child = Command::new(std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into()))
+            .args(["-v", "error"])
+            .args(args)
+            .args(["-of", "csv=p=0", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ffprobe on PATH (or FFPROBE)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            // ffprobe may stop reading early; a broken pipe then is not the test's concern.
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("ffprobe runs");
+        writer.join().expect("writer");
+        assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// A sample of a fixture file: (dts, pts, keyframe, payload) in the file's timescale.
+    type FixtureSample = (i64, i64, bool, Bytes);
+
+    /// The sample entry and the samples of a fragmented MP4 written by ffmpeg.
+    fn read_fixture(file: &'static [u8]) -> (Codec, Vec<FixtureSample>) {
+        let file = Bytes::from_static(file);
+        let mut buf: &[u8] = &file;
+        let mut codec = None;
+        let mut trex = None;
+        let mut samples = Vec::new();
+        while !buf.is_empty() {
+            let at = file.len() - buf.len();
+            match Any::decode(&mut buf).expect("box") {
+                Any::Moov(Moov { trak, mvex, .. }) => {
+                    codec = trak[0].mdia.minf.stbl.stsd.codecs.first().cloned();
+                    trex = mvex.and_then(|m| m.trex.first().cloned());
+                }
+                Any::Moof(moof) => {
+                    let trex = trex.clone().expect("trex before moof");
+                    for traf in &moof.traf {
+                        let mut dts = traf.tfdt.as_ref().expect("tfdt").base_media_decode_time as i64;
+                        for trun in &traf.trun {
+                            let mut pos = at + trun.data_offset.expect("data offset") as usize;
+                            for e in trun.samples.iter() {
+                                let size = e.size.or(traf.tfhd.default_sample_size).unwrap_or(trex.default_sample_size);
+                                let duration = e
+                                    .duration
+                                    .or(traf.tfhd.default_sample_duration)
+                                    .unwrap_or(trex.default_sample_duration);
+                                let flags =
+                                    e.flags.or(traf.tfhd.default_sample_flags).unwrap_or(trex.default_sample_flags);
+                                let data = file.slice(pos..pos + size as usize);
+                                samples.push((dts, dts + e.cts.unwrap_or(0), flags & 0x1_0000 == 0, data));
+                                pos += size as usize;
+                                dts += i64::from(duration);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (codec.expect("a sample entry"), samples)
+    }
+
+    fn record(avcc: &mp4_atom::Avcc) -> Bytes {
+        let mut v = Vec::new();
+        avcc.encode(&mut v).expect("avcC");
+        Bytes::from(v.split_off(8))
+    }
+
+    fn write_out(s: &mut Segmenter, packets: Vec<EncodedPacket>) -> (Vec<u8>, Vec<Segment>) {
+        let mut file = s.init_segment().to_vec();
+        let mut segments = Vec::new();
+        for p in packets {
+            segments.extend(s.push(p));
+        }
+        segments.extend(s.finish());
+        for seg in &segments {
+            for c in &seg.fragment.chunks {
+                file.extend_from_slice(c);
+            }
+        }
+        (file, segments)
+    }
+
+    #[test]
+    fn real_h264_access_units_make_a_file_ffprobe_reads() {
+        // x264, 320x180, 30 fps, 2 s, an IDR every 15 frames, 2 B-frames, 90 kHz timescale.
+        let (codec, samples) = read_fixture(include_bytes!("testdata/h264_320x180_30fps_2s.mp4"));
+        let Codec::Avc1(avc1) = codec else { panic!("avc1 expected") };
+        assert_eq!(samples.len(), 60);
+        let track = TrackParams::Video(VideoParams {
+            avcc: record(&avc1.avcc),
+            width: 320,
+            height: 180,
+            codec: "avc1.64000d".into(),
+        });
+        let mut s = Segmenter::new(track);
+        let packets = samples
+            .iter()
+            .map(|(dts, pts, key, data)| EncodedPacket {
+                sample: Sample { pts: *pts, dts: *dts, keyframe: *key, segment_start: *key, data: data.clone() },
+                ingest_time: SystemTime::UNIX_EPOCH,
+            })
+            .collect();
+        let (file, segments) = write_out(&mut s, packets);
+        assert_eq!(segments.len(), 4, "one segment per 15-frame GOP");
+        for seg in &segments {
+            assert_eq!((seg.frames, seg.duration), (15, 45_000));
+        }
+
+        let (out, err) = ffprobe(&file, &["-count_frames", "-show_entries", "stream=nb_read_frames,width,height"]);
+        assert_eq!(out.trim(), "320,180,60");
+        assert!(err.is_empty(), "ffprobe complained: {err}");
+
+        // Every packet comes back at the time it went in.
+        let (out, _) = ffprobe(&file, &["-show_entries", "packet=pts,dts,flags"]);
+        // The flags column's width differs between ffprobe versions; its first letter is K or _.
+        let got: Vec<String> = out.lines().map(|l| l.chars().take_while(|&c| c != '_').collect()).collect();
+        let want: Vec<String> =
+            samples.iter().map(|(dts, pts, key, _)| format!("{pts},{dts},{}", if *key { "K" } else { "" })).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn real_aac_frames_make_a_file_ffprobe_reads() {
+        // ffmpeg's AAC encoder, 48 kHz stereo, 2 s.
+        let (codec, samples) = read_fixture(include_bytes!("testdata/aac_48k_stereo_2s.mp4"));
+        let Codec::Mp4a(mp4a) = codec else { panic!("mp4a expected") };
+        let asc = mp4a.esds.es_desc.dec_config.dec_specific.expect("ASC").raw;
+        let track = TrackParams::Audio(AudioParams {
+            asc: Bytes::from(asc),
+            sample_rate: 48_000,
+            channels: 2,
+            codec: "mp4a.40.2".into(),
+            frame_samples: 1024,
+        });
+        let mut s = Segmenter::new(track);
+        let packets = samples
+            .iter()
+            .enumerate()
+            .map(|(i, (dts, _, _, data))| {
+                // As RTMP would carry it: whole milliseconds, on the 90 kHz clock.
+                let pts = (dts * 1000 + 24_000) / 48_000 * 90;
+                EncodedPacket {
+                    sample: Sample { pts, dts: pts, keyframe: true, segment_start: i % 47 == 0, data: data.clone() },
+                    ingest_time: SystemTime::UNIX_EPOCH,
+                }
+            })
+            .collect();
+        let (file, segments) = write_out(&mut s, packets);
+        assert_eq!(segments.iter().map(|s| s.frames as usize).sum::<usize>(), samples.len());
+
+        let (out, err) =
+            ffprobe(&file, &["-count_frames", "-show_entries", "stream=nb_read_frames,sample_rate,channels"]);
+        assert_eq!(out.trim(), format!("48000,2,{}", samples.len()));
+        assert!(err.is_empty(), "ffprobe complained: {err}");
+        let (out, _) = ffprobe(&file, &["-show_entries", "packet=dts"]);
+        let dts: Vec<i64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let want: Vec<i64> = (0..samples.len() as i64).map(|i| i * 1024).collect();
+        assert_eq!(dts, want, "decode times on the 1024-sample grid");
     }
 }
