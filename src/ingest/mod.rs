@@ -3,6 +3,7 @@
 
 pub mod flv;
 pub mod rtmp;
+pub mod timeline;
 
 use std::net::SocketAddr;
 

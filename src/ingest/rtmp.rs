@@ -1,21 +1,1626 @@
 //! The RTMP listener: one tokio task per connection drives an `rml_rtmp` server session.
+//!
+//! rml_rtmp is sans-IO, unmaintained, and has known panics on hostile input. So each connection
+//! runs under `catch_unwind` (a panic ends that connection only), every wait on the peer has a
+//! deadline, and the chunk stream passes through a [`ChunkGuard`] before rml_rtmp sees it: the
+//! guard bounds message sizes (rml_rtmp would buffer up to the 16 MiB a chunk header may
+//! announce) and AMF0 nesting (rml_amf0 parses objects recursively, so a few kilobytes of nested
+//! objects would overflow a worker thread's stack and abort the whole daemon).
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use prometheus::IntCounter;
+use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent, ServerSessionResult,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::RtmpConfig;
-use crate::ingest::PublishGate;
+use crate::ingest::flv::{self, AudioTag, FlvError, VideoDemuxer, VideoTag};
+use crate::ingest::timeline::Timeline;
+use crate::ingest::{Publish, PublishGate, Refusal};
+use crate::media::{Arrival, MediaPacket, Sample};
 use crate::metrics::Metrics;
+
+/// Bytes read from the socket at a time; also the most handed to rml_rtmp in one call.
+const READ_BUFFER: usize = 64 * 1024;
+/// Chunk size of what we send. Our messages are small commands; 4096 is what ffmpeg and OBS use.
+const OUTBOUND_CHUNK_SIZE: u32 = 4096;
+/// Largest audio or video message accepted. An H.264 IDR picture of a 4K stream at a high bitrate
+/// is a few megabytes; the protocol allows 16 MiB.
+const MAX_MEDIA_MESSAGE: usize = 8 * 1024 * 1024;
+/// Largest message of any other type (commands, metadata, control). Real ones are a few hundred bytes.
+const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
+/// Deepest AMF0 nesting accepted; `connect` and `onMetaData` use one or two levels.
+const MAX_AMF_DEPTH: usize = 16;
+/// Chunk streams a peer may use; encoders use fewer than ten.
+const MAX_CHUNK_STREAMS: usize = 64;
+/// Commands a connection may send. A publisher sends about ten; rml_rtmp keeps state for some
+/// (every `createStream` adds a stream to a map it never shrinks), so an endless supply is refused.
+const MAX_COMMANDS: u32 = 1000;
+/// Malformed FLV tags in a row after which the publish is ended.
+const MALFORMED_TAGS_LIMIT: u32 = 50;
+/// How long a connection we are closing is drained, so that our last response (a refusal) reaches
+/// the client instead of being discarded by the reset a close with unread data would cause.
+const LINGER: Duration = Duration::from_secs(1);
+/// Pause after a failed accept (e.g. out of file descriptors), which would otherwise fail at once again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts RTMP connections until `shutdown`.
 pub async fn serve<G: PublishGate>(
-    _listener: TcpListener,
-    _gate: Arc<G>,
-    _config: RtmpConfig,
-    _metrics: Arc<Metrics>,
-    _shutdown: CancellationToken,
+    listener: TcpListener,
+    gate: Arc<G>,
+    config: RtmpConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 ) {
-    todo!("rtmp::serve")
+    let limits = Limits::new(&config);
+    let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "RTMP accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.rtmp_connections_dropped.with_label_values(&["limit"]).inc();
+            tracing::debug!(%peer, limit = config.max_connections, "RTMP connection refused: too many open");
+            drop(socket);
+            continue;
+        };
+        tasks.spawn(connection(socket, peer, gate.clone(), limits, metrics.clone(), shutdown.clone(), slot));
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// One connection from accept to close, with its outcome counted and logged.
+async fn connection<G: PublishGate>(
+    socket: TcpStream,
+    peer: SocketAddr,
+    gate: Arc<G>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let _open = OpenGauge::new(&metrics);
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let conn = Connection::new(socket, peer, limits, metrics.clone(), shutdown);
+    // A panic inside rml_rtmp or a parser unwinds to here: nothing it touched is shared with
+    // other connections except through the channel's queue, which stays consistent.
+    match AssertUnwindSafe(conn.run(&*gate)).catch_unwind().await {
+        Ok(Ok(Ended::Kicked)) => tracing::info!(%peer, "publisher disconnected by the channel"),
+        Ok(Ok(end)) => tracing::debug!(%peer, %end, "RTMP connection closed"),
+        Ok(Err(e)) => {
+            if let Some(reason) = e.drop_reason() {
+                metrics.rtmp_connections_dropped.with_label_values(&[reason]).inc();
+            }
+            e.log();
+        }
+        Err(panic) => {
+            metrics.rtmp_connections_dropped.with_label_values(&["panic"]).inc();
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("non-string panic payload");
+            tracing::error!(%peer, panic = what, "RTMP connection panicked and was closed");
+        }
+    }
+}
+
+/// Keeps `rtmp_connections` right however the connection task ends, unwinding included.
+struct OpenGauge(prometheus::IntGauge);
+
+impl OpenGauge {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.rtmp_connections.inc();
+        Self(metrics.rtmp_connections.clone())
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Handshake, `connect` and `publish` together.
+    handshake: Duration,
+    /// Silence from a publisher.
+    idle: Duration,
+}
+
+impl Limits {
+    fn new(config: &RtmpConfig) -> Self {
+        // The config is validated; this only keeps a NaN or a negative from turning into a panic.
+        let secs = |v: f64, fallback: u64| {
+            Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(fallback))
+        };
+        Self { handshake: secs(config.handshake_timeout, 5), idle: secs(config.idle_timeout, 10) }
+    }
+}
+
+/// How a connection ended when nothing went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client hung up (or reset the connection).
+    ClientClosed,
+    /// The client ended its publish (`FCUnpublish`/`deleteStream`).
+    PublishFinished,
+    /// The gate refused the publish; the client was told.
+    Refused(Refusal),
+    /// The channel cancelled the publish's kick token.
+    Kicked,
+    /// The channel dropped its end of the media queue.
+    ChannelClosed,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::ClientClosed => f.write_str("client closed the connection"),
+            Ended::PublishFinished => f.write_str("client ended the publish"),
+            Ended::Refused(r) => write!(f, "publish refused ({})", r.label()),
+            Ended::Kicked => f.write_str("channel ended the publish"),
+            Ended::ChannelClosed => f.write_str("channel stopped taking media"),
+            Ended::Shutdown => f.write_str("shutting down"),
+        }
+    }
+}
+
+/// The channel a connection publishes to, if it got that far.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelName(Option<String>);
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_deref().unwrap_or("none"))
+    }
+}
+
+/// Why the server closed an RTMP connection.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("RTMP peer {peer}: handshake, connect and publish not done within {limit:?}")]
+    HandshakeTimeout { peer: SocketAddr, limit: Duration },
+    #[error("RTMP peer {peer} (channel {channel}): nothing received for {limit:?}")]
+    IdleTimeout { peer: SocketAddr, channel: ChannelName, limit: Duration },
+    #[error("RTMP peer {peer}: handshake failed: {source}")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: HandshakeError,
+    },
+    #[error("RTMP peer {peer} (channel {channel}): {source}")]
+    Session {
+        peer: SocketAddr,
+        channel: ChannelName,
+        #[source]
+        source: ServerSessionError,
+    },
+    #[error("RTMP peer {peer} (channel {channel}): chunk stream refused: {source}")]
+    Chunk {
+        peer: SocketAddr,
+        channel: ChannelName,
+        #[source]
+        source: ChunkViolation,
+    },
+    #[error("RTMP peer {peer} (channel {channel}): socket: {source}")]
+    Io {
+        peer: SocketAddr,
+        channel: ChannelName,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "publish refused: unsupported codec {what} (channel {channel}, peer {peer}, RTMP timestamp {timestamp} ms)"
+    )]
+    UnsupportedCodec { peer: SocketAddr, channel: String, what: String, timestamp: u32 },
+    #[error(
+        "channel {channel}, peer {peer}: {count} malformed FLV tags in a row, the last at RTMP timestamp {timestamp} ms: {source}"
+    )]
+    MalformedTags {
+        peer: SocketAddr,
+        channel: String,
+        count: u32,
+        timestamp: u32,
+        #[source]
+        source: FlvError,
+    },
+}
+
+impl IngestError {
+    /// The `reason` label of `rtmp_connections_dropped`, for the errors that count there.
+    fn drop_reason(&self) -> Option<&'static str> {
+        match self {
+            IngestError::HandshakeTimeout { .. } => Some("handshake_timeout"),
+            IngestError::IdleTimeout { .. } => Some("idle_timeout"),
+            IngestError::Handshake { .. }
+            | IngestError::Session { .. }
+            | IngestError::Chunk { .. }
+            | IngestError::MalformedTags { .. } => Some("protocol"),
+            // Counted as a publish rejection instead.
+            IngestError::UnsupportedCodec { .. } => None,
+            IngestError::Io { .. } => None,
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            IngestError::HandshakeTimeout { .. } | IngestError::IdleTimeout { .. } => {
+                tracing::info!(error = %self, "RTMP connection dropped");
+            }
+            IngestError::UnsupportedCodec { .. } => tracing::error!("{self}"),
+            _ => tracing::warn!(error = %self, "RTMP connection dropped"),
+        }
+    }
+}
+
+/// What ends the connection loop: a clean end or an error.
+enum Stop {
+    Ended(Ended),
+    Failed(IngestError),
+}
+
+impl From<Ended> for Stop {
+    fn from(e: Ended) -> Self {
+        Stop::Ended(e)
+    }
+}
+
+impl From<IngestError> for Stop {
+    fn from(e: IngestError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// The live publish of a connection.
+struct ActivePublish {
+    channel: String,
+    media: mpsc::Sender<Arrival>,
+    kick: CancellationToken,
+    timeline: Timeline,
+    video: VideoDemuxer,
+    ingest_bytes: IntCounter,
+    malformed_in_a_row: u32,
+    malformed_total: u64,
+}
+
+impl ActivePublish {
+    fn new(publish: Publish, metrics: &Metrics) -> Self {
+        let ingest_bytes = metrics.ingest_bytes.with_label_values(&[&publish.channel]);
+        Self {
+            channel: publish.channel,
+            media: publish.media,
+            kick: publish.kick,
+            timeline: Timeline::new(),
+            video: VideoDemuxer::new(),
+            ingest_bytes,
+            malformed_in_a_row: 0,
+            malformed_total: 0,
+        }
+    }
+}
+
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    /// When handshake, `connect` and `publish` must be done by.
+    deadline: Instant,
+    /// Responses waiting to be written, in the order rml_rtmp serialized them.
+    out: Vec<u8>,
+    guard: ChunkGuard,
+    publish: Option<ActivePublish>,
+}
+
+/// Outcome of one socket read.
+enum ReadOutcome {
+    Bytes(usize),
+    Stop(Stop),
+    TimedOut,
+}
+
+impl Connection {
+    fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            socket,
+            peer,
+            limits,
+            metrics,
+            shutdown,
+            deadline: Instant::now() + limits.handshake,
+            out: Vec::new(),
+            guard: ChunkGuard::new(),
+            publish: None,
+        }
+    }
+
+    async fn run<G: PublishGate>(mut self, gate: &G) -> Result<Ended, IngestError> {
+        let result = self.drive(gate).await;
+        // Dropping the sender is what ends the publish for the channel; do it before lingering.
+        self.publish = None;
+        match result {
+            Ok(never) => match never {},
+            Err(Stop::Ended(end)) => {
+                if matches!(end, Ended::Refused(_) | Ended::PublishFinished) {
+                    self.linger().await;
+                }
+                Ok(end)
+            }
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Runs the connection until something ends it; only the error side returns.
+    async fn drive<G: PublishGate>(&mut self, gate: &G) -> Result<Infallible, Stop> {
+        let mut buf = vec![0u8; READ_BUFFER];
+        let leftover = self.handshake(&mut buf).await?;
+        let (mut session, initial) = ServerSession::new(session_config()).map_err(|e| self.session_error(e))?;
+        self.queue(initial);
+        self.flush().await?;
+        if !leftover.is_empty() {
+            self.feed(&mut session, &leftover, gate).await?;
+        }
+        loop {
+            let n = self.read(&mut buf).await?;
+            self.feed(&mut session, &buf[..n], gate).await?;
+        }
+    }
+
+    /// Runs the RTMP handshake (RTMP spec §5.2); returns the bytes that followed it.
+    async fn handshake(&mut self, buf: &mut [u8]) -> Result<Vec<u8>, Stop> {
+        let mut handshake = Handshake::new(PeerType::Server);
+        loop {
+            let n = self.read(buf).await?;
+            let step = handshake
+                .process_bytes(&buf[..n])
+                .map_err(|source| IngestError::Handshake { peer: self.peer, source })?;
+            match step {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    self.out.extend_from_slice(&response_bytes);
+                    self.flush().await?;
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    self.out.extend_from_slice(&response_bytes);
+                    self.flush().await?;
+                    return Ok(remaining_bytes);
+                }
+            }
+        }
+    }
+
+    /// The deadline of the next read or write: the handshake deadline until a publish is
+    /// accepted, then the idle timeout.
+    fn io_deadline(&self) -> Instant {
+        match self.publish {
+            None => self.deadline,
+            Some(_) => Instant::now() + self.limits.idle,
+        }
+    }
+
+    fn timeout_error(&self) -> IngestError {
+        match self.publish {
+            None => IngestError::HandshakeTimeout { peer: self.peer, limit: self.limits.handshake },
+            Some(_) => {
+                IngestError::IdleTimeout { peer: self.peer, channel: self.channel_name(), limit: self.limits.idle }
+            }
+        }
+    }
+
+    fn channel_name(&self) -> ChannelName {
+        ChannelName(self.publish.as_ref().map(|p| p.channel.clone()))
+    }
+
+    fn session_error(&self, source: ServerSessionError) -> Stop {
+        Stop::Failed(IngestError::Session { peer: self.peer, channel: self.channel_name(), source })
+    }
+
+    fn io_error(&self, source: io::Error) -> Stop {
+        // A publisher that goes away mid-stream often resets rather than closes: not an error.
+        match source.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => Stop::Ended(Ended::ClientClosed),
+            _ => Stop::Failed(IngestError::Io { peer: self.peer, channel: self.channel_name(), source }),
+        }
+    }
+
+    /// Reads some bytes (never zero: end of stream is [`Ended::ClientClosed`]), watching the
+    /// deadlines, the kick token of the publish and shutdown.
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Stop> {
+        let limit = self.io_deadline();
+        let kick = self.publish.as_ref().map(|p| p.kick.clone());
+        let kicked = async move {
+            match kick {
+                Some(k) => k.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => ReadOutcome::Stop(Ended::Shutdown.into()),
+            () = kicked => ReadOutcome::Stop(Ended::Kicked.into()),
+            read = tokio::time::timeout_at(limit, self.socket.read(buf)) => match read {
+                Err(_) => ReadOutcome::TimedOut,
+                Ok(Ok(0)) => ReadOutcome::Stop(Ended::ClientClosed.into()),
+                Ok(Ok(n)) => ReadOutcome::Bytes(n),
+                Ok(Err(e)) => ReadOutcome::Stop(self.io_error(e)),
+            },
+        };
+        match outcome {
+            ReadOutcome::Bytes(n) => Ok(n),
+            ReadOutcome::Stop(stop) => Err(stop),
+            ReadOutcome::TimedOut => Err(self.timeout_error().into()),
+        }
+    }
+
+    /// Writes the queued responses. A client that stops reading is treated like one that stops
+    /// sending: the same deadline applies.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let limit = self.io_deadline();
+        let written = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => None,
+            written = tokio::time::timeout_at(limit, self.socket.write_all(&self.out)) => Some(written),
+        };
+        match written {
+            None => Err(Ended::Shutdown.into()),
+            Some(Err(_)) => Err(self.timeout_error().into()),
+            Some(Ok(Err(e))) => Err(self.io_error(e)),
+            Some(Ok(Ok(()))) => {
+                self.out.clear();
+                if self.out.capacity() > READ_BUFFER {
+                    self.out = Vec::new();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Half-closes and drains for a moment, so the client reads our last response.
+    async fn linger(&mut self) {
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            let _ = self.flush().await;
+            let _ = self.socket.shutdown().await;
+            while let Ok(n) = self.socket.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Queues the outbound packets of `results`, logs what else is there, and returns the events.
+    fn queue(&mut self, results: Vec<ServerSessionResult>) -> Vec<ServerSessionEvent> {
+        let mut events = Vec::new();
+        for result in results {
+            match result {
+                ServerSessionResult::OutboundResponse(packet) => self.out.extend_from_slice(&packet.bytes),
+                ServerSessionResult::RaisedEvent(event) => events.push(event),
+                ServerSessionResult::UnhandleableMessageReceived(payload) => {
+                    tracing::debug!(peer = %self.peer, type_id = payload.type_id, "RTMP message ignored");
+                }
+            }
+        }
+        events
+    }
+
+    /// Hands bytes from the socket to the session and acts on what comes out.
+    async fn feed<G: PublishGate>(&mut self, session: &mut ServerSession, bytes: &[u8], gate: &G) -> Result<(), Stop> {
+        self.guard.check(bytes).map_err(|source| IngestError::Chunk {
+            peer: self.peer,
+            channel: self.channel_name(),
+            source,
+        })?;
+        let results = session.handle_input(bytes).map_err(|e| self.session_error(e))?;
+        // The packets of this batch were serialized before anything an event handler adds, and
+        // rml_rtmp's header compression needs them sent in serialization order.
+        let events = self.queue(results);
+        self.flush().await?;
+        for event in events {
+            self.event(session, event, gate).await?;
+        }
+        Ok(())
+    }
+
+    async fn event<G: PublishGate>(
+        &mut self,
+        session: &mut ServerSession,
+        event: ServerSessionEvent,
+        gate: &G,
+    ) -> Result<(), Stop> {
+        let peer = self.peer;
+        match event {
+            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+                tracing::debug!(%peer, app = ?app_name, "RTMP connect");
+                let results = session.accept_request(request_id).map_err(|e| self.session_error(e))?;
+                self.queue_nested(results);
+                self.flush().await
+            }
+            ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, mode } => {
+                tracing::debug!(%peer, app = ?app_name, key = %redact(&stream_key), ?mode, "RTMP publish");
+                self.publish_requested(session, request_id, &app_name, &stream_key, gate).await
+            }
+            ServerSessionEvent::PublishStreamFinished { .. } => Err(Ended::PublishFinished.into()),
+            ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
+                tracing::debug!(%peer, "RTMP play refused: this is an ingest server");
+                let results = session
+                    .reject_request(request_id, "NetStream.Play.Failed", "this server only accepts publishers")
+                    .map_err(|e| self.session_error(e))?;
+                self.queue_nested(results);
+                self.flush().await
+            }
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                tracing::debug!(%peer, channel = %self.channel_name(), ?metadata, "stream metadata");
+                Ok(())
+            }
+            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => self.video(data, timestamp.value).await,
+            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => self.audio(data, timestamp.value).await,
+            ServerSessionEvent::UnhandleableAmf0Command { command_name, .. } => {
+                // FCPublish, releaseStream, FCUnpublish, _checkbw: Adobe-specific, no answer needed.
+                tracing::debug!(%peer, command = ?command_name, "RTMP command ignored");
+                Ok(())
+            }
+            ServerSessionEvent::ReleaseStreamRequested { .. }
+            | ServerSessionEvent::PlayStreamFinished { .. }
+            | ServerSessionEvent::ClientChunkSizeChanged { .. }
+            | ServerSessionEvent::AcknowledgementReceived { .. }
+            | ServerSessionEvent::PingResponseReceived { .. } => {
+                tracing::trace!(%peer, ?event, "RTMP event");
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues the packets of an accept or reject; those raise no events of their own.
+    fn queue_nested(&mut self, results: Vec<ServerSessionResult>) {
+        for event in self.queue(results) {
+            tracing::debug!(peer = %self.peer, ?event, "unexpected RTMP event from a response");
+        }
+    }
+
+    async fn publish_requested<G: PublishGate>(
+        &mut self,
+        session: &mut ServerSession,
+        request_id: u32,
+        app: &str,
+        stream_key: &str,
+        gate: &G,
+    ) -> Result<(), Stop> {
+        if self.publish.is_some() {
+            // The channel's queue belongs to this connection's one publish.
+            let results = session
+                .reject_request(request_id, "NetStream.Publish.BadName", "already publishing on this connection")
+                .map_err(|e| self.session_error(e))?;
+            self.queue_nested(results);
+            return self.flush().await;
+        }
+        match gate.begin(app, stream_key, self.peer) {
+            Ok(publish) => {
+                let results = session.accept_request(request_id).map_err(|e| self.session_error(e))?;
+                tracing::debug!(peer = %self.peer, channel = %publish.channel, "publish accepted");
+                self.publish = Some(ActivePublish::new(publish, &self.metrics));
+                self.queue_nested(results);
+                self.flush().await
+            }
+            Err(refusal) => {
+                self.metrics.publish_rejections.with_label_values(&[refusal.label()]).inc();
+                tracing::warn!(
+                    peer = %self.peer,
+                    app,
+                    key = %redact(stream_key),
+                    reason = refusal.label(),
+                    "publish refused"
+                );
+                let description = format!("publish refused: {}", refusal.label());
+                let results = session
+                    .reject_request(request_id, "NetStream.Publish.BadName", &description)
+                    .map_err(|e| self.session_error(e))?;
+                self.queue_nested(results);
+                self.flush().await?;
+                Err(Ended::Refused(refusal).into())
+            }
+        }
+    }
+
+    async fn video(&mut self, body: Bytes, timestamp: u32) -> Result<(), Stop> {
+        let Some(p) = self.publish.as_mut() else { return Ok(()) };
+        p.ingest_bytes.inc_by(body.len() as u64);
+        let packet = match p.video.parse(body) {
+            Ok(VideoTag::Params(params)) => MediaPacket::VideoParams(params),
+            Ok(VideoTag::Frame { keyframe, composition_ms, data }) => {
+                let (dts, pts) = p.timeline.video(timestamp, composition_ms);
+                MediaPacket::Video(Sample { pts, dts, keyframe, segment_start: false, data })
+            }
+            Ok(VideoTag::Nothing) => {
+                p.malformed_in_a_row = 0;
+                return Ok(());
+            }
+            Err(e) => return self.bad_tag(e, "video", timestamp),
+        };
+        p.malformed_in_a_row = 0;
+        self.forward(packet).await
+    }
+
+    async fn audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), Stop> {
+        let Some(p) = self.publish.as_mut() else { return Ok(()) };
+        p.ingest_bytes.inc_by(body.len() as u64);
+        let packet = match flv::parse_audio(body) {
+            Ok(AudioTag::Params(params)) => MediaPacket::AudioParams(params),
+            Ok(AudioTag::Frame(data)) => {
+                let dts = p.timeline.dts(timestamp);
+                MediaPacket::Audio(Sample { pts: dts, dts, keyframe: true, segment_start: false, data })
+            }
+            Err(e) => return self.bad_tag(e, "audio", timestamp),
+        };
+        p.malformed_in_a_row = 0;
+        self.forward(packet).await
+    }
+
+    /// An FLV tag that did not parse: an unsupported codec ends the publish at once; a malformed
+    /// tag is dropped, and only a run of them ends the publish.
+    fn bad_tag(&mut self, error: FlvError, kind: &'static str, timestamp: u32) -> Result<(), Stop> {
+        let peer = self.peer;
+        let Some(p) = self.publish.as_mut() else { return Ok(()) };
+        if let FlvError::UnsupportedCodec(what) = error {
+            self.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).inc();
+            return Err(IngestError::UnsupportedCodec { peer, channel: p.channel.clone(), what, timestamp }.into());
+        }
+        p.malformed_in_a_row += 1;
+        p.malformed_total += 1;
+        if p.malformed_in_a_row >= MALFORMED_TAGS_LIMIT {
+            return Err(IngestError::MalformedTags {
+                peer,
+                channel: p.channel.clone(),
+                count: p.malformed_in_a_row,
+                timestamp,
+                source: error,
+            }
+            .into());
+        }
+        // A broken encoder sends a broken tag per frame: say it loudly at first, then sparingly.
+        if p.malformed_total <= 10 || p.malformed_total % 100 == 0 {
+            tracing::warn!(%peer, channel = %p.channel, kind, timestamp, total = p.malformed_total, error = %error, "malformed FLV tag dropped");
+        } else {
+            tracing::debug!(%peer, channel = %p.channel, kind, timestamp, error = %error, "malformed FLV tag dropped");
+        }
+        Ok(())
+    }
+
+    /// Sends a packet to the channel. Waiting here is the backpressure: while the channel is
+    /// behind, the socket is not read and TCP slows the publisher down.
+    async fn forward(&mut self, packet: MediaPacket) -> Result<(), Stop> {
+        let Some(p) = self.publish.as_ref() else { return Ok(()) };
+        let arrival = Arrival { packet, at: SystemTime::now() };
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Err(Ended::Shutdown.into()),
+            () = p.kick.cancelled() => Err(Ended::Kicked.into()),
+            sent = p.media.send(arrival) => match sent {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Ended::ChannelClosed.into()),
+            },
+        }
+    }
+}
+
+fn session_config() -> ServerSessionConfig {
+    let mut config = ServerSessionConfig::new();
+    config.chunk_size = OUTBOUND_CHUNK_SIZE;
+    config
+}
+
+/// A stream key as logs may show it: enough to tell keys apart, not enough to publish with.
+fn redact(key: &str) -> String {
+    if key.chars().count() <= 4 {
+        return "…".into();
+    }
+    let head: String = key.chars().take(2).collect();
+    format!("{head}…")
+}
+
+/// Why [`ChunkGuard`] refused the chunk stream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkViolation {
+    #[error("chunk on stream {csid} has a compressed header but the stream had no earlier chunk")]
+    NoPreviousChunk { csid: u32 },
+    #[error("more than {MAX_CHUNK_STREAMS} chunk streams")]
+    TooManyChunkStreams,
+    #[error("chunk on stream {csid} (header type {fmt}) inside a message still arriving on stream {current}")]
+    Interleaved { csid: u32, fmt: u8, current: u32 },
+    #[error("message of type {type_id} announces {length} bytes, over the {limit}-byte limit")]
+    MessageTooLarge { type_id: u8, length: usize, limit: usize },
+    #[error("set chunk size {0} is out of range")]
+    BadChunkSize(u32),
+    #[error("AMF0 values nested deeper than {MAX_AMF_DEPTH} levels in a message of type {type_id}")]
+    TooDeep { type_id: u8 },
+    #[error("more than {MAX_COMMANDS} commands on one connection")]
+    TooManyCommands,
+}
+
+/// Follows the chunk stream from the client (RTMP spec §5.3) just far enough to refuse what
+/// rml_rtmp cannot take safely: oversized messages, deeply nested AMF0, and chunks of one message
+/// interleaved with another's (rml_rtmp keeps one reassembly buffer and underflows on those).
+///
+/// It frames chunks exactly as rml_rtmp's deserializer does (the same header rules, the peer's
+/// chunk size from its Set Chunk Size messages), so on a well-formed stream it agrees with it.
+/// Payload bytes are copied only for message types whose content matters here, and those are at
+/// most [`MAX_CONTROL_MESSAGE`] long.
+#[derive(Debug)]
+pub struct ChunkGuard {
+    /// The peer's chunk size (RTMP spec §5.4.1; 128 until it says otherwise).
+    chunk_size: usize,
+    /// The last header seen on each chunk stream, for header compression.
+    streams: HashMap<u32, StreamHeader>,
+    /// A chunk header being received (at most 3 + 11 + 4 bytes).
+    header: Vec<u8>,
+    /// The message being reassembled.
+    message: Option<PartialMessage>,
+    /// Payload bytes left in the current chunk; 0 while a header is expected.
+    chunk_left: usize,
+    /// Command messages seen so far.
+    commands: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct StreamHeader {
+    timestamp_field: u32,
+    length: usize,
+    type_id: u8,
+}
+
+#[derive(Debug)]
+struct PartialMessage {
+    csid: u32,
+    type_id: u8,
+    length: usize,
+    received: usize,
+    /// The payload, for the types that are inspected.
+    body: Option<Vec<u8>>,
+}
+
+/// A chunk header decoded against the previous header of its chunk stream.
+struct ChunkHeader {
+    fmt: u8,
+    csid: u32,
+    stream: StreamHeader,
+}
+
+const SET_CHUNK_SIZE: u8 = 1;
+const AMF3_DATA: u8 = 15;
+const AMF3_COMMAND: u8 = 17;
+const AMF0_DATA: u8 = 18;
+const AMF0_COMMAND: u8 = 20;
+/// The largest chunk size RTMP allows (31 bits, RTMP spec §5.4.1).
+const MAX_CHUNK_SIZE: u32 = 0x7FFF_FFFF;
+/// A 24-bit timestamp field with this value means a 32-bit extended timestamp follows.
+const EXTENDED_TIMESTAMP: u32 = 0xFF_FFFF;
+
+impl Default for ChunkGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkGuard {
+    pub fn new() -> Self {
+        Self { chunk_size: 128, streams: HashMap::new(), header: Vec::new(), message: None, chunk_left: 0, commands: 0 }
+    }
+
+    /// Follows `input`, the next bytes of the chunk stream.
+    pub fn check(&mut self, mut input: &[u8]) -> Result<(), ChunkViolation> {
+        while let Some((&first, rest)) = input.split_first() {
+            if self.chunk_left > 0 {
+                let n = self.chunk_left.min(input.len());
+                let (payload, rest) = input.split_at(n);
+                input = rest;
+                self.chunk_left -= n;
+                let Some(message) = self.message.as_mut() else { continue };
+                if let Some(body) = message.body.as_mut() {
+                    body.extend_from_slice(payload);
+                }
+                message.received += n;
+                if self.chunk_left == 0 && message.received >= message.length {
+                    self.complete()?;
+                }
+                continue;
+            }
+            // Headers are at most 18 bytes: taking them a byte at a time keeps partial headers simple.
+            self.header.push(first);
+            input = rest;
+            if let Some(header) = self.parse_header()? {
+                self.header.clear();
+                self.begin_chunk(header)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the header in `self.header` once it is complete (RTMP spec §5.3.1).
+    fn parse_header(&self) -> Result<Option<ChunkHeader>, ChunkViolation> {
+        let b = &self.header;
+        let Some(&first) = b.first() else { return Ok(None) };
+        let fmt = first >> 6;
+        let (csid, basic) = match first & 0x3F {
+            0 => match b.get(1) {
+                Some(&x) => (u32::from(x) + 64, 2),
+                None => return Ok(None),
+            },
+            1 => match (b.get(1), b.get(2)) {
+                (Some(&lo), Some(&hi)) => (u32::from(hi) * 256 + u32::from(lo) + 64, 3),
+                _ => return Ok(None),
+            },
+            x => (u32::from(x), 1),
+        };
+        let message_header = match fmt {
+            0 => 11,
+            1 => 7,
+            2 => 3,
+            _ => 0,
+        };
+        let Some(mh) = b.get(basic..basic + message_header) else { return Ok(None) };
+        let previous = self.streams.get(&csid).copied();
+        let previous = match (fmt, previous) {
+            (0, p) => p.unwrap_or_default(),
+            (_, Some(p)) => p,
+            (_, None) => return Err(ChunkViolation::NoPreviousChunk { csid }),
+        };
+        let u24 = |s: &[u8]| (u32::from(s[0]) << 16) | (u32::from(s[1]) << 8) | u32::from(s[2]);
+        let timestamp_field = if fmt == 3 { previous.timestamp_field } else { u24(&mh[0..3]) };
+        let (length, type_id) =
+            if fmt <= 1 { (u24(&mh[3..6]) as usize, mh[6]) } else { (previous.length, previous.type_id) };
+        let extended = if timestamp_field >= EXTENDED_TIMESTAMP { 4 } else { 0 };
+        if b.len() < basic + message_header + extended {
+            return Ok(None);
+        }
+        Ok(Some(ChunkHeader { fmt, csid, stream: StreamHeader { timestamp_field, length, type_id } }))
+    }
+
+    fn begin_chunk(&mut self, header: ChunkHeader) -> Result<(), ChunkViolation> {
+        if !self.streams.contains_key(&header.csid) && self.streams.len() >= MAX_CHUNK_STREAMS {
+            return Err(ChunkViolation::TooManyChunkStreams);
+        }
+        self.streams.insert(header.csid, header.stream);
+        if let Some(message) = &self.message {
+            // A message continues only with type 3 chunks on its own chunk stream.
+            if message.csid != header.csid || header.fmt != 3 {
+                return Err(ChunkViolation::Interleaved { csid: header.csid, fmt: header.fmt, current: message.csid });
+            }
+            self.chunk_left = (message.length - message.received).min(self.chunk_size);
+            return Ok(());
+        }
+        let StreamHeader { length, type_id, .. } = header.stream;
+        let limit = if matches!(type_id, 8 | 9) { MAX_MEDIA_MESSAGE } else { MAX_CONTROL_MESSAGE };
+        if length > limit {
+            return Err(ChunkViolation::MessageTooLarge { type_id, length, limit });
+        }
+        let inspected = matches!(type_id, SET_CHUNK_SIZE | AMF3_DATA | AMF3_COMMAND | AMF0_DATA | AMF0_COMMAND);
+        self.message = Some(PartialMessage {
+            csid: header.csid,
+            type_id,
+            length,
+            received: 0,
+            body: inspected.then(|| Vec::with_capacity(length)),
+        });
+        self.chunk_left = length.min(self.chunk_size);
+        if length == 0 {
+            self.complete()?;
+        }
+        Ok(())
+    }
+
+    /// A message is complete: act on the ones that change framing or feed rml_amf0.
+    fn complete(&mut self) -> Result<(), ChunkViolation> {
+        let Some(message) = self.message.take() else { return Ok(()) };
+        let body = message.body.unwrap_or_default();
+        match message.type_id {
+            SET_CHUNK_SIZE => {
+                // A short body is rml_rtmp's error to report; the chunk size is then unchanged.
+                if let Some(s) = body.get(..4) {
+                    let size = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+                    if size == 0 || size > MAX_CHUNK_SIZE {
+                        return Err(ChunkViolation::BadChunkSize(size));
+                    }
+                    self.chunk_size = size as usize;
+                }
+            }
+            AMF0_DATA | AMF0_COMMAND | AMF3_DATA | AMF3_COMMAND => {
+                if matches!(message.type_id, AMF0_COMMAND | AMF3_COMMAND) {
+                    self.commands += 1;
+                    if self.commands > MAX_COMMANDS {
+                        return Err(ChunkViolation::TooManyCommands);
+                    }
+                }
+                // rml_rtmp reads AMF3 commands as AMF0 after an optional leading 0 byte.
+                let amf = match (message.type_id, body.split_first()) {
+                    (AMF3_COMMAND, Some((0, rest))) => rest,
+                    _ => &body[..],
+                };
+                if amf0_depth(amf) > MAX_AMF_DEPTH {
+                    return Err(ChunkViolation::TooDeep { type_id: message.type_id });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// How deep rml_amf0 would recurse parsing `data` (AMF0 spec §2), following its grammar and
+/// stopping where it would stop with an error. Iterative, and it gives up just past the limit.
+fn amf0_depth(data: &[u8]) -> usize {
+    const NUMBER: u8 = 0x00;
+    const BOOLEAN: u8 = 0x01;
+    const STRING: u8 = 0x02;
+    const OBJECT: u8 = 0x03;
+    const NULL: u8 = 0x05;
+    const UNDEFINED: u8 = 0x06;
+    const ECMA_ARRAY: u8 = 0x08;
+    const OBJECT_END: u8 = 0x09;
+    const STRICT_ARRAY: u8 = 0x0A;
+
+    enum Frame {
+        Object,
+        Array(u32),
+    }
+
+    struct Reader<'a> {
+        data: &'a [u8],
+        pos: usize,
+    }
+
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let s = self.data.get(self.pos..self.pos.checked_add(n)?)?;
+            self.pos += n;
+            Some(s)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            self.take(1).map(|s| s[0])
+        }
+        fn u16(&mut self) -> Option<u16> {
+            self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
+        }
+        fn u32(&mut self) -> Option<u32> {
+            self.take(4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        }
+        /// rml_amf0 reads strings with a plain `read`, which stops short without error.
+        fn skip_up_to(&mut self, n: usize) {
+            self.pos = self.pos.saturating_add(n).min(self.data.len());
+        }
+    }
+
+    let mut r = Reader { data, pos: 0 };
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut deepest = 0;
+    loop {
+        let marker = match stack.last_mut() {
+            None => match r.u8() {
+                None | Some(OBJECT_END) => return deepest,
+                Some(m) => m,
+            },
+            Some(Frame::Array(left)) => {
+                if *left == 0 {
+                    stack.pop();
+                    continue;
+                }
+                *left -= 1;
+                match r.u8() {
+                    None => return deepest,
+                    Some(OBJECT_END) => {
+                        stack.pop();
+                        continue;
+                    }
+                    Some(m) => m,
+                }
+            }
+            Some(Frame::Object) => {
+                let Some(label) = r.u16() else { return deepest };
+                if label == 0 {
+                    match r.u8() {
+                        Some(OBJECT_END) => {
+                            stack.pop();
+                            continue;
+                        }
+                        _ => return deepest,
+                    }
+                }
+                r.skip_up_to(usize::from(label));
+                match r.u8() {
+                    None | Some(OBJECT_END) => return deepest,
+                    Some(m) => m,
+                }
+            }
+        };
+        match marker {
+            NUMBER => {
+                if r.take(8).is_none() {
+                    return deepest;
+                }
+            }
+            BOOLEAN => {
+                if r.take(1).is_none() {
+                    return deepest;
+                }
+            }
+            NULL | UNDEFINED => {}
+            STRING => match r.u16() {
+                Some(n) => r.skip_up_to(usize::from(n)),
+                None => return deepest,
+            },
+            OBJECT => stack.push(Frame::Object),
+            ECMA_ARRAY => {
+                if r.u32().is_none() {
+                    return deepest;
+                }
+                stack.push(Frame::Object);
+            }
+            STRICT_ARRAY => match r.u32() {
+                Some(n) => stack.push(Frame::Array(n)),
+                None => return deepest,
+            },
+            _ => return deepest,
+        }
+        deepest = deepest.max(stack.len());
+        if deepest > MAX_AMF_DEPTH {
+            return deepest;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    // ---- the chunk guard, without sockets ----
+
+    /// Splits one message into chunks: a type 0 header, then type 3 continuations.
+    fn chunks(csid: u8, type_id: u8, payload: &[u8], chunk_size: usize) -> Vec<u8> {
+        assert!((2..64).contains(&csid));
+        let len = payload.len() as u32;
+        let mut out = vec![csid, 0, 0, 0, (len >> 16) as u8, (len >> 8) as u8, len as u8, type_id, 1, 0, 0, 0];
+        for (i, part) in payload.chunks(chunk_size.max(1)).enumerate() {
+            if i > 0 {
+                out.push(0xC0 | csid);
+            }
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    fn amf_string(s: &str) -> Vec<u8> {
+        let mut v = vec![0x02, 0, s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn amf_number(n: f64) -> Vec<u8> {
+        let mut v = vec![0x00];
+        v.extend_from_slice(&n.to_be_bytes());
+        v
+    }
+
+    /// A `connect`-like command whose command object nests `depth` objects.
+    fn nested_command(depth: usize) -> Vec<u8> {
+        let mut v = amf_string("connect");
+        v.extend(amf_number(1.0));
+        v.push(0x03);
+        for _ in 1..depth {
+            v.extend_from_slice(&[0, 1, b'a', 0x03]);
+        }
+        for _ in 0..depth {
+            v.extend_from_slice(&[0, 0, 0x09]);
+        }
+        v
+    }
+
+    #[test]
+    fn rtmp_guard_follows_chunk_size_changes_and_split_messages() {
+        let mut g = ChunkGuard::new();
+        let mut stream = chunks(2, SET_CHUNK_SIZE, &4096u32.to_be_bytes(), 128);
+        stream.extend(chunks(3, AMF0_COMMAND, &nested_command(3), 4096));
+        // A 10 kB video message in 4096-byte chunks, then a shallow command.
+        stream.extend(chunks(6, 9, &[0x17; 10_000], 4096));
+        stream.extend(chunks(3, AMF0_COMMAND, &nested_command(2), 4096));
+        assert_eq!(g.check(&stream), Ok(()));
+        assert_eq!(g.chunk_size, 4096);
+        assert!(g.message.is_none() && g.chunk_left == 0);
+
+        // Byte by byte gives the same answer.
+        let mut g = ChunkGuard::new();
+        for b in &stream {
+            assert_eq!(g.check(std::slice::from_ref(b)), Ok(()));
+        }
+        assert!(g.message.is_none());
+    }
+
+    #[test]
+    fn rtmp_guard_refuses_deep_amf_even_when_split_over_chunks() {
+        let mut g = ChunkGuard::new();
+        let deep = nested_command(1000);
+        assert_eq!(g.check(&chunks(3, AMF0_COMMAND, &deep, 128)), Err(ChunkViolation::TooDeep { type_id: 20 }));
+        let mut g = ChunkGuard::new();
+        assert_eq!(g.check(&chunks(3, AMF0_DATA, &nested_command(MAX_AMF_DEPTH), 128)), Ok(()));
+        let mut g = ChunkGuard::new();
+        let arrays: Vec<u8> = std::iter::repeat_n([0x0A, 0, 0, 0, 1], 100).flatten().collect();
+        assert_eq!(g.check(&chunks(3, AMF0_DATA, &arrays, 128)), Err(ChunkViolation::TooDeep { type_id: 18 }));
+    }
+
+    #[test]
+    fn rtmp_guard_refuses_oversized_and_interleaved_messages() {
+        let mut g = ChunkGuard::new();
+        // A command announcing 1 MiB is refused at its header, before any payload is buffered.
+        let header = [3, 0, 0, 0, 0x10, 0, 0, AMF0_COMMAND, 0, 0, 0, 0];
+        assert_eq!(
+            g.check(&header),
+            Err(ChunkViolation::MessageTooLarge { type_id: 20, length: 1 << 20, limit: MAX_CONTROL_MESSAGE })
+        );
+        let mut g = ChunkGuard::new();
+        let header = [6, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0];
+        assert!(matches!(g.check(&header), Err(ChunkViolation::MessageTooLarge { type_id: 9, .. })));
+
+        // A second chunk stream starting mid-message.
+        let mut g = ChunkGuard::new();
+        let video = chunks(6, 9, &[0u8; 300], 128);
+        let mut stream = video[..12 + 128].to_vec();
+        stream.extend(chunks(4, 8, &[0xAF, 1, 2], 128));
+        assert_eq!(g.check(&stream), Err(ChunkViolation::Interleaved { csid: 4, fmt: 0, current: 6 }));
+
+        // A compressed header on a stream never seen.
+        let mut g = ChunkGuard::new();
+        assert_eq!(g.check(&[0xC5]), Err(ChunkViolation::NoPreviousChunk { csid: 5 }));
+        // A chunk size of zero would stall rml_rtmp's framing.
+        let mut g = ChunkGuard::new();
+        assert_eq!(g.check(&chunks(2, SET_CHUNK_SIZE, &[0, 0, 0, 0], 128)), Err(ChunkViolation::BadChunkSize(0)));
+    }
+
+    #[test]
+    fn rtmp_guard_handles_extended_timestamps_and_long_chunk_stream_ids() {
+        let mut g = ChunkGuard::new();
+        // Type 0 on chunk stream 64 + 300 (3-byte basic header) with an extended timestamp, the
+        // payload split so the type 3 continuation also carries the extended timestamp.
+        let payload = [7u8; 200];
+        let mut s = vec![0x01, (300 & 0xFF) as u8, (300 >> 8) as u8, 0xFF, 0xFF, 0xFF, 0, 0, 200, 9, 1, 0, 0, 0];
+        s.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
+        s.extend_from_slice(&payload[..128]);
+        s.extend_from_slice(&[0xC1, (300 & 0xFF) as u8, (300 >> 8) as u8, 0x01, 0x00, 0x00, 0x00]);
+        s.extend_from_slice(&payload[128..]);
+        assert_eq!(g.check(&s), Ok(()));
+        assert!(g.message.is_none() && g.chunk_left == 0);
+    }
+
+    #[test]
+    fn rtmp_guard_limits_commands_per_connection() {
+        let mut g = ChunkGuard::new();
+        let mut create = amf_string("createStream");
+        create.extend(amf_number(2.0));
+        create.push(0x05);
+        let one = chunks(3, AMF0_COMMAND, &create, 128);
+        for _ in 0..MAX_COMMANDS {
+            assert_eq!(g.check(&one), Ok(()));
+        }
+        assert_eq!(g.check(&one), Err(ChunkViolation::TooManyCommands));
+    }
+
+    #[test]
+    fn rtmp_guard_limits_chunk_streams() {
+        let mut g = ChunkGuard::new();
+        let mut s = Vec::new();
+        for i in 0..=MAX_CHUNK_STREAMS as u32 {
+            s.extend_from_slice(&[0x00, i as u8, 0, 0, 0, 0, 0, 4, 8, 1, 0, 0, 0]);
+            s.extend_from_slice(&[0xAF, 1, 2, 3]);
+        }
+        assert_eq!(g.check(&s), Err(ChunkViolation::TooManyChunkStreams));
+    }
+
+    #[test]
+    fn rtmp_keys_are_redacted() {
+        assert_eq!(redact("demo-key-123"), "de…");
+        assert_eq!(redact("abc"), "…");
+        assert_eq!(redact("ключключ"), "кл…");
+    }
+
+    // ---- real sockets ----
+
+    /// A gate that accepts one key once, and records every request.
+    struct FakeGate {
+        key: String,
+        calls: Mutex<Vec<(String, String)>>,
+        media: Mutex<Option<mpsc::Sender<Arrival>>>,
+        kick: CancellationToken,
+    }
+
+    impl FakeGate {
+        fn new(key: &str) -> (Arc<Self>, mpsc::Receiver<Arrival>) {
+            let (tx, rx) = mpsc::channel(64);
+            let gate = FakeGate {
+                key: key.into(),
+                calls: Mutex::new(Vec::new()),
+                media: Mutex::new(Some(tx)),
+                kick: CancellationToken::new(),
+            };
+            (Arc::new(gate), rx)
+        }
+
+        fn calls(&self) -> Vec<(String, String)> {
+            self.calls.lock().expect("lock").clone()
+        }
+    }
+
+    impl PublishGate for FakeGate {
+        fn begin(&self, app: &str, stream_key: &str, _peer: SocketAddr) -> Result<Publish, Refusal> {
+            self.calls.lock().expect("lock").push((app.into(), stream_key.into()));
+            if stream_key != self.key {
+                return Err(Refusal::UnknownKey);
+            }
+            let media = self.media.lock().expect("lock").take().ok_or(Refusal::Busy)?;
+            Ok(Publish { channel: "test".into(), media, kick: self.kick.clone() })
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn start(gate: Arc<FakeGate>, handshake_timeout: f64, max_connections: usize) -> Server {
+            let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("ladderd=debug").try_init();
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let config =
+                RtmpConfig { listen: addr, max_connections, handshake_timeout, idle_timeout: 5.0, app: "live".into() };
+            let metrics = Arc::new(Metrics::new());
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(serve(listener, gate, config, metrics.clone(), shutdown.clone()));
+            Server { addr, metrics, shutdown, task }
+        }
+
+        fn dropped(&self, reason: &str) -> u64 {
+            self.metrics.rtmp_connections_dropped.with_label_values(&[reason]).get()
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(5), self.task).await.expect("serve ends").expect("no panic");
+        }
+    }
+
+    /// Waits (up to 10 s) for a condition on shared state that another task sets.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Publishes a synthetic 320x180 30 fps H.264 + AAC stream for `secs` with the ffmpeg CLI.
+    async fn ffmpeg_publish(addr: SocketAddr, key: &str, secs: u32) -> std::process::Output {
+        let video =
+            ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"];
+        ffmpeg_publish_with(addr, key, secs, &video).await
+    }
+
+    /// Publishes the synthetic source with the given video encoder options.
+    async fn ffmpeg_publish_with(addr: SocketAddr, key: &str, secs: u32, video: &[&str]) -> std::process::Output {
+        let ffmpeg = std::env::var("FFMPEG").unwrap_or_else(|_| "ffmpeg".into());
+        let url = format!("rtmp://{addr}/live/{key}");
+        let secs = secs.to_string();
+        let mut args: Vec<&str> = vec![
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            &secs,
+        ];
+        args.extend_from_slice(video);
+        args.extend_from_slice(&["-c:a", "aac", "-f", "flv", &url]);
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(ffmpeg)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("ffmpeg runs (install it, or set FFMPEG)");
+            // A server that never answers must fail the test, not hang it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while child.try_wait().expect("wait for ffmpeg").is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait_with_output().expect("ffmpeg output")
+        })
+        .await
+        .expect("join")
+    }
+
+    /// Runs the client side of the RTMP handshake.
+    async fn client_handshake(socket: &mut TcpStream) {
+        let mut hs = Handshake::new(PeerType::Client);
+        let c0c1 = hs.generate_outbound_p0_and_p1().expect("c0c1");
+        socket.write_all(&c0c1).await.expect("write c0c1");
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.expect("read s0s1s2");
+            assert!(n > 0, "server closed during the handshake");
+            match hs.process_bytes(&buf[..n]).expect("handshake") {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    socket.write_all(&response_bytes).await.expect("write");
+                }
+                HandshakeProcessResult::Completed { response_bytes, .. } => {
+                    socket.write_all(&response_bytes).await.expect("write c2");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads until the server closes; true if it did within `limit`.
+    async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(limit, async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_ffmpeg_publish_delivers_params_then_timed_media() {
+        let (gate, mut rx) = FakeGate::new("secret-key");
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        let collect = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(a) = rx.recv().await {
+                got.push(a);
+            }
+            got
+        });
+        let out = ffmpeg_publish(server.addr, "secret-key", 2).await;
+        assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+        let arrivals = tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .expect("the publish ends when ffmpeg leaves")
+            .expect("join");
+
+        assert_eq!(gate.calls(), vec![("live".to_string(), "secret-key".to_string())]);
+        let first_video =
+            arrivals.iter().position(|a| matches!(a.packet, MediaPacket::Video(_))).expect("video samples arrive");
+        let params = arrivals[..first_video]
+            .iter()
+            .find_map(|a| match &a.packet {
+                MediaPacket::VideoParams(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("video params before the first sample");
+        assert_eq!((params.width, params.height), (320, 180));
+        assert!(
+            arrivals[..first_video].iter().any(|a| matches!(a.packet, MediaPacket::AudioParams(_))),
+            "audio params before the first video sample"
+        );
+
+        let video: Vec<&Sample> = arrivals
+            .iter()
+            .filter_map(|a| match &a.packet {
+                MediaPacket::Video(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(video[0].keyframe, "the first video sample is a keyframe");
+        assert!((55..=65).contains(&video.len()), "about 60 frames in 2 s, got {}", video.len());
+        assert!(video[0].dts.abs() <= 100 * 90, "first dts near 0: {}", video[0].dts);
+        assert!(video.windows(2).all(|w| w[1].dts > w[0].dts), "video dts increases");
+        assert!(video.iter().all(|s| s.pts >= s.dts && !s.segment_start && !s.data.is_empty()));
+        let last = video.last().map(|s| s.dts).unwrap_or_default();
+        assert!((150_000..=190_000).contains(&last), "2 s of 30 fps ends near 1.97 s: {last}");
+
+        let audio: Vec<&Sample> = arrivals
+            .iter()
+            .filter_map(|a| match &a.packet {
+                MediaPacket::Audio(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(audio.len() > 50, "2 s of 48 kHz AAC is ~94 frames, got {}", audio.len());
+        assert!(audio.iter().all(|s| s.keyframe && s.pts == s.dts));
+
+        assert!(server.metrics.ingest_bytes.with_label_values(&["test"]).get() > 10_000);
+        eventually("connection gauge back to 0", || server.metrics.rtmp_connections.get() == 0).await;
+        assert_eq!(server.dropped("protocol"), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_refused_key_fails_the_client_and_is_counted() {
+        let (gate, _rx) = FakeGate::new("right-key");
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        let out = ffmpeg_publish(server.addr, "wrong-key", 1).await;
+        assert!(!out.status.success(), "ffmpeg must fail when its publish is refused");
+        assert_eq!(gate.calls(), vec![("live".to_string(), "wrong-key".to_string())]);
+        assert_eq!(server.metrics.publish_rejections.with_label_values(&["unknown_key"]).get(), 1);
+        eventually("connection gauge back to 0", || server.metrics.rtmp_connections.get() == 0).await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rtmp_silent_client_is_dropped_after_the_handshake_timeout() {
+        let (gate, _rx) = FakeGate::new("k");
+        let server = Server::start(gate.clone(), 0.3, 8).await;
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "server closes a silent client");
+        assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout");
+        eventually("handshake timeout counted", || server.dropped("handshake_timeout") == 1).await;
+
+        // A handshake alone does not stop the clock either: connect and publish are part of it.
+        let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+        client_handshake(&mut idle).await;
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+        eventually("second timeout counted", || server.dropped("handshake_timeout") == 2).await;
+        assert!(gate.calls().is_empty());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rtmp_connections_over_the_limit_are_closed_at_once() {
+        let (gate, _rx) = FakeGate::new("k");
+        let server = Server::start(gate, 10.0, 1).await;
+        let _first = TcpStream::connect(server.addr).await.expect("connect");
+        eventually("first connection open", || server.metrics.rtmp_connections.get() == 1).await;
+        let mut second = TcpStream::connect(server.addr).await.expect("connect");
+        assert!(closed_within(&mut second, Duration::from_secs(2)).await, "over the cap: closed at once");
+        assert_eq!(server.dropped("limit"), 1);
+        assert_eq!(server.metrics.rtmp_connections.get(), 1);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rtmp_panic_in_rml_rtmp_ends_only_that_connection() {
+        let (gate, _rx) = FakeGate::new("k");
+        let server = Server::start(gate, 5.0, 8).await;
+        let mut bad = TcpStream::connect(server.addr).await.expect("connect");
+        client_handshake(&mut bad).await;
+        // A command of two AMF values: rml_rtmp 0.8 slices three out of it and panics.
+        let mut command = amf_string("connect");
+        command.extend(amf_number(1.0));
+        bad.write_all(&chunks(3, AMF0_COMMAND, &command, 128)).await.expect("write");
+        assert!(closed_within(&mut bad, Duration::from_secs(5)).await);
+        eventually("panic counted", || server.dropped("panic") == 1).await;
+        eventually("gauge released by the unwound task", || server.metrics.rtmp_connections.get() == 0).await;
+
+        // The listener carries on.
+        let mut good = TcpStream::connect(server.addr).await.expect("connect");
+        client_handshake(&mut good).await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rtmp_deeply_nested_amf_is_refused_before_parsing() {
+        let (gate, _rx) = FakeGate::new("k");
+        let server = Server::start(gate, 5.0, 8).await;
+        let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+        client_handshake(&mut socket).await;
+        socket.write_all(&chunks(3, AMF0_COMMAND, &nested_command(5_000), 128)).await.ok();
+        assert!(closed_within(&mut socket, Duration::from_secs(5)).await);
+        eventually("protocol drop counted", || server.dropped("protocol") == 1).await;
+        assert_eq!(server.dropped("panic"), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_unsupported_codec_ends_the_publish_and_is_counted() {
+        let (gate, mut rx) = FakeGate::new("k1234");
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        // Sorenson H.263 (FLV codec id 2): a real FLV codec that this ingest does not take.
+        let _ = ffmpeg_publish_with(server.addr, "k1234", 2, &["-c:v", "flv1"]).await;
+        let arrivals = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut got = Vec::new();
+            while let Some(a) = rx.recv().await {
+                got.push(a);
+            }
+            got
+        })
+        .await
+        .expect("the sender is dropped");
+        assert!(arrivals.iter().all(|a| !matches!(a.packet, MediaPacket::Video(_) | MediaPacket::VideoParams(_))));
+        assert_eq!(server.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 1);
+        eventually("connection gauge back to 0", || server.metrics.rtmp_connections.get() == 0).await;
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_kick_closes_the_publisher() {
+        let (gate, mut rx) = FakeGate::new("k1234");
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        let publisher = tokio::spawn(ffmpeg_publish(server.addr, "k1234", 10));
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("media arrives");
+        assert!(first.is_some());
+        let kicked_at = Instant::now();
+        gate.kick.cancel();
+        // The connection closes, which ends the publish: the queue drains and closes.
+        tokio::time::timeout(Duration::from_secs(5), async { while rx.recv().await.is_some() {} })
+            .await
+            .expect("the publish ends after a kick");
+        let out = publisher.await.expect("join");
+        assert!(kicked_at.elapsed() < Duration::from_secs(8), "ffmpeg gave up long before its 10 s");
+        assert!(!out.status.success(), "a kicked ffmpeg reports an error");
+        server.stop().await;
+    }
 }
