@@ -224,3 +224,113 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
         .expect("daemon stops")
         .expect("join");
 }
+
+/// The first video frame of `init` + `segment`: (is key frame, pts in seconds, picture type).
+fn first_frame(init: &[u8], segment: &[u8]) -> (bool, f64, String) {
+    let mut one = init.to_vec();
+    one.extend_from_slice(segment);
+    let out = ffprobe_stdin(
+        &one,
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=key_frame,pict_type,pts_time",
+            "-of",
+            "csv=p=0",
+            "-read_intervals",
+            "%+#1",
+        ],
+    );
+    let f: Vec<&str> = out.trim().trim_end_matches(',').split(',').collect();
+    assert_eq!(f.len(), 3, "ffprobe: {out}");
+    (f[0] == "1", f[1].parse().expect("pts_time"), f[2].to_string())
+}
+
+const PASSTHROUGH: &str = r#"
+ladders:
+  with_source:
+    - { name: "source", passthrough: true }
+    - { name: "240p", width: 426, height: 240, video_bitrate: 400000 }
+channels:
+  - { name: "shop", stream_key: "shop-key", ladder: "with_source" }
+"#;
+
+#[test]
+fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_continues_after_a_discontinuity() {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = CancellationToken::new();
+    let daemon = rt.block_on(ladderd::start(config(PASSTHROUGH, 2.0), shutdown.clone())).expect("daemon starts");
+    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
+    let waiter = rt.spawn(daemon.wait());
+
+    // A 1 s source GOP under a 2 s target: segments cut on every other source keyframe.
+    let out = wait_with_timeout(
+        publish(rtmp, "shop-key", "640x360", 7, &["-g", "30", "-keyint_min", "30"]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "publisher failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let master = http_get(http, "/live/shop/master.m3u8").text();
+    let lines: Vec<&str> = master.lines().collect();
+    let mut sizes = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("#EXT-X-STREAM-INF:") {
+            sizes.insert(lines[i + 1].to_string(), attrs(l)["RESOLUTION"].clone());
+        }
+    }
+    assert_eq!(sizes.get("source/index.m3u8").map(String::as_str), Some("640x360"), "{master}");
+    assert_eq!(sizes.get("240p/index.m3u8").map(String::as_str), Some("426x240"), "{master}");
+
+    let ended = |name: &str| {
+        eventually(Duration::from_secs(20), "ENDLIST", || {
+            let p = parse_media_playlist(&http_get(http, &format!("/live/shop/{name}/index.m3u8")).text());
+            p.ended.then_some(p)
+        })
+    };
+    let mut first_publish = Vec::new();
+    for name in ["source", "240p"] {
+        let p = ended(name);
+        let init = http_get(http, &format!("/live/shop/{name}/{}", p.map.clone().expect("EXT-X-MAP"))).body;
+        let mut starts = Vec::new();
+        for (seg, duration) in &p.segments {
+            let body = http_get(http, &format!("/live/shop/{name}/{seg}")).body;
+            let (key, pts, kind) = first_frame(&init, &body);
+            assert!(key && kind == "I", "{name}/{seg} must start with an IDR");
+            // Every cut is on a source keyframe, so durations are whole seconds here.
+            assert!((duration - duration.round()).abs() < 0.05 && *duration >= 0.95, "{name}/{seg}: {duration}");
+            starts.push((seg.clone(), (pts * 1000.0).round() as i64));
+        }
+        assert!(starts.len() >= 3, "{name}: {starts:?}");
+        first_publish.push(starts);
+    }
+    assert_eq!(first_publish[0], first_publish[1], "source and 240p segments start together");
+
+    // The publisher comes back: the same playlists continue after a discontinuity, with new
+    // segment names, and are live (no ENDLIST) until it leaves again.
+    let before = ended("240p");
+    let second = publish(rtmp, "shop-key", "640x360", 5, &["-g", "30", "-keyint_min", "30"]);
+    let live = eventually(Duration::from_secs(20), "a segment of the second publish", || {
+        let text = http_get(http, "/live/shop/240p/index.m3u8").text();
+        let p = parse_media_playlist(&text);
+        (p.segments.len() > before.segments.len()).then_some((p, text))
+    });
+    assert!(!live.0.ended, "a live playlist has no ENDLIST: {}", live.1);
+    assert!(live.1.contains("#EXT-X-DISCONTINUITY\n"), "{}", live.1);
+    let out = wait_with_timeout(second, Duration::from_secs(60));
+    assert!(out.status.success(), "second publisher failed: {}", String::from_utf8_lossy(&out.stderr));
+    for name in ["source", "240p"] {
+        let p = ended(name);
+        let numbers: Vec<u64> =
+            p.segments.iter().map(|(s, _)| s.trim_end_matches(".m4s").parse().expect("numbered segment")).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{name}: names continue: {numbers:?}");
+        assert_eq!(numbers[0], p.media_sequence, "{name}: EXT-X-MEDIA-SEQUENCE names the first segment");
+        assert!(p.segments.len() > before.segments.len() + 1, "{name}: the second publish added segments");
+    }
+
+    shutdown.cancel();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
+        .expect("daemon stops")
+        .expect("join");
+}
