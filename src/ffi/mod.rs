@@ -45,13 +45,13 @@ pub fn set_extradata(ctx: &mut codec::Context, data: &[u8]) -> Result<(), FfiErr
     // SAFETY: `ctx` owns a valid AVCodecContext for its lifetime; we hold it mutably.
     let raw = unsafe { ctx.as_mut_ptr() };
     // SAFETY: `raw` is valid (above). Any previous extradata was allocated by FFmpeg with
-    // av_malloc (or is null); av_freep frees it and nulls the field. The context then owns `buf`
-    // (avcodec_free_context frees it with av_freep), as libavcodec requires for extradata.
-    unsafe {
-        sys::av_freep(std::ptr::addr_of_mut!((*raw).extradata) as *mut std::ffi::c_void);
-        (*raw).extradata = buf;
-        (*raw).extradata_size = size;
-    }
+    // av_malloc (or is null); av_freep frees it and nulls the field.
+    unsafe { sys::av_freep(std::ptr::addr_of_mut!((*raw).extradata) as *mut std::ffi::c_void) };
+    // SAFETY: `raw` is valid; from here the context owns `buf` (avcodec_free_context frees it
+    // with av_freep), as libavcodec requires for extradata.
+    unsafe { (*raw).extradata = buf };
+    // SAFETY: `raw` is valid; a plain field write, `size` is the length of the copy above.
+    unsafe { (*raw).extradata_size = size };
     Ok(())
 }
 

@@ -15,9 +15,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::format::Pixel;
@@ -36,17 +36,15 @@ use crate::transcode::ladder::Rung;
 /// Source packets queued for the decoder. When full, the channel thread waits, and behind it
 /// ingest and the publisher's TCP connection.
 const DECODE_QUEUE: usize = 64;
-/// Decoded pictures queued for one rung (about a quarter of a second at 30 fps). Pictures are
+/// Decoded pictures queued for one rung (about half a second at 30 fps). A rung whose queue is
+/// full is behind real time by that much and skips to the next segment start. Pictures are
 /// shared between rungs, so this bounds memory to this many source pictures, not per rung.
-const RUNG_QUEUE: usize = 8;
+const RUNG_QUEUE: usize = 16;
 /// Source packets whose arrival time and keyframe flag are remembered until their picture is
 /// decoded. H.264 reorders by at most 16 pictures; this leaves room for decode errors.
 const PENDING_LIMIT: usize = 128;
 /// Frame rate assumed when the source's SPS carries no timing information.
 const DEFAULT_FRAME_RATE: f64 = 30.0;
-/// A rung that takes a picture this long after its source frame arrived at ingest is behind: it
-/// skips pictures up to the next segment start instead of falling further behind.
-const LAG_LIMIT: Duration = Duration::from_secs(1);
 
 /// What to transcode.
 #[derive(Debug, Clone)]
@@ -147,6 +145,8 @@ impl Transcoder {
             feeds.push(RungFeed {
                 name: rung.name.clone(),
                 tx: Some(tx),
+                lagging: false,
+                lag_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "lagging"]),
                 cap_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "frame_rate_cap"]),
                 decode_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "decode_error"]),
             });
@@ -381,6 +381,9 @@ struct RungFeed {
     name: String,
     /// `None` once the rung thread has gone.
     tx: Option<SyncSender<Arc<Picture>>>,
+    /// The rung's queue overflowed: it gets nothing until the next segment start.
+    lagging: bool,
+    lag_drops: IntCounter,
     cap_drops: IntCounter,
     decode_drops: IntCounter,
 }
@@ -388,11 +391,32 @@ struct RungFeed {
 impl RungFeed {
     fn offer(&mut self, channel: &str, picture: &Arc<Picture>) {
         let Some(tx) = &self.tx else { return };
-        // Blocking: a rung that is late sheds pictures itself (see `RungWorker`), so this waits at
-        // most for the time it takes that rung to discard its queue.
-        if tx.send(picture.clone()).is_err() {
-            tracing::error!(channel, rung = %self.name, "rung thread has stopped; its rendition ends here");
-            self.tx = None;
+        let sent = if picture.segment_start {
+            // A segment start is never skipped, so a rung that lagged resumes exactly on a cut
+            // with an IDR. Waiting here holds the other rungs back by at most the time this rung
+            // needs for one picture, since its queue is only full of pictures it will encode.
+            tx.send(picture.clone()).map_err(|_| ())
+        } else if self.lagging {
+            self.lag_drops.inc();
+            return;
+        } else {
+            match tx.try_send(picture.clone()) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(channel, rung = %self.name, pts = picture.pts, "rung is behind real time; skipping to the next segment");
+                    self.lagging = true;
+                    self.lag_drops.inc();
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => Err(()),
+            }
+        };
+        match sent {
+            Ok(()) => self.lagging = false,
+            Err(()) => {
+                tracing::debug!(channel, rung = %self.name, "rung thread has stopped");
+                self.tx = None;
+            }
         }
     }
 }
@@ -405,7 +429,7 @@ struct RungWorker {
     threads: usize,
     max_frame_rate: f64,
     encoded: IntCounter,
-    lag_drops: IntCounter,
+    failures: IntCounter,
 }
 
 /// The open encoder of a rung, with what must be matched to its output packets.
@@ -421,7 +445,7 @@ impl RungWorker {
     fn new(spec: &TranscodeSpec, rung: Rung, metrics: &Metrics) -> Self {
         Self {
             encoded: metrics.frames_encoded.with_label_values(&[&spec.channel, &rung.name]),
-            lag_drops: metrics.frames_dropped.with_label_values(&[&spec.channel, &rung.name, "lagging"]),
+            failures: metrics.pipeline_errors.with_label_values(&[&spec.channel, "encode"]),
             channel: spec.channel.clone(),
             rung,
             preset: spec.x264_preset.clone(),
@@ -431,7 +455,18 @@ impl RungWorker {
     }
 
     fn run(self, rx: Receiver<Arc<Picture>>, mut sink: Box<dyn RenditionSink>) -> Result<(), TranscodeError> {
-        let result = self.encode_all(rx, sink.as_mut());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encode_all(rx, sink.as_mut())))
+            .unwrap_or_else(|_| {
+                Err(TranscodeError::Panicked {
+                    channel: self.channel.clone(),
+                    thread: format!("rung {}", self.rung.name),
+                })
+            });
+        if let Err(e) = &result {
+            // Said now, not when the publish ends: the other rungs carry on without this one.
+            tracing::error!(channel = %self.channel, rung = %self.rung.name, error = %e, "rung failed; its rendition ends here");
+            self.failures.inc();
+        }
         // Whatever happened, the rendition's last segment is published and its playlist ended.
         sink.finish();
         result
@@ -440,18 +475,7 @@ impl RungWorker {
     fn encode_all(&self, rx: Receiver<Arc<Picture>>, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
         let mut scaler: Option<(scaling::Context, (Pixel, u32, u32))> = None;
         let mut encoding: Option<Encoding> = None;
-        let mut lagging = false;
         for picture in rx {
-            if picture.segment_start {
-                lagging = false;
-            } else if lagging || picture.ingest_time.elapsed().is_ok_and(|age| age > LAG_LIMIT) {
-                if !lagging {
-                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, pts = picture.pts, "rung is behind; skipping to the next segment");
-                }
-                lagging = true;
-                self.lag_drops.inc();
-                continue;
-            }
             let src = picture.frame.frame();
             let input = (src.format(), src.width(), src.height());
             if scaler.as_ref().is_none_or(|(_, i)| *i != input) {
@@ -585,6 +609,7 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use bytes::Bytes;
 
@@ -598,13 +623,15 @@ mod tests {
         finished: bool,
     }
 
-    struct FakeSink(Arc<Mutex<Seen>>);
+    /// Records what it is given; `delay` makes it a slow consumer.
+    struct FakeSink(Arc<Mutex<Seen>>, Duration);
 
     impl RenditionSink for FakeSink {
         fn params(&mut self, params: VideoParams) {
             self.0.lock().expect("lock").params.push(params);
         }
         fn packet(&mut self, packet: EncodedPacket) {
+            std::thread::sleep(self.1);
             self.0.lock().expect("lock").packets.push(packet.sample);
         }
         fn finish(self: Box<Self>) {
@@ -678,26 +705,38 @@ mod tests {
         }
     }
 
-    /// Runs a transcode over `samples`, all stamped as arriving at ingest at `arrived` (pass a
-    /// time in the future to keep the lag rule out of a test about something else).
-    fn run_at(
+    /// Runs a transcode over `samples`, pushed in real time as a live publisher sends them;
+    /// `delays[i]` slows rung i's sink down by that much per packet.
+    fn run_live(
         spec: TranscodeSpec,
         samples: Vec<Sample>,
         metrics: Arc<Metrics>,
-        arrived: SystemTime,
+        delays: &[Duration],
     ) -> Vec<Arc<Mutex<Seen>>> {
         let seen: Vec<Arc<Mutex<Seen>>> = spec.rungs.iter().map(|_| Arc::default()).collect();
-        let sinks = seen.iter().map(|s| Box::new(FakeSink(s.clone())) as Box<dyn RenditionSink>).collect();
+        let sinks = seen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Box::new(FakeSink(s.clone(), delays.get(i).copied().unwrap_or_default())) as Box<dyn RenditionSink>
+            })
+            .collect();
         let mut t = Transcoder::start(spec, sinks, metrics).expect("start");
+        let start = std::time::Instant::now();
+        let first = samples.first().map_or(0, |s| s.dts);
         for s in samples {
-            t.push(s, arrived).expect("push");
+            let due = Duration::from_secs_f64((s.dts - first).max(0) as f64 / f64::from(TIMESCALE));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            t.push(s, SystemTime::now()).expect("push");
         }
         t.finish().expect("finish");
         seen
     }
 
     fn run(spec: TranscodeSpec, samples: Vec<Sample>, metrics: Arc<Metrics>) -> Vec<Arc<Mutex<Seen>>> {
-        run_at(spec, samples, metrics, SystemTime::now() + Duration::from_secs(3600))
+        run_live(spec, samples, metrics, &[])
     }
 
     fn cuts(seen: &Seen) -> Vec<Ticks> {
@@ -707,13 +746,13 @@ mod tests {
     #[test]
     fn every_rung_gets_idrs_on_the_same_cadence_and_nowhere_else() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (params, samples) = source(dir.path(), 30, 4);
+        let (params, samples) = source(dir.path(), 30, 3);
         let n = samples.len();
         let metrics = Arc::new(Metrics::new());
         let seen = run(spec(params, Alignment::Cadence, 60.0), samples, metrics.clone());
         let first = cuts(&seen[0].lock().expect("lock"));
-        // 1 s cadence over 4 s at 30 fps (pts step 3000): cuts on the first frame of every second.
-        assert_eq!(first, vec![0, 90_000, 180_000, 270_000]);
+        // 1 s cadence over 3 s at 30 fps (pts step 3000): cuts on the first frame of every second.
+        assert_eq!(first, vec![0, 90_000, 180_000]);
         for (s, size) in seen.iter().zip([(320, 240), (160, 120)]) {
             let s = s.lock().expect("lock");
             assert!(s.finished);
@@ -741,10 +780,10 @@ mod tests {
     #[test]
     fn source_keyframe_alignment_cuts_on_source_keyframes_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (params, samples) = source(dir.path(), 30, 4);
+        let (params, samples) = source(dir.path(), 30, 3);
         // Source keyframes every 45 frames (1.5 s); target 1 s: every source keyframe cuts.
         let expected: Vec<Ticks> = samples.iter().filter(|s| s.keyframe).map(|s| s.pts).collect();
-        assert_eq!(expected, vec![0, 135_000, 270_000]);
+        assert_eq!(expected, vec![0, 135_000]);
         let seen = run(spec(params, Alignment::SourceKeyframes, 60.0), samples, Arc::new(Metrics::new()));
         for s in &seen {
             assert_eq!(cuts(&s.lock().expect("lock")), expected);
@@ -767,18 +806,27 @@ mod tests {
     }
 
     #[test]
-    fn a_rung_behind_ingest_skips_to_each_segment_start() {
+    fn a_slow_rung_skips_to_the_next_segment_start_without_holding_back_the_others() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (params, samples) = source(dir.path(), 30, 3);
         let n = samples.len() as u64;
         let metrics = Arc::new(Metrics::new());
-        // Every picture arrived long ago: only the segment starts are encoded, the rest skipped.
-        let stale = SystemTime::now() - Duration::from_secs(10);
-        let seen = run_at(spec(params, Alignment::Cadence, 60.0), samples, metrics.clone(), stale);
-        let s = seen[0].lock().expect("lock");
-        assert_eq!(cuts(&s), vec![0, 90_000, 180_000]);
-        assert_eq!(s.packets.len(), 3);
-        assert_eq!(metrics.frames_dropped.with_label_values(&["test", "240p", "lagging"]).get(), n - 3);
+        // Rung 0 keeps up; rung 1's consumer takes 80 ms per picture, under 13 fps for a 30 fps source.
+        let seen = run_live(
+            spec(params, Alignment::Cadence, 60.0),
+            samples,
+            metrics.clone(),
+            &[Duration::ZERO, Duration::from_millis(80)],
+        );
+        let fast = seen[0].lock().expect("lock");
+        let slow = seen[1].lock().expect("lock");
+        assert_eq!(fast.packets.len() as u64, n, "the rung that keeps up loses nothing");
+        assert_eq!(cuts(&slow), vec![0, 90_000, 180_000], "every segment start reaches the slow rung");
+        let kept = slow.packets.len() as u64;
+        let skipped = metrics.frames_dropped.with_label_values(&["test", "120p", "lagging"]).get();
+        assert!(kept < n && skipped > 0, "kept {kept} of {n}");
+        assert_eq!(kept + skipped, n);
+        assert_eq!(metrics.frames_dropped.with_label_values(&["test", "240p", "lagging"]).get(), 0);
     }
 
     #[test]
