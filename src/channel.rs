@@ -181,32 +181,33 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
 
     while let Some(arrival) = rx.blocking_recv() {
         let result = match arrival.packet {
-            MediaPacket::VideoParams(p) => match session.as_mut() {
-                Some(s) => s.video_params(p),
-                None => {
-                    video_params = Some(p);
-                    Ok(())
+            MediaPacket::VideoParams(p) => {
+                if session.as_ref().is_some_and(|s| s.source != p) {
+                    restart(ctx, &mut session, "video parameters changed");
                 }
-            },
+                video_params = Some(p);
+                Ok(())
+            }
             MediaPacket::AudioParams(p) => {
-                if let Some(s) = session.as_mut() {
-                    s.audio_params(p);
-                } else {
-                    audio_params = Some(p);
+                if session.as_ref().is_some_and(|s| s.audio_params.as_ref() != Some(&p)) {
+                    restart(ctx, &mut session, "audio parameters changed");
                 }
+                audio_params = Some(p);
                 Ok(())
             }
             MediaPacket::Video(sample) => {
                 if session.is_none() {
                     match (&video_params, sample.keyframe) {
-                        (Some(vp), true) => match Session::start(ctx, vp.clone(), audio_params.clone(), arrival.at) {
-                            Ok(s) => session = Some(s),
-                            Err(e) => {
-                                tracing::error!(channel = %name, error = %e, "cannot start the pipeline; ending the publish");
-                                ctx.metrics.pipeline_errors.with_label_values(&[name, "start"]).inc();
-                                break;
+                        (Some(vp), true) => {
+                            match Session::start(ctx, vp.clone(), audio_params.clone(), sample.pts, arrival.at) {
+                                Ok(s) => session = Some(s),
+                                Err(e) => {
+                                    tracing::error!(channel = %name, error = %e, "cannot start the pipeline; ending the publish");
+                                    ctx.metrics.pipeline_errors.with_label_values(&[name, "start"]).inc();
+                                    break;
+                                }
                             }
-                        },
+                        }
                         _ => {
                             dropped_before_start += 1;
                             continue;
@@ -218,16 +219,14 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                     None => Ok(()),
                 }
             }
-            MediaPacket::Audio(sample) => {
-                if let Some(s) = session.as_mut() {
-                    s.audio(sample, arrival.at);
-                }
-                Ok(())
-            }
+            MediaPacket::Audio(sample) => match session.as_mut() {
+                Some(s) => s.audio(sample, arrival.at),
+                None => Ok(()),
+            },
         };
         if let Err(e) = result {
             tracing::error!(channel = %name, error = %e, "pipeline failed; ending the publish");
-            ctx.metrics.pipeline_errors.with_label_values(&[name, "transcode"]).inc();
+            ctx.metrics.pipeline_errors.with_label_values(&[name, e.stage()]).inc();
             break;
         }
     }
@@ -241,7 +240,16 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
         tracing::debug!(channel = %name, packets = dropped_before_start, "dropped video before the first keyframe");
     }
     if let Some(s) = session {
-        s.finish();
+        s.finish(false);
+    }
+}
+
+/// Ends the session without ending its playlists; the next keyframe starts a new one with the
+/// new parameters (a new ladder plan, new init segments, a discontinuity in every rendition).
+fn restart(ctx: &PublishContext, session: &mut Option<Session>, why: &str) {
+    if let Some(s) = session.take() {
+        tracing::info!(channel = %ctx.state.config.name, reason = why, "restarting the ladder at the next keyframe");
+        s.finish(true);
     }
 }
 
@@ -253,10 +261,37 @@ enum SessionError {
         "the source ({width}x{height}) is smaller than every rung of ladder {ladder:?} and the ladder has no passthrough rung"
     )]
     NothingToEncode { ladder: String, width: u32, height: u32 },
+    #[error(
+        "no source keyframe for {secs:.1} s: a ladder with a passthrough rung cuts segments on the source's keyframes, so the publisher's keyframe interval should be at most hls.segment_duration ({target} s)"
+    )]
+    KeyframesTooFarApart { secs: f64, target: f64 },
+    #[error("audio went on for {secs:.1} s without video; segments cannot be cut")]
+    NoVideo { secs: f64 },
 }
 
-/// The stages of one publish.
+impl SessionError {
+    /// The `stage` label of `ladderd_pipeline_errors_total`.
+    fn stage(&self) -> &'static str {
+        match self {
+            SessionError::Transcode(_) => "transcode",
+            SessionError::NothingToEncode { .. } => "start",
+            SessionError::KeyframesTooFarApart { .. } | SessionError::NoVideo { .. } => "ingest",
+        }
+    }
+}
+
+/// With source-keyframe alignment, how many segment targets may pass without a cut before the
+/// publish is ended: bounds the memory an open segment holds and says clearly what is wrong.
+const MAX_SEGMENT_TARGETS: i64 = 5;
+
+/// The stages of one publish (or of one stretch of it with unchanged stream parameters).
 struct Session {
+    /// The parameters this session was started with; a change restarts it.
+    source: VideoParams,
+    audio_params: Option<AudioParams>,
+    history: Arc<Mutex<History>>,
+    /// Longest a segment may grow with source-keyframe alignment.
+    max_segment: Ticks,
     transcoder: Option<Transcoder>,
     passthrough: Option<(RenditionPublisher, SegmentClock)>,
     audio: Option<AudioTrack>,
@@ -266,8 +301,13 @@ struct AudioTrack {
     publisher: RenditionPublisher,
     /// With cadence alignment, audio cuts on the cadence by itself.
     clock: SegmentClock,
-    /// With source-keyframe alignment, the pts of the latest video cut not yet followed by audio.
+    /// The pts of the latest video cut not yet followed by audio. The session starts with the
+    /// first video keyframe here, so audio's first segment starts with video's in both modes.
     pending_cut: Option<Ticks>,
+    /// Whether audio has made its first cut.
+    started: bool,
+    /// Pts of audio's latest cut.
+    last_cut: Ticks,
     alignment: Alignment,
 }
 
@@ -276,6 +316,7 @@ impl Session {
         ctx: &PublishContext,
         source: VideoParams,
         audio: Option<AudioParams>,
+        first_pts: Ticks,
         first_arrival: SystemTime,
     ) -> Result<Session, SessionError> {
         let name = &ctx.state.config.name;
@@ -302,7 +343,9 @@ impl Session {
         }
         video.extend(plan.encoded.iter().map(|r| (r.name.clone(), Some(r.bitrate))));
         let renditions = video.iter().map(|(n, _)| n.clone()).chain(audio.iter().map(|_| AUDIO.to_string()));
-        let anchor = first_arrival;
+        // Wall-clock time of pts 0, so that EXT-X-PROGRAM-DATE-TIME = anchor + pts.
+        let anchor = first_arrival - Duration::from_secs_f64(ticks_to_secs(first_pts.max(0)));
+        let audio_params = audio.clone();
         {
             let mut h = lock(&ctx.state.history);
             h.begin_publish(renditions.collect(), &ctx.objects, &ctx.config);
@@ -329,7 +372,14 @@ impl Session {
         let audio = audio.map(|a| {
             let mut publisher = publisher(AUDIO);
             publisher.start_track(TrackParams::Audio(a));
-            AudioTrack { publisher, clock: SegmentClock::new(target, Alignment::Cadence), pending_cut: None, alignment }
+            AudioTrack {
+                publisher,
+                clock: SegmentClock::new(target, Alignment::Cadence),
+                pending_cut: Some(first_pts),
+                started: false,
+                last_cut: first_pts,
+                alignment,
+            }
         });
         let transcoder = if plan.encoded.is_empty() {
             None
@@ -338,7 +388,7 @@ impl Session {
                 plan.encoded.iter().map(|r| Box::new(publisher(&r.name)) as Box<dyn RenditionSink>).collect();
             let spec = TranscodeSpec {
                 channel: name.clone(),
-                source,
+                source: source.clone(),
                 rungs: plan.encoded.clone(),
                 alignment,
                 segment_target: target,
@@ -349,33 +399,32 @@ impl Session {
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };
-        Ok(Session { transcoder, passthrough, audio })
-    }
-
-    fn video_params(&mut self, params: VideoParams) -> Result<(), SessionError> {
-        if let Some((p, _)) = self.passthrough.as_mut() {
-            p.params(params.clone());
-        }
-        if let Some(t) = self.transcoder.as_mut() {
-            t.new_params(params)?;
-        }
-        Ok(())
-    }
-
-    fn audio_params(&mut self, params: AudioParams) {
-        if let Some(a) = self.audio.as_mut() {
-            a.publisher.start_track(TrackParams::Audio(params));
-        }
+        Ok(Session {
+            source,
+            audio_params,
+            history: ctx.state.history.clone(),
+            max_segment: target * MAX_SEGMENT_TARGETS,
+            transcoder,
+            passthrough,
+            audio,
+        })
     }
 
     fn video(&mut self, sample: Sample, at: SystemTime) -> Result<(), SessionError> {
         if let Some((publisher, clock)) = self.passthrough.as_mut() {
             let mut s = sample.clone();
             s.segment_start = clock.is_cut(s.pts, s.keyframe);
-            if s.segment_start
-                && let Some(a) = self.audio.as_mut()
+            if s.segment_start {
+                if let Some(a) = self.audio.as_mut() {
+                    a.pending_cut = Some(s.pts);
+                }
+            } else if let Some(last) = clock.last_cut()
+                && s.pts - last > self.max_segment
             {
-                a.pending_cut = Some(s.pts);
+                return Err(SessionError::KeyframesTooFarApart {
+                    secs: ticks_to_secs(s.pts - last),
+                    target: ticks_to_secs(self.max_segment / MAX_SEGMENT_TARGETS),
+                });
             }
             publisher.packet(EncodedPacket { sample: s, ingest_time: at });
         }
@@ -385,22 +434,38 @@ impl Session {
         Ok(())
     }
 
-    fn audio(&mut self, mut sample: Sample, at: SystemTime) {
-        let Some(a) = self.audio.as_mut() else { return };
-        sample.segment_start = match a.alignment {
-            Alignment::Cadence => a.clock.is_audio_cut(sample.pts),
-            Alignment::SourceKeyframes => match a.pending_cut {
+    fn audio(&mut self, mut sample: Sample, at: SystemTime) -> Result<(), SessionError> {
+        let Some(a) = self.audio.as_mut() else { return Ok(()) };
+        sample.segment_start = if !a.started || a.alignment == Alignment::SourceKeyframes {
+            // Cut on the first frame at or after the pending video cut.
+            match a.pending_cut {
                 Some(cut) if sample.pts >= cut => {
                     a.pending_cut = None;
+                    if !a.started && a.alignment == Alignment::Cadence {
+                        // Starts audio's own cadence from the same bucket as video's first cut.
+                        a.clock.is_audio_cut(sample.pts);
+                    }
+                    a.started = true;
                     true
                 }
                 _ => false,
-            },
+            }
+        } else {
+            a.clock.is_audio_cut(sample.pts)
         };
+        if sample.segment_start {
+            a.last_cut = sample.pts;
+        } else if a.started && a.alignment == Alignment::SourceKeyframes && sample.pts - a.last_cut > self.max_segment {
+            return Err(SessionError::NoVideo { secs: ticks_to_secs(sample.pts - a.last_cut) });
+        }
         a.publisher.packet(EncodedPacket { sample, ingest_time: at });
+        Ok(())
     }
 
-    fn finish(self) {
+    /// Flushes every rendition. `restart`: another session follows at once, so the playlists
+    /// stay open (no ENDLIST) and continue after a discontinuity.
+    fn finish(self, restart: bool) {
+        lock(&self.history).restarting = restart;
         if let Some(t) = self.transcoder
             && let Err(e) = t.finish()
         {
@@ -412,6 +477,7 @@ impl Session {
         if let Some(a) = self.audio {
             Box::new(a.publisher).finish();
         }
+        lock(&self.history).restarting = false;
     }
 }
 
@@ -424,6 +490,8 @@ struct History {
     audio: Option<String>,
     /// The master playlist as last published.
     master: String,
+    /// The session being finished is followed by another: keep the playlists open.
+    restarting: bool,
 }
 
 /// One rendition's playlist state.
@@ -657,7 +725,10 @@ impl RenditionPublisher {
             self.publish(seg);
         }
         let mut h = lock(&self.history);
-        if let Some(log) = h.renditions.get_mut(&self.rendition) {
+        let restarting = h.restarting;
+        if let Some(log) = h.renditions.get_mut(&self.rendition)
+            && !restarting
+        {
             log.ended = true;
             self.render_playlist(log);
         }
@@ -684,7 +755,7 @@ impl RenditionSink for RenditionPublisher {
     }
 }
 
-/// The master playlist, once every rendition of the current publish has a segment (so that
+/// The master playlist, once every live rendition of the current publish has a segment (so that
 /// RESOLUTION, CODECS and FRAME-RATE are measured, not guessed).
 fn render_master(h: &History) -> Option<String> {
     let audio = match &h.audio {
@@ -698,7 +769,14 @@ fn render_master(h: &History) -> Option<String> {
     let mut variants = Vec::new();
     for (name, nominal) in &h.variants {
         let log = h.renditions.get(name)?;
-        let (peak, avg) = measured(log)?;
+        let Some((peak, avg)) = measured(log) else {
+            // A rung that failed before its first segment is left out rather than holding back
+            // the whole ladder; one still starting up is waited for.
+            if log.ended {
+                continue;
+            }
+            return None;
+        };
         // Before the window is full the measured figures are noisy; never declare less than the
         // configured rate (BANDWIDTH is an upper bound, RFC 8216bis §4.4.6.2).
         let peak = peak.max(nominal.map(|n| n + n / 10).unwrap_or(0));

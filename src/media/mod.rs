@@ -135,6 +135,11 @@ impl SegmentClock {
         self.alignment
     }
 
+    /// Pts of the latest cut.
+    pub fn last_cut(&self) -> Option<Ticks> {
+        self.last_cut
+    }
+
     /// Whether a frame at `pts` (frames in presentation order) opens a new segment.
     /// `keyframe` is whether the source frame is a keyframe; it matters only for
     /// [`Alignment::SourceKeyframes`].

@@ -82,11 +82,8 @@ pub enum TranscodeError {
     Panicked { channel: String, thread: String },
 }
 
-/// Messages to the decode thread.
-enum DecodeInput {
-    Params(VideoParams),
-    Sample(Sample, SystemTime),
-}
+/// A source access unit for the decode thread, with its arrival time at ingest.
+struct DecodeInput(Sample, SystemTime);
 
 /// A decoded source picture on its way to the rungs.
 struct Picture {
@@ -154,19 +151,20 @@ impl Transcoder {
         let (input, rx) = mpsc::sync_channel(DECODE_QUEUE);
         let worker = DecodeWorker {
             channel: channel.clone(),
-            source: spec.source.clone(),
             decoder,
             clock: SegmentClock::new(spec.segment_target, spec.alignment),
             min_frame_gap: (f64::from(TIMESCALE) / spec.max_frame_rate).round() as Ticks,
             pending: BTreeMap::new(),
             last_kept: None,
-            wait_for_keyframe: false,
             feeds,
             decoded: metrics.frames_decoded.with_label_values(&[&channel]),
         };
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{channel}"))
-            .spawn(move || worker.run(rx))
+            .spawn(move || {
+                worker.run(rx);
+                Ok(())
+            })
             .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
         Ok(Self { channel, plan, input: Some(input), decoder: Some(decoder), rungs })
     }
@@ -176,20 +174,12 @@ impl Transcoder {
         &self.plan
     }
 
-    /// New source parameters (a new AVC sequence header): the decoder restarts at the next keyframe.
-    pub fn new_params(&mut self, params: VideoParams) -> Result<(), TranscodeError> {
-        self.send(DecodeInput::Params(params))
-    }
-
     /// One source access unit, in decode order. Blocks while the decoder's queue is full.
+    /// (New stream parameters start a new `Transcoder`: the ladder plan may change with them.)
     pub fn push(&mut self, sample: Sample, at: SystemTime) -> Result<(), TranscodeError> {
-        self.send(DecodeInput::Sample(sample, at))
-    }
-
-    fn send(&mut self, msg: DecodeInput) -> Result<(), TranscodeError> {
         let stopped = || TranscodeError::Stopped { channel: self.channel.clone() };
         let input = self.input.as_ref().ok_or_else(stopped)?;
-        input.send(msg).map_err(|_| stopped())
+        input.send(DecodeInput(sample, at)).map_err(|_| stopped())
     }
 
     /// Flushes the decoder and every encoder (their last packets reach the sinks, which are then
@@ -242,7 +232,6 @@ fn open_decoder(channel: &str, source: &VideoParams) -> Result<ffmpeg::decoder::
 /// The decode thread's state.
 struct DecodeWorker {
     channel: String,
-    source: VideoParams,
     decoder: ffmpeg::decoder::Video,
     clock: SegmentClock,
     /// Pictures closer together than this are dropped (the `max_frame_rate` cap).
@@ -250,55 +239,23 @@ struct DecodeWorker {
     /// By pts: arrival time and keyframe flag of packets sent to the decoder.
     pending: BTreeMap<Ticks, (SystemTime, bool)>,
     last_kept: Option<Ticks>,
-    /// After new parameters, packets up to the next keyframe cannot be decoded.
-    wait_for_keyframe: bool,
     feeds: Vec<RungFeed>,
     decoded: IntCounter,
 }
 
 impl DecodeWorker {
-    fn run(mut self, rx: Receiver<DecodeInput>) -> Result<(), TranscodeError> {
-        for msg in rx {
-            match msg {
-                DecodeInput::Params(p) => {
-                    if p != self.source {
-                        self.restart(p)?;
-                    }
-                }
-                DecodeInput::Sample(s, at) => self.decode(s, at),
-            }
+    fn run(mut self, rx: Receiver<DecodeInput>) {
+        for DecodeInput(sample, at) in rx {
+            self.decode(sample, at);
             if self.feeds.iter().all(|f| f.tx.is_none()) {
                 tracing::error!(channel = %self.channel, "every rung has stopped; ending the transcode");
                 break;
             }
         }
         self.drain();
-        Ok(())
-    }
-
-    /// Drains the old decoder and opens one for the new parameters.
-    fn restart(&mut self, params: VideoParams) -> Result<(), TranscodeError> {
-        tracing::info!(
-            channel = %self.channel,
-            from = %format!("{}x{} {}", self.source.width, self.source.height, self.source.codec),
-            to = %format!("{}x{} {}", params.width, params.height, params.codec),
-            "source parameters changed; decoder restarts at the next keyframe"
-        );
-        self.drain();
-        self.decoder = open_decoder(&self.channel, &params)?;
-        self.source = params;
-        self.pending.clear();
-        self.wait_for_keyframe = true;
-        Ok(())
     }
 
     fn decode(&mut self, sample: Sample, at: SystemTime) {
-        if self.wait_for_keyframe {
-            if !sample.keyframe {
-                return;
-            }
-            self.wait_for_keyframe = false;
-        }
         self.pending.insert(sample.pts, (at, sample.keyframe));
         while self.pending.len() > PENDING_LIMIT {
             self.pending.pop_first();
