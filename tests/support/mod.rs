@@ -166,3 +166,44 @@ pub fn parse_media_playlist(text: &str) -> MediaPlaylist {
     }
     p
 }
+
+/// A real H.264 stream made by the `ffmpeg` CLI (`size` at `rate` fps for `secs`, a keyframe every
+/// second), read back as parameters and access units on the 90 kHz clock, as ingest hands them on.
+pub fn encoded_video(
+    dir: &Path,
+    size: &str,
+    rate: u32,
+    secs: u32,
+) -> (ladderd::media::VideoParams, Vec<ladderd::media::Sample>) {
+    use ffmpeg_next as ffmpeg;
+    let file = dir.join(format!("{size}-{rate}.mp4"));
+    let status = Command::new(ffmpeg())
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate={rate}"))
+        .args(["-t", &secs.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-g", &rate.to_string()])
+        .args(["-bf", "0", "-pix_fmt", "yuv420p"])
+        .arg(&file)
+        .status()
+        .expect("ffmpeg must be installed");
+    assert!(status.success());
+    ladderd::ffi::init();
+    let mut input = ffmpeg::format::input(&file).expect("open source");
+    let stream = input.streams().best(ffmpeg::media::Type::Video).expect("video stream");
+    let (index, tb) = (stream.index(), stream.time_base());
+    let ctx = ffmpeg::codec::Context::from_parameters(stream.parameters()).expect("parameters");
+    let params =
+        ladderd::media::avc::params_from_avcc(bytes::Bytes::from(ladderd::ffi::extradata(&ctx))).expect("avcC");
+    let ticks = |v: i64| v * 90_000 * i64::from(tb.numerator()) / i64::from(tb.denominator());
+    let samples = input
+        .packets()
+        .filter(|(s, _)| s.index() == index)
+        .map(|(_, p)| ladderd::media::Sample {
+            pts: ticks(p.pts().expect("pts")),
+            dts: ticks(p.dts().expect("dts")),
+            keyframe: p.is_key(),
+            segment_start: false,
+            data: bytes::Bytes::copy_from_slice(p.data().expect("data")),
+        })
+        .collect();
+    (params, samples)
+}

@@ -1,0 +1,112 @@
+//! A channel across a change of stream parameters: real H.264 in (made by the `ffmpeg` CLI), fed
+//! through the same gate ingest uses, real transcoding and packaging out, checked with `ffprobe`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ladderd::channel::Channels;
+use ladderd::ingest::PublishGate;
+use ladderd::media::{Arrival, MediaPacket, Sample};
+use ladderd::metrics::Metrics;
+use ladderd::store::Store;
+use support::*;
+
+const LADDER: &str = r#"
+ladders:
+  small:
+    - { name: "240p", width: 426, height: 240, video_bitrate: 400000 }
+    - { name: "120p", width: 214, height: 120, video_bitrate: 150000 }
+channels:
+  - { name: "phone", stream_key: "phone-key", ladder: "small" }
+"#;
+
+fn text(store: &Store, name: &str) -> String {
+    store
+        .get_channel("phone")
+        .and_then(|c| c.get(name))
+        .map(|o| o.chunks.iter().flat_map(|c| c.iter().copied()).collect::<Vec<u8>>())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn bytes(store: &Store, name: &str) -> Vec<u8> {
+    let o = store.get_channel("phone").and_then(|c| c.get(name)).unwrap_or_else(|| panic!("{name} is stored"));
+    o.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+}
+
+/// Sends samples in real time, shifted by `offset` ticks, as ingest would.
+fn feed(tx: &tokio::sync::mpsc::Sender<Arrival>, samples: &[Sample], offset: i64) {
+    let start = Instant::now();
+    for s in samples {
+        let due = Duration::from_secs_f64(s.dts.max(0) as f64 / 90_000.0);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let mut s = s.clone();
+        s.pts += offset;
+        s.dts += offset;
+        tx.blocking_send(Arrival { packet: MediaPacket::Video(s), at: SystemTime::now() }).expect("channel is live");
+    }
+}
+
+#[test]
+fn a_phone_turning_sideways_restarts_the_ladder_behind_a_discontinuity() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (landscape, a) = encoded_video(dir.path(), "320x240", 30, 3);
+    let (portrait, b) = encoded_video(dir.path(), "240x320", 30, 3);
+    let store = Arc::new(Store::new());
+    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+
+    publish
+        .media
+        .blocking_send(Arrival { packet: MediaPacket::VideoParams(landscape), at: SystemTime::now() })
+        .expect("live");
+    feed(&publish.media, &a, 0);
+    publish
+        .media
+        .blocking_send(Arrival { packet: MediaPacket::VideoParams(portrait), at: SystemTime::now() })
+        .expect("live");
+    feed(&publish.media, &b, 270_000);
+
+    // While the publisher is still there, the playlists continue past the change and stay open.
+    let live = eventually(Duration::from_secs(10), "a segment after the discontinuity", || {
+        let t = text(&store, "240p/index.m3u8");
+        t.split("#EXT-X-DISCONTINUITY\n").nth(1).is_some_and(|after| after.contains(".m4s")).then_some(t)
+    });
+    assert!(!live.contains("#EXT-X-ENDLIST"), "no ENDLIST while live:\n{live}");
+    assert!(channels.is_live("phone"));
+
+    drop(publish);
+    channels.drain();
+
+    for (rung, before, after) in [("240p", "320x240", "240x320"), ("120p", "160x120", "120x160")] {
+        let playlist = text(&store, &format!("{rung}/index.m3u8"));
+        let p = parse_media_playlist(&playlist);
+        assert!(p.ended, "{rung}: ENDLIST at the end:\n{playlist}");
+        assert_eq!(playlist.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{playlist}");
+        let maps: Vec<&str> = playlist
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\"").map(|v| v.trim_end_matches('"')))
+            .collect();
+        assert_eq!(maps.len(), 2, "a new init segment after the change:\n{playlist}");
+        assert_ne!(maps[0], maps[1]);
+        // The first segment decodes at the landscape size, the last at the portrait size.
+        let (first, _) = p.segments.first().expect("segments");
+        let (last, _) = p.segments.last().expect("segments");
+        for (map, seg, size) in [(maps[0], first, before), (maps[1], last, after)] {
+            let mut file = bytes(&store, &format!("{rung}/{map}"));
+            file.extend(bytes(&store, &format!("{rung}/{seg}")));
+            let dims = ffprobe_stdin(&file, &["-show_entries", "stream=width,height", "-of", "csv=s=x:p=0"]);
+            assert_eq!(dims.trim(), size, "{rung}/{seg}");
+        }
+        assert!(p.segments.len() >= 5, "{rung}: about 6 one-second segments:\n{playlist}");
+    }
+    let master = text(&store, "master.m3u8");
+    assert!(master.contains("RESOLUTION=240x320") && !master.contains("RESOLUTION=320x240"), "{master}");
+}
