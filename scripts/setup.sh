@@ -19,8 +19,8 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 for p in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev \
          libswscale-dev libswresample-dev libavutil-dev ffmpeg; do want "$p"; done
 if [ "$runtime_only" -eq 0 ]; then
-  # Tests: a real browser and a second, independent HLS client.
-  for p in chromium gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+  # Tests: a real browser and a second, independent HLS client; benches: GNU time and curl.
+  for p in time curl chromium gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
            gstreamer1.0-plugins-bad gstreamer1.0-libav; do want "$p"; done
   # Node.js may come from elsewhere than Debian's packages; only install it when absent.
   command -v node >/dev/null 2>&1 || want nodejs
