@@ -32,6 +32,9 @@ pub enum VideoTag {
     Params(VideoParams),
     /// One access unit, NAL units with 4-byte length prefixes (whatever the source's length size).
     Frame {
+        /// FrameType 1 (key frame) and an IDR picture among the NAL units: a frame a decoder can
+        /// start from. FrameType 1 alone also marks open-GOP I pictures (recovery points), which
+        /// reference pictures before them.
         keyframe: bool,
         /// Composition time offset in milliseconds (pts = dts + this).
         composition_ms: i32,
@@ -49,6 +52,9 @@ pub enum AudioTag {
     Params(AudioParams),
     /// One raw AAC frame.
     Frame(Bytes),
+    /// An empty tag (sent for silence), or enhanced-RTMP SequenceEnd or MultichannelConfig:
+    /// nothing to forward.
+    Nothing,
 }
 
 /// Parses the video tags of one publish; remembers the NAL length size of the latest sequence header.
@@ -83,12 +89,16 @@ const AAC_RAW: u8 = 1;
 /// E-RTMP AudioPacketType.
 const AUDIO_SEQUENCE_START: u8 = 0;
 const AUDIO_CODED_FRAMES: u8 = 1;
+const AUDIO_SEQUENCE_END: u8 = 2;
+const AUDIO_MULTICHANNEL_CONFIG: u8 = 4;
 const AUDIO_MULTITRACK: u8 = 5;
 const AUDIO_MOD_EX: u8 = 7;
 /// H.264 NAL unit types (ITU-T H.264 Table 7-1) dropped from frames: access unit delimiters carry
 /// nothing an fMP4/TS packager keeps, and filler data only pads a CBR bitrate.
 const NAL_AUD: u8 = 9;
 const NAL_FILLER: u8 = 12;
+/// Coded slice of an IDR picture (ITU-T H.264 Table 7-1).
+const NAL_IDR: u8 = 5;
 
 /// The `N` bytes at `*pos`, advancing past them.
 fn take<const N: usize>(body: &[u8], pos: &mut usize, what: &'static str) -> Result<[u8; N], FlvError> {
@@ -217,24 +227,36 @@ fn is_forwarded(nal: &[u8]) -> bool {
     nal.first().is_some_and(|header| !matches!(header & 0x1f, NAL_AUD | NAL_FILLER))
 }
 
+fn is_idr(nal: &[u8]) -> bool {
+    nal.first().is_some_and(|header| header & 0x1f == NAL_IDR)
+}
+
+/// An access unit as it is forwarded.
+struct AccessUnit {
+    data: Bytes,
+    /// Whether it holds a slice of an IDR picture.
+    idr: bool,
+}
+
 /// An AVC sample with `length_size`-byte NAL lengths as one with 4-byte lengths, without AUD and
 /// filler NAL units; `None` when nothing is left. Returns `data` itself when nothing changes.
-fn to_four_byte_lengths(data: Bytes, length_size: u8) -> Result<Option<Bytes>, FlvError> {
+fn to_four_byte_lengths(data: Bytes, length_size: u8) -> Result<Option<AccessUnit>, FlvError> {
     let length_size = usize::from(length_size);
-    let (mut total, mut kept, mut kept_bytes) = (0usize, 0usize, 0usize);
+    let (mut total, mut kept, mut kept_bytes, mut idr) = (0usize, 0usize, 0usize, false);
     for nal in (LengthPrefixedNals { data: &data, length_size }) {
         let nal = nal?;
         total += 1;
         if is_forwarded(nal) {
             kept += 1;
             kept_bytes += nal.len();
+            idr |= is_idr(nal);
         }
     }
     if kept == 0 {
         return Ok(None);
     }
     if length_size == 4 && kept == total {
-        return Ok(Some(data));
+        return Ok(Some(AccessUnit { data, idr }));
     }
     let mut out = BytesMut::with_capacity(kept_bytes + 4 * kept);
     for nal in (LengthPrefixedNals { data: &data, length_size }) {
@@ -245,7 +267,7 @@ fn to_four_byte_lengths(data: Bytes, length_size: u8) -> Result<Option<Bytes>, F
             out.put_slice(nal);
         }
     }
-    Ok(Some(out.freeze()))
+    Ok(Some(AccessUnit { data: out.freeze(), idr }))
 }
 
 impl VideoDemuxer {
@@ -294,14 +316,14 @@ impl VideoDemuxer {
         if &fourcc != b"avc1" {
             return Err(FlvError::UnsupportedCodec(video_fourcc_name(fourcc)));
         }
-        let keyframe = frame_type == FRAME_TYPE_KEY;
+        let key_frame_type = frame_type == FRAME_TYPE_KEY;
         match packet_type {
             VIDEO_SEQUENCE_START => self.sequence_start(body.slice(pos..)),
             VIDEO_CODED_FRAMES => {
                 let composition_ms = si24(take::<3>(&body, &mut pos, "CompositionTime")?);
-                self.coded_frames(keyframe, composition_ms, body.slice(pos..))
+                self.coded_frames(key_frame_type, composition_ms, body.slice(pos..))
             }
-            VIDEO_CODED_FRAMES_X => self.coded_frames(keyframe, 0, body.slice(pos..)),
+            VIDEO_CODED_FRAMES_X => self.coded_frames(key_frame_type, 0, body.slice(pos..)),
             // Metadata carries AMF colour information (HDR), nothing an H.264 ladder uses.
             VIDEO_SEQUENCE_END | VIDEO_METADATA => Ok(VideoTag::Nothing),
             _ => Err(FlvError::Malformed("enhanced RTMP VideoPacketType not defined for 'avc1'")),
@@ -317,10 +339,13 @@ impl VideoDemuxer {
         Ok(VideoTag::Params(params))
     }
 
-    fn coded_frames(&self, keyframe: bool, composition_ms: i32, data: Bytes) -> Result<VideoTag, FlvError> {
+    /// `key_frame_type`: the tag's FrameType says key frame.
+    fn coded_frames(&self, key_frame_type: bool, composition_ms: i32, data: Bytes) -> Result<VideoTag, FlvError> {
         let length_size = self.length_size.ok_or(FlvError::NoSequenceHeader)?;
         Ok(match to_four_byte_lengths(data, length_size)? {
-            Some(data) => VideoTag::Frame { keyframe, composition_ms, data },
+            // Segments start on key frames and must decode on their own, which only an IDR
+            // picture guarantees (ITU-T H.264 §3, "IDR picture").
+            Some(AccessUnit { data, idr }) => VideoTag::Frame { keyframe: key_frame_type && idr, composition_ms, data },
             None => VideoTag::Nothing,
         })
     }
@@ -328,13 +353,14 @@ impl VideoDemuxer {
 
 /// Parses one audio tag body.
 pub fn parse_audio(body: Bytes) -> Result<AudioTag, FlvError> {
-    let &first = body.first().ok_or(FlvError::Truncated("empty audio tag"))?;
+    // Some publishers send empty audio messages while muted.
+    let Some(&first) = body.first() else { return Ok(AudioTag::Nothing) };
     match first >> 4 {
         SOUND_FORMAT_AAC => {
             let &packet_type = body.get(1).ok_or(FlvError::Truncated("AACPacketType"))?;
             match packet_type {
                 AAC_SEQUENCE_HEADER => Ok(AudioTag::Params(aac::parse_asc(body.slice(2..))?)),
-                AAC_RAW => aac_frame(body.slice(2..)),
+                AAC_RAW => Ok(aac_frame(body.slice(2..))),
                 _ => Err(FlvError::Malformed("AACPacketType is not 0 or 1")),
             }
         }
@@ -343,11 +369,9 @@ pub fn parse_audio(body: Bytes) -> Result<AudioTag, FlvError> {
     }
 }
 
-fn aac_frame(frame: Bytes) -> Result<AudioTag, FlvError> {
-    if frame.is_empty() {
-        return Err(FlvError::Truncated("AAC raw frame is empty"));
-    }
-    Ok(AudioTag::Frame(frame))
+/// A raw AAC frame; an empty one (a tag header alone, sent for silence) carries nothing.
+fn aac_frame(frame: Bytes) -> AudioTag {
+    if frame.is_empty() { AudioTag::Nothing } else { AudioTag::Frame(frame) }
 }
 
 /// ExAudioTagHeader and ExAudioTagBody (E-RTMP "Enhanced Audio").
@@ -363,11 +387,11 @@ fn parse_enhanced_audio(body: &Bytes, first: u8) -> Result<AudioTag, FlvError> {
     }
     match packet_type {
         AUDIO_SEQUENCE_START => Ok(AudioTag::Params(aac::parse_asc(body.slice(pos..))?)),
-        AUDIO_CODED_FRAMES => aac_frame(body.slice(pos..)),
-        // SequenceEnd (2) and MultichannelConfig (4) have no AudioTag to become (AAC's own
-        // channelConfiguration already says what MultichannelConfig would); they are not a
-        // reason to refuse the stream, so they come back as a tag to drop.
-        _ => Err(FlvError::Malformed("enhanced RTMP AAC packet is neither SequenceStart nor CodedFrames")),
+        AUDIO_CODED_FRAMES => Ok(aac_frame(body.slice(pos..))),
+        // SequenceEnd ends nothing the next SequenceStart would not replace, and AAC's own
+        // channelConfiguration already says what MultichannelConfig would: neither is forwarded.
+        AUDIO_SEQUENCE_END | AUDIO_MULTICHANNEL_CONFIG => Ok(AudioTag::Nothing),
+        _ => Err(FlvError::Malformed("enhanced RTMP AudioPacketType not defined for 'mp4a'")),
     }
 }
 
@@ -499,6 +523,35 @@ mod tests {
         let only_dropped = nalu_tag(0x27, [0, 0, 0], &[0, 0, 0, 2, 0x09, 0xf0, 0, 0, 0, 2, 0x0c, 0xff]);
         assert_eq!(demuxer.parse(only_dropped), Ok(VideoTag::Nothing));
         assert_eq!(demuxer.parse(nalu_tag(0x27, [0, 0, 0], &[])), Ok(VideoTag::Nothing));
+    }
+
+    #[test]
+    fn only_an_idr_picture_is_a_keyframe() {
+        let mut demuxer = primed();
+        // FrameType 1 on an open-GOP I picture: recovery point SEI then a non-IDR slice (type 1).
+        let open_gop_i = [0, 0, 0, 3, 0x06, 0x06, 0x01, 0, 0, 0, 3, 0x61, 0x88, 0x84];
+        let tag = nalu_tag(0x17, [0, 0, 0], &open_gop_i);
+        let Ok(VideoTag::Frame { keyframe, data, .. }) = demuxer.parse(tag.clone()) else { panic!("frame") };
+        assert!(!keyframe);
+        assert_eq!(data.as_ptr(), tag[5..].as_ptr(), "still not a copy");
+
+        let mut enhanced = b"\x93avc1".to_vec();
+        enhanced.extend_from_slice(&open_gop_i);
+        let Ok(VideoTag::Frame { keyframe, .. }) = demuxer.parse(Bytes::from(enhanced)) else { panic!("frame") };
+        assert!(!keyframe);
+
+        // An IDR slice after other NAL units still makes a key frame, also when the NAL units are
+        // copied to drop an AUD.
+        let idr = [0, 0, 0, 2, 0x09, 0xf0, 0, 0, 0, 3, 0x06, 0x05, 0x01, 0, 0, 0, 3, 0x65, 0x88, 0x84];
+        let Ok(VideoTag::Frame { keyframe, .. }) = demuxer.parse(nalu_tag(0x17, [0, 0, 0], &idr)) else {
+            panic!("frame")
+        };
+        assert!(keyframe);
+        // And an IDR slice in a tag whose FrameType is not 1 is not.
+        let Ok(VideoTag::Frame { keyframe, .. }) = demuxer.parse(nalu_tag(0x27, [0, 0, 0], &idr)) else {
+            panic!("frame")
+        };
+        assert!(!keyframe);
     }
 
     #[test]
@@ -646,16 +699,26 @@ mod tests {
         let body = Bytes::from_static(b"\x91mp4a\x21\x10\x04");
         assert_eq!(parse_audio(body.clone()), Ok(AudioTag::Frame(body.slice(5..))));
         assert_eq!(
-            parse_audio(Bytes::from_static(b"\x92mp4a")),
-            Err(FlvError::Malformed("enhanced RTMP AAC packet is neither SequenceStart nor CodedFrames"))
+            parse_audio(Bytes::from_static(b"\x93mp4a")),
+            Err(FlvError::Malformed("enhanced RTMP AudioPacketType not defined for 'mp4a'"))
         );
     }
 
     #[test]
+    fn audio_tags_with_nothing_to_forward() {
+        // Enhanced RTMP SequenceEnd, then MultichannelConfig (channel order, count and flags).
+        assert_eq!(parse_audio(Bytes::from_static(b"\x92mp4a")), Ok(AudioTag::Nothing));
+        assert_eq!(parse_audio(Bytes::from_static(b"\x94mp4a\x01\x02\x00\x00\x00\x03")), Ok(AudioTag::Nothing));
+        // Empty tags: no header at all, or an AAC raw header with no frame; also after a ModEx block.
+        assert_eq!(parse_audio(Bytes::new()), Ok(AudioTag::Nothing));
+        assert_eq!(parse_audio(Bytes::from_static(&[0xaf, 0x01])), Ok(AudioTag::Nothing));
+        assert_eq!(parse_audio(Bytes::from_static(b"\x91mp4a")), Ok(AudioTag::Nothing));
+        assert_eq!(parse_audio(Bytes::from_static(b"\x97\x02\x00\x01\x02\x02mp4a")), Ok(AudioTag::Nothing));
+    }
+
+    #[test]
     fn malformed_audio_tags() {
-        assert_eq!(parse_audio(Bytes::new()), Err(FlvError::Truncated("empty audio tag")));
         assert_eq!(parse_audio(Bytes::from_static(&[0xaf])), Err(FlvError::Truncated("AACPacketType")));
-        assert_eq!(parse_audio(Bytes::from_static(&[0xaf, 0x01])), Err(FlvError::Truncated("AAC raw frame is empty")));
         assert_eq!(
             parse_audio(Bytes::from_static(&[0xaf, 0x02, 0x00])),
             Err(FlvError::Malformed("AACPacketType is not 0 or 1"))

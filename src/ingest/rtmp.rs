@@ -318,6 +318,8 @@ struct ActivePublish {
     ingest_bytes: IntCounter,
     malformed_in_a_row: u32,
     malformed_total: u64,
+    /// Jumps of the publisher's clock so far, to log them sparingly.
+    timeline_jumps: u64,
 }
 
 impl ActivePublish {
@@ -332,6 +334,21 @@ impl ActivePublish {
             ingest_bytes,
             malformed_in_a_row: 0,
             malformed_total: 0,
+            timeline_jumps: 0,
+        }
+    }
+
+    /// Logs a jump of the publisher's clock that the timeline absorbed while placing the last packet.
+    fn log_timeline_jump(&mut self, peer: SocketAddr, track: &'static str) {
+        let Some(jump) = self.timeline.take_jump() else { return };
+        self.timeline_jumps += 1;
+        let (channel, from_ms, to_ms, placed_ms) = (&self.channel, jump.from_ms, jump.to_ms, jump.placed_ms);
+        // A publisher whose tracks run on two different clocks jumps on every packet: say it
+        // loudly at first, then sparingly.
+        if self.timeline_jumps <= 10 || self.timeline_jumps.is_multiple_of(100) {
+            tracing::warn!(%peer, %channel, track, from_ms, to_ms, placed_ms, total = self.timeline_jumps, "RTMP timestamps jumped; timeline re-anchored");
+        } else {
+            tracing::debug!(%peer, %channel, track, from_ms, to_ms, placed_ms, "RTMP timestamps jumped; timeline re-anchored");
         }
     }
 }
@@ -673,12 +690,14 @@ impl Connection {
     }
 
     async fn video(&mut self, body: Bytes, timestamp: u32) -> Result<(), Stop> {
+        let peer = self.peer;
         let Some(p) = self.publish.as_mut() else { return Ok(()) };
         p.ingest_bytes.inc_by(body.len() as u64);
         let packet = match p.video.parse(body) {
             Ok(VideoTag::Params(params)) => MediaPacket::VideoParams(params),
             Ok(VideoTag::Frame { keyframe, composition_ms, data }) => {
                 let (dts, pts) = p.timeline.video(timestamp, composition_ms);
+                p.log_timeline_jump(peer, "video");
                 MediaPacket::Video(Sample { pts, dts, keyframe, segment_start: false, data })
             }
             Ok(VideoTag::Nothing) => {
@@ -692,13 +711,19 @@ impl Connection {
     }
 
     async fn audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), Stop> {
+        let peer = self.peer;
         let Some(p) = self.publish.as_mut() else { return Ok(()) };
         p.ingest_bytes.inc_by(body.len() as u64);
         let packet = match flv::parse_audio(body) {
             Ok(AudioTag::Params(params)) => MediaPacket::AudioParams(params),
             Ok(AudioTag::Frame(data)) => {
                 let dts = p.timeline.dts(timestamp);
+                p.log_timeline_jump(peer, "audio");
                 MediaPacket::Audio(Sample { pts: dts, dts, keyframe: true, segment_start: false, data })
+            }
+            Ok(AudioTag::Nothing) => {
+                p.malformed_in_a_row = 0;
+                return Ok(());
             }
             Err(e) => return self.bad_tag(e, "audio", timestamp),
         };

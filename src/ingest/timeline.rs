@@ -1,10 +1,39 @@
 //! One publish's media timeline: RTMP's 32-bit millisecond timestamps unwrapped and rebased onto
-//! the internal 90 kHz clock, so that the first media timestamp of the publish is 0.
+//! the internal 90 kHz clock, so that the first media timestamp of the publish is 0, and kept
+//! continuous when the publisher's clock jumps.
 
 use crate::media::Ticks;
 
 /// 90 kHz ticks per RTMP millisecond.
 const TICKS_PER_MS: i64 = 90;
+
+/// A timestamp more than this far ahead of the latest one of the publish is a jump of the source
+/// clock, not media. A live encoder's timestamps follow its capture clock, so a network stall
+/// delays packets without spacing their timestamps; only a publisher that stops sending both
+/// tracks produces a real gap, and 10 s is several times the keyframe interval (2–4 s) of any
+/// encoder configured for live ABR, so segment cutting sees such a gap as nothing but a stall.
+const FORWARD_JUMP_MS: i64 = 10_000;
+/// A timestamp more than this far behind the latest one of the publish is a jump of the source
+/// clock. Within one track RTMP timestamps are decode times and never go back; the only normal
+/// step back is one track interleaved behind the other, which muxers keep to tens of
+/// milliseconds (and a few hundred at most when an encoder buffers audio).
+const BACKWARD_JUMP_MS: i64 = 1_000;
+/// Bounds of the step that separates a re-anchored timestamp from the latest one: at least 1 ms
+/// so time moves forward, at most 100 ms (one frame at 10 fps) so a re-anchor leaves no gap
+/// larger than a frame even when the step before the jump was a long one.
+const MIN_STEP_MS: i64 = 1;
+const MAX_STEP_MS: i64 = 100;
+
+/// A jump of the publisher's clock that the timeline absorbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Jump {
+    /// The RTMP timestamp of the latest packet before the jump.
+    pub from_ms: u32,
+    /// The RTMP timestamp of the packet that jumped.
+    pub to_ms: u32,
+    /// Where that packet was placed, in milliseconds from the start of the publish.
+    pub placed_ms: i64,
+}
 
 /// Maps the RTMP timestamps of one publish (audio and video together) onto [`Ticks`].
 ///
@@ -14,12 +43,30 @@ const TICKS_PER_MS: i64 = 90;
 /// the video just sent) stays a step backwards, and a jump from near 2³² to near 0 continues
 /// forward. Values are relative to the first timestamp of the publish, so a track whose first
 /// packet is a little older than the very first packet starts slightly below 0.
-#[derive(Debug, Default, Clone)]
+///
+/// A timestamp that lands more than [`FORWARD_JUMP_MS`] ahead of or [`BACKWARD_JUMP_MS`] behind
+/// the latest time of the publish means the publisher's clock jumped (an encoder or relay that
+/// restarts its timestamps at 0, or skips ahead): that packet is placed one step after the latest
+/// time instead, and later packets follow it. Both tracks share the one mapping, so when the
+/// video jumps first, audio that jumped by the same amount lands next to it rather than being a
+/// second jump, and the tracks stay in sync.
+#[derive(Debug, Clone)]
 pub struct Timeline {
-    /// The last raw timestamp seen and its unwrapped value in milliseconds.
-    last: Option<(u32, i64)>,
-    /// The unwrapped value of the first timestamp.
-    origin: i64,
+    /// The previous packet's RTMP timestamp and where it was placed, in milliseconds from the
+    /// start of the publish.
+    previous: Option<(u32, i64)>,
+    /// The latest (largest) placed time and the RTMP timestamp that gave it.
+    latest: (u32, i64),
+    /// How far the latest time moved the last time it moved, within the step bounds.
+    step: i64,
+    /// The jump absorbed since [`Timeline::take_jump`] was last called.
+    jump: Option<Jump>,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Self { previous: None, latest: (0, 0), step: MIN_STEP_MS, jump: None }
+    }
 }
 
 impl Timeline {
@@ -29,16 +76,32 @@ impl Timeline {
 
     /// The decode timestamp of a packet with this RTMP timestamp.
     pub fn dts(&mut self, rtmp_ms: u32) -> Ticks {
-        let unwrapped = match self.last {
+        let placed = match self.previous {
             None => {
-                self.origin = i64::from(rtmp_ms);
-                i64::from(rtmp_ms)
+                self.latest = (rtmp_ms, 0);
+                0
             }
-            // The wrapping difference read as signed is the nearest step in either direction.
-            Some((raw, at)) => at.saturating_add(i64::from(rtmp_ms.wrapping_sub(raw) as i32)),
+            Some((raw, at)) => {
+                // The wrapping difference read as signed is the nearest step in either direction.
+                let nearest = at.saturating_add(i64::from(rtmp_ms.wrapping_sub(raw) as i32));
+                let (latest_ms, latest) = self.latest;
+                let ahead = nearest.saturating_sub(latest);
+                if (-BACKWARD_JUMP_MS..=FORWARD_JUMP_MS).contains(&ahead) {
+                    nearest
+                } else {
+                    let placed = latest.saturating_add(self.step);
+                    self.jump = Some(Jump { from_ms: latest_ms, to_ms: rtmp_ms, placed_ms: placed });
+                    placed
+                }
+            }
         };
-        self.last = Some((rtmp_ms, unwrapped));
-        unwrapped.saturating_sub(self.origin).saturating_mul(TICKS_PER_MS)
+        let (_, latest) = self.latest;
+        if placed > latest {
+            self.step = placed.saturating_sub(latest).clamp(MIN_STEP_MS, MAX_STEP_MS);
+            self.latest = (rtmp_ms, placed);
+        }
+        self.previous = Some((rtmp_ms, placed));
+        placed.saturating_mul(TICKS_PER_MS)
     }
 
     /// Decode and presentation timestamps of a video frame: FLV carries the composition offset
@@ -46,6 +109,11 @@ impl Timeline {
     pub fn video(&mut self, rtmp_ms: u32, composition_ms: i32) -> (Ticks, Ticks) {
         let dts = self.dts(rtmp_ms);
         (dts, dts.saturating_add(i64::from(composition_ms).saturating_mul(TICKS_PER_MS)))
+    }
+
+    /// The latest jump of the publisher's clock absorbed since the last call, if any.
+    pub fn take_jump(&mut self) -> Option<Jump> {
+        self.jump.take()
     }
 }
 
@@ -70,6 +138,7 @@ mod tests {
         assert_eq!(t.dts(1_021), 21 * 90);
         // And a track that starts before the first packet of the publish goes slightly negative.
         assert_eq!(t.dts(990), -10 * 90);
+        assert_eq!(t.take_jump(), None);
     }
 
     #[test]
@@ -82,6 +151,7 @@ mod tests {
         assert_eq!(t.dts(400), 500 * 90);
         // A late packet from before the wrap still lands before it.
         assert_eq!(t.dts(u32::MAX - 9), 90 * 90);
+        assert_eq!(t.take_jump(), None);
     }
 
     #[test]
@@ -90,12 +160,90 @@ mod tests {
         let mut expected: i64 = 0;
         let mut raw: u32 = 7;
         assert_eq!(t.dts(raw), 0);
-        // Steps of 2^30 ms: four of them make one wrap; go round three times.
-        for _ in 0..12 {
-            raw = raw.wrapping_add(1 << 30);
-            expected += 1 << 30;
+        // Steps just short of a jump; go round three times.
+        let step = FORWARD_JUMP_MS as u32;
+        while expected < 3 << 32 {
+            raw = raw.wrapping_add(step);
+            expected += i64::from(step);
             assert_eq!(t.dts(raw), expected * 90);
         }
+        assert_eq!(t.take_jump(), None);
+    }
+
+    #[test]
+    fn a_reset_to_0_continues_the_timeline() {
+        let mut t = Timeline::new();
+        let hour = 3_600_000;
+        assert_eq!(t.dts(hour), 0);
+        assert_eq!(t.dts(hour + 20), 20 * 90);
+        assert_eq!(t.dts(hour + 40), 40 * 90);
+        assert_eq!(t.take_jump(), None);
+        // The encoder restarts at 0: placed one step (the last 20 ms) after the latest time.
+        assert_eq!(t.dts(0), 60 * 90);
+        assert_eq!(t.take_jump(), Some(Jump { from_ms: hour + 40, to_ms: 0, placed_ms: 60 }));
+        assert_eq!(t.take_jump(), None);
+        assert_eq!(t.dts(20), 80 * 90);
+        assert_eq!(t.dts(40), 100 * 90);
+        assert_eq!(t.take_jump(), None);
+    }
+
+    #[test]
+    fn a_forward_jump_of_minutes_continues_the_timeline() {
+        let mut t = Timeline::new();
+        assert_eq!(t.dts(1_000), 0);
+        assert_eq!(t.dts(1_033), 33 * 90);
+        assert_eq!(t.dts(1_033 + 5 * 60_000), 66 * 90);
+        assert_eq!(t.take_jump(), Some(Jump { from_ms: 1_033, to_ms: 301_033, placed_ms: 66 }));
+        assert_eq!(t.dts(301_066), 99 * 90);
+    }
+
+    #[test]
+    fn the_jump_thresholds() {
+        let mut t = Timeline::new();
+        t.dts(100_000);
+        // Up to 10 s ahead and 1 s behind the latest time is media.
+        assert_eq!(t.dts(110_000), 10_000 * 90);
+        assert_eq!(t.dts(109_000), 9_000 * 90);
+        assert_eq!(t.take_jump(), None);
+        // Beyond either is a jump.
+        assert_eq!(t.dts(108_999), (10_000 + MAX_STEP_MS) * 90);
+        assert_eq!(t.take_jump().map(|jump| jump.to_ms), Some(108_999));
+        assert_eq!(t.dts(108_999 + 10_001), (10_000 + 2 * MAX_STEP_MS) * 90);
+        assert_eq!(t.take_jump().map(|jump| jump.to_ms), Some(119_000));
+    }
+
+    #[test]
+    fn the_re_anchor_step_is_bounded() {
+        // Before any step, 1 ms.
+        let mut t = Timeline::new();
+        t.dts(500_000);
+        assert_eq!(t.dts(0), 90);
+        // After a long step (a sparse track), no more than 100 ms.
+        let mut t = Timeline::new();
+        t.dts(0);
+        t.dts(5_000);
+        assert_eq!(t.dts(900_000), (5_000 + MAX_STEP_MS) * 90);
+    }
+
+    #[test]
+    fn audio_and_video_share_one_re_anchor() {
+        let mut t = Timeline::new();
+        let base = 7_200_000;
+        // Video every 40 ms, audio every 20 ms, audio a little behind.
+        assert_eq!(t.video(base, 80), (0, 80 * 90));
+        assert_eq!(t.dts(base - 10), -10 * 90);
+        assert_eq!(t.dts(base + 10), 10 * 90);
+        assert_eq!(t.video(base + 40, 80), (40 * 90, 120 * 90));
+        assert_eq!(t.dts(base + 30), 30 * 90);
+        // The relay restarts both tracks at 0; the video comes through first.
+        assert_eq!(t.video(0, 80), (70 * 90, 150 * 90));
+        assert!(t.take_jump().is_some());
+        // Audio that jumped the same way keeps its place next to the video: no second jump.
+        assert_eq!(t.dts(-10i32 as u32), 60 * 90);
+        assert_eq!(t.dts(10), 80 * 90);
+        assert_eq!(t.video(40, 80), (110 * 90, 190 * 90));
+        assert_eq!(t.dts(30), 100 * 90);
+        assert_eq!(t.take_jump(), None);
     }
 
     #[test]

@@ -357,6 +357,11 @@ pub fn build_avcc(sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, AvcError> {
 }
 
 /// [`VideoParams`] from an avcC record (as carried by an RTMP AVC sequence header).
+///
+/// The record handed on is always rebuilt from the parameter sets, never the source's bytes:
+/// [`parse_avcc`] tolerates what follows the PPS list (stray bytes, a trailer on a profile that
+/// has none), but the packager's avcC reader refuses such a record and the init segment would
+/// come out empty. The rebuilt record has 4-byte NAL lengths, which is what frames are converted to.
 pub fn params_from_avcc(record: Bytes) -> Result<VideoParams, AvcError> {
     let parsed = parse_avcc(&record)?;
     let first_sps = parsed.sps.first().ok_or(AvcError::MissingParameterSets)?;
@@ -364,7 +369,7 @@ pub fn params_from_avcc(record: Bytes) -> Result<VideoParams, AvcError> {
         return Err(AvcError::MissingParameterSets);
     }
     let sps = parse_sps(first_sps)?;
-    let avcc = if parsed.length_size == 4 { record } else { build_avcc(&parsed.sps, &parsed.pps)? };
+    let avcc = build_avcc(&parsed.sps, &parsed.pps)?;
     Ok(VideoParams { avcc, width: sps.width, height: sps.height, codec: codec_string(&sps) })
 }
 
@@ -728,11 +733,32 @@ mod tests {
     }
 
     #[test]
-    fn params_from_avcc_keeps_a_4_byte_record_without_copying() {
+    fn params_from_avcc_gives_the_canonical_record() {
         let record = Bytes::from(hex(AVCC_HIGH_1280X720));
-        let params = params_from_avcc(record.clone()).unwrap();
-        assert_eq!(params.avcc.as_ptr(), record.as_ptr());
+        let params = params_from_avcc(record).unwrap();
+        let parsed = parse_avcc(&params.avcc).unwrap();
+        assert_eq!(params.avcc, build_avcc(&parsed.sps, &parsed.pps).unwrap());
+        assert_eq!(parsed.sps, [Bytes::from(hex(SPS_HIGH_1280X720))]);
+        assert_eq!(parsed.pps, [Bytes::from(hex(PPS_HIGH))]);
         assert_eq!((params.width, params.height, params.codec.as_str()), (1280, 720, "avc1.64001F"));
+    }
+
+    #[test]
+    fn params_from_avcc_drops_trailing_garbage() {
+        let canonical = hex(AVCC_HIGH_1280X720);
+        for garbage in [&[0xff][..], &[0x00, 0x01], &[0xde, 0xad, 0xbe]] {
+            let mut record = canonical.clone();
+            record.extend_from_slice(garbage);
+            let params = params_from_avcc(Bytes::from(record)).unwrap();
+            assert_eq!(params.avcc.as_ref(), canonical.as_slice(), "garbage {garbage:02x?}");
+        }
+        // A Baseline record carries no trailer, so one that has a High-profile-like trailer loses it.
+        let baseline =
+            build_avcc(&[Bytes::from(hex(SPS_CONSTRAINED_BASELINE_854X480))], &[Bytes::from(hex(PPS_BASELINE))])
+                .unwrap();
+        let mut with_trailer = baseline.to_vec();
+        with_trailer.extend_from_slice(&[0xfd, 0xf8, 0xf8, 0x00]);
+        assert_eq!(params_from_avcc(Bytes::from(with_trailer)).unwrap().avcc, baseline);
     }
 
     #[test]
