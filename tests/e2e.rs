@@ -115,25 +115,8 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
             let r = http_get(http, &format!("/live/demo/{name}/{seg}"));
             assert_eq!(r.status, 200, "{name}/{seg}");
             // Each segment alone (after its init) starts with an IDR picture.
-            let mut one = init.body.clone();
-            one.extend_from_slice(&r.body);
-            let first = ffprobe_stdin(
-                &one,
-                &[
-                    "-select_streams",
-                    "v:0",
-                    "-show_entries",
-                    "frame=key_frame,pict_type,pts_time",
-                    "-of",
-                    "csv=p=0",
-                    "-read_intervals",
-                    "%+#1",
-                ],
-            );
-            let mut f = first.trim().split(',');
-            assert_eq!(f.next(), Some("1"), "{name}/{seg} must start with a key frame: {first}");
-            let pts: f64 = f.next().and_then(|v| v.parse().ok()).expect("pts_time");
-            assert_eq!(f.next(), Some("I"), "{name}/{seg}: {first}");
+            let (key, pts, kind) = first_frame(&init.body, &r.body);
+            assert!(key && kind == "I", "{name}/{seg} must start with an IDR");
             starts.entry(seg.clone()).or_default().push(pts);
             assert!(*duration > 0.5 && *duration < 4.5, "{name}/{seg} lasts {duration}");
             whole.extend_from_slice(&r.body);
