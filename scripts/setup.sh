@@ -50,7 +50,9 @@ if [ "$runtime_only" -eq 0 ]; then
     cargo install --locked cargo-nextest
   fi
   # Browser-side test tools come from the npm registry, pinned by tests/browser/package-lock.json.
-  if [ ! -d tests/browser/node_modules ]; then
+  # (Re)installed whenever the lock file is newer than what npm last installed.
+  if [ ! -f tests/browser/node_modules/.package-lock.json ] \
+     || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi
