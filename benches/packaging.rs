@@ -66,9 +66,11 @@ fn playlist(c: &mut Criterion) {
                 duration: 2.0,
                 program_date_time: now + Duration::from_secs(2 * i),
                 discontinuity: false,
+                parts: Vec::new(),
             })
             .collect(),
         ended: false,
+        low_latency: None,
     };
     c.bench_function("render_media_6_segments", |b| b.iter(|| black_box(render_media(black_box(&p)))));
 }

@@ -25,6 +25,8 @@ if [ "$runtime_only" -eq 0 ]; then
   # Node.js may come from elsewhere than Debian's packages; only install it when absent.
   command -v node >/dev/null 2>&1 || want nodejs
   command -v npm >/dev/null 2>&1 || want npm
+  # An independent playlist parser (Python's m3u8) for the playlist tests.
+  python3 -m pip --version >/dev/null 2>&1 || want python3-pip
 fi
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -48,6 +50,12 @@ if [ "$runtime_only" -eq 0 ]; then
   if ! command -v cargo-nextest >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest"
     cargo install --locked cargo-nextest
+  fi
+  if ! python3 -c 'import m3u8' >/dev/null 2>&1; then
+    echo "setup: installing the Python m3u8 parser"
+    # Debian's own Python refuses system-wide pip installs (PEP 668); a user install is enough.
+    python3 -m pip install --quiet m3u8==6.0.0 2>/dev/null \
+      || python3 -m pip install --quiet --user --break-system-packages m3u8==6.0.0
   fi
   # Browser-side test tools come from the npm registry, pinned by tests/browser/package-lock.json.
   # (Re)installed whenever the lock file is newer than what npm last installed.

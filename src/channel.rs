@@ -23,9 +23,12 @@ use crate::media::{
 use crate::metrics::Metrics;
 use crate::origin::content_type;
 use crate::package::fmp4::TrackParams;
-use crate::package::playlist::{self, AudioRendition, MasterPlaylist, MediaPlaylist, PlaylistSegment, Variant};
-use crate::package::segmenter::{Segment, Segmenter};
-use crate::store::{Cacheability, ChannelObjects, Object, Store};
+use crate::package::playlist::{
+    self, AudioRendition, LowLatency, MasterPlaylist, MediaPlaylist, OpenSegment, PlaylistPart, PlaylistSegment,
+    RenditionReport, Variant,
+};
+use crate::package::segmenter::{self as segmenter, Part, Segment, Segmenter};
+use crate::store::{Cacheability, ChannelObjects, Object, Progress, Store};
 use crate::transcode::ladder;
 use crate::transcode::{TranscodeSpec, Transcoder};
 
@@ -37,6 +40,11 @@ const INGEST_QUEUE: usize = 512;
 /// Segments kept in the store after they leave the playlist, for players that fetched the
 /// playlist just before.
 const GRACE_SEGMENTS: usize = 2;
+/// Recent segments whose parts stay in the store. The playlist lists parts for the last three
+/// target durations (RFC 8216bis §6.2.2); one more covers players holding the previous playlist.
+const PART_SEGMENTS: usize = 4;
+/// Store key of a rendition playlist's delta update (`_HLS_skip=YES`), next to `index.m3u8`.
+pub const DELTA_PLAYLIST: &str = "index.m3u8#skip";
 
 /// Every configured channel, and the gate ingest asks about publishes.
 pub struct Channels {
@@ -508,12 +516,28 @@ struct RenditionLog {
     /// The next segment starts after a gap (a new publish or new stream parameters).
     discontinuity_next: bool,
     init_uri: Option<String>,
+    /// Parts of the segment being built (its number is `next_msn`), and its start time.
+    open_parts: Vec<PlaylistPart>,
+    open_pdt: Option<SystemTime>,
+    /// Part object names of recent segments, oldest first, removed once out of the playlist.
+    stored_parts: VecDeque<Vec<String>>,
     /// Facts for the master playlist.
     width: u32,
     height: u32,
     codec: String,
     channels: u8,
     frame_rate: f64,
+}
+
+impl RenditionLog {
+    /// The last (msn, part index) this rendition has, for `EXT-X-RENDITION-REPORT`.
+    fn last_part(&self) -> Option<(u64, Option<u64>)> {
+        if !self.open_parts.is_empty() {
+            return Some((self.next_msn, Some(self.open_parts.len() as u64 - 1)));
+        }
+        let last = self.segments.back()?;
+        Some((self.next_msn.checked_sub(1)?, last.parts.len().checked_sub(1).map(|p| p as u64)))
+    }
 }
 
 struct LoggedSegment {
@@ -523,6 +547,7 @@ struct LoggedSegment {
     program_date_time: SystemTime,
     discontinuity: bool,
     bytes: u64,
+    parts: Vec<PlaylistPart>,
 }
 
 impl History {
@@ -545,6 +570,9 @@ impl History {
                 ended: false,
                 discontinuity_next: false,
                 init_uri: None,
+                open_parts: Vec::new(),
+                open_pdt: None,
+                stored_parts: VecDeque::new(),
                 width: 0,
                 height: 0,
                 codec: String::new(),
@@ -593,12 +621,11 @@ impl RenditionPublisher {
             return;
         }
         self.track = Some(track.clone());
-        if let Some(mut old) = self.segmenter.take()
-            && let Some(seg) = old.finish()
-        {
-            self.publish(seg);
+        if let Some(mut old) = self.segmenter.take() {
+            self.publish_output(old.finish_parts());
         }
-        let segmenter = Segmenter::new(track.clone());
+        let part_target = secs_to_ticks(self.config.hls.part_duration);
+        let segmenter = Segmenter::with_parts(track.clone(), Some(part_target));
         let mut h = lock(&self.history);
         let log = h.renditions.get_mut(&self.rendition).expect("rendition log created at publish start");
         let init_uri = format!("init-{}.mp4", log.next_msn);
@@ -625,6 +652,43 @@ impl RenditionPublisher {
         self.segmenter = Some(segmenter);
     }
 
+    fn publish_output(&mut self, out: segmenter::Output) {
+        for part in out.parts {
+            self.publish_part(part);
+        }
+        if let Some(seg) = out.segment {
+            self.publish(seg);
+        }
+    }
+
+    /// Publishes a part of the segment being built: its object, then the playlists that list it,
+    /// then the progress that wakes blocked requests.
+    fn publish_part(&mut self, part: Part) {
+        let published_at = SystemTime::now();
+        let mut h = lock(&self.history);
+        let h = &mut *h;
+        let Some(log) = h.renditions.get_mut(&self.rendition) else { return };
+        let msn = log.next_msn;
+        let uri = format!("{msn}.{}.m4s", part.index);
+        self.objects.put(
+            format!("{}/{}", self.rendition, uri),
+            Object::new(part.fragment.chunks, content_type(&uri), Cacheability::Immutable),
+        );
+        if log.open_parts.is_empty() {
+            log.open_pdt = Some(self.anchor + Duration::from_secs_f64(ticks_to_secs(part.start_pts.max(0))));
+        }
+        log.open_parts.push(PlaylistPart { uri, duration: ticks_to_secs(part.duration), independent: part.independent });
+        let progress = Progress { msn, parts: log.open_parts.len() as u64, ended: false };
+        self.render_playlist(h);
+        self.objects.set_progress(&self.rendition, progress);
+        if let Ok(latency) = published_at.duration_since(part.ingest_time) {
+            self.metrics
+                .part_latency
+                .with_label_values(&[&self.channel, &self.rendition])
+                .observe(latency.as_secs_f64());
+        }
+    }
+
     fn publish(&mut self, seg: Segment) {
         let published_at = SystemTime::now();
         let window = self.config.hls.window;
@@ -648,6 +712,14 @@ impl RenditionPublisher {
         // RFC 8216bis §4.4.3.1: each EXTINF, rounded to the nearest integer, must not exceed the
         // target duration; the target never shrinks while the playlist lives.
         log.target_duration = log.target_duration.max(duration.round() as u64);
+        let parts = std::mem::take(&mut log.open_parts);
+        log.open_pdt = None;
+        log.stored_parts.push_back(parts.iter().map(|p| p.uri.clone()).collect());
+        while log.stored_parts.len() > PART_SEGMENTS {
+            for name in log.stored_parts.pop_front().unwrap_or_default() {
+                self.objects.remove(&format!("{}/{}", self.rendition, name));
+            }
+        }
         log.segments.push_back(LoggedSegment {
             uri,
             map_uri,
@@ -655,6 +727,7 @@ impl RenditionPublisher {
             program_date_time: pdt,
             discontinuity: std::mem::take(&mut log.discontinuity_next),
             bytes,
+            parts,
         });
         while log.segments.len() > window {
             let Some(old) = log.segments.pop_front() else { break };
@@ -673,7 +746,9 @@ impl RenditionPublisher {
                 }
             }
         }
-        self.render_playlist(log);
+        let progress = Progress { msn: msn + 1, parts: 0, ended: false };
+        self.render_playlist(h);
+        self.objects.set_progress(&self.rendition, progress);
         let master = render_master(h);
         if let Some(master) = master
             && master != h.master
@@ -694,8 +769,37 @@ impl RenditionPublisher {
         }
     }
 
-    fn render_playlist(&self, log: &RenditionLog) {
-        let text = playlist::render_media(&MediaPlaylist {
+    /// Renders this rendition's playlist and its delta update into the store.
+    fn render_playlist(&self, h: &History) {
+        let Some(log) = h.renditions.get(&self.rendition) else { return };
+        let hls = &self.config.hls;
+        let low_latency = LowLatency {
+            part_target: hls.part_duration,
+            // Three part targets is the least RFC 8216bis §4.4.3.8 allows, and what makes hls.js
+            // play closest to the live edge.
+            part_hold_back: 3.0 * hls.part_duration,
+            // §4.4.3.8: at least six target durations.
+            can_skip_until: 6.0 * log.target_duration as f64,
+            open: log.open_pdt.filter(|_| !log.open_parts.is_empty()).map(|pdt| OpenSegment {
+                map_uri: log.init_uri.clone().unwrap_or_default(),
+                program_date_time: pdt,
+                discontinuity: log.discontinuity_next,
+                parts: log.open_parts.clone(),
+            }),
+            preload_hint: (!log.ended).then(|| format!("{}.{}.m4s", log.next_msn, log.open_parts.len())),
+            rendition_reports: h
+                .variants
+                .iter()
+                .map(|(name, _)| name)
+                .chain(h.audio.iter())
+                .filter(|name| **name != self.rendition)
+                .filter_map(|name| {
+                    let (last_msn, last_part) = h.renditions.get(name)?.last_part()?;
+                    Some(RenditionReport { uri: format!("../{name}/index.m3u8"), last_msn, last_part })
+                })
+                .collect(),
+        };
+        let playlist = MediaPlaylist {
             target_duration: log.target_duration,
             media_sequence: log.media_sequence,
             discontinuity_sequence: log.discontinuity_sequence,
@@ -708,30 +812,30 @@ impl RenditionPublisher {
                     duration: s.duration,
                     program_date_time: s.program_date_time,
                     discontinuity: s.discontinuity,
+                    parts: s.parts.clone(),
                 })
                 .collect(),
             ended: log.ended,
-        });
-        self.objects.put(
-            format!("{}/index.m3u8", self.rendition),
-            Object::new(vec![Bytes::from(text)], content_type("index.m3u8"), Cacheability::Live),
-        );
+            low_latency: Some(low_latency),
+        };
+        let live = |text: String| Object::new(vec![Bytes::from(text)], content_type("index.m3u8"), Cacheability::Live);
+        self.objects.put(format!("{}/index.m3u8", self.rendition), live(playlist::render_media(&playlist)));
+        self.objects.put(format!("{}/{DELTA_PLAYLIST}", self.rendition), live(playlist::render_media_delta(&playlist)));
     }
 
     fn end(&mut self) {
-        if let Some(mut s) = self.segmenter.take()
-            && let Some(seg) = s.finish()
-        {
-            self.publish(seg);
+        if let Some(mut s) = self.segmenter.take() {
+            self.publish_output(s.finish_parts());
         }
         let mut h = lock(&self.history);
-        let restarting = h.restarting;
-        if let Some(log) = h.renditions.get_mut(&self.rendition)
-            && !restarting
-        {
-            log.ended = true;
-            self.render_playlist(log);
+        if h.restarting {
+            return;
         }
+        let Some(log) = h.renditions.get_mut(&self.rendition) else { return };
+        log.ended = true;
+        let progress = Progress { msn: log.next_msn, parts: 0, ended: true };
+        self.render_playlist(&h);
+        self.objects.set_progress(&self.rendition, progress);
     }
 }
 
@@ -745,9 +849,8 @@ impl RenditionSink for RenditionPublisher {
             tracing::warn!(channel = %self.channel, rendition = %self.rendition, "packet before stream parameters; dropped");
             return;
         };
-        if let Some(seg) = segmenter.push(packet) {
-            self.publish(seg);
-        }
+        let out = segmenter.push_parts(packet);
+        self.publish_output(out);
     }
 
     fn finish(mut self: Box<Self>) {

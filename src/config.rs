@@ -108,12 +108,25 @@ pub struct HlsConfig {
     /// Segments kept in each media playlist (and in memory).
     #[serde(default = "default_window")]
     pub window: usize,
+    /// Target duration of an LL-HLS part in seconds (`EXT-X-PART-INF:PART-TARGET`).
+    #[serde(default = "default_part_duration")]
+    pub part_duration: f64,
 }
 
 impl Default for HlsConfig {
     fn default() -> Self {
-        Self { segment_duration: default_segment_duration(), window: default_window() }
+        Self {
+            segment_duration: default_segment_duration(),
+            window: default_window(),
+            part_duration: default_part_duration(),
+        }
     }
+}
+
+/// Part duration is the main lever on LL-HLS latency (hls.js holds back three parts); 0.2 s is a
+/// whole number of frames at 25, 30, 50 and 60 fps, so parts come out exactly on target.
+fn default_part_duration() -> f64 {
+    0.2
 }
 
 fn default_segment_duration() -> f64 {
@@ -305,6 +318,10 @@ impl Config {
         let hls = &self.hls;
         if !(hls.segment_duration.is_finite() && (0.5..=20.0).contains(&hls.segment_duration)) {
             bad("hls.segment_duration".into(), "must be between 0.5 and 20 seconds".into());
+        }
+        if !(hls.part_duration.is_finite() && hls.part_duration >= 0.1 && hls.part_duration <= hls.segment_duration / 2.0)
+        {
+            bad("hls.part_duration".into(), "must be at least 0.1 seconds and at most half of hls.segment_duration".into());
         }
         if !(2..=100).contains(&hls.window) {
             bad("hls.window".into(), "must be between 2 and 100 segments".into());

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub segments_published: IntCounterVec,
     /// Time from a segment's first frame arriving at ingest to the segment being published.
     pub segment_latency: HistogramVec,
+    /// Time from a part's first frame arriving at ingest to the part being published.
+    pub part_latency: HistogramVec,
     /// HTTP requests answered, per listener (`origin`, `admin`) and status class (`2xx` …).
     pub http_requests: IntCounterVec,
     /// Pipeline errors that ended a publish, per channel and stage.
@@ -60,6 +62,16 @@ impl Metrics {
         )
         .expect("static metric");
         registry.register(Box::new(segment_latency.clone())).expect("metric registered once");
+        let part_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "part_publish_latency_seconds",
+                "Time from an LL-HLS part's first frame arriving at ingest to the part being published",
+            )
+            .buckets(vec![0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]),
+            &["channel", "rendition"],
+        )
+        .expect("static metric");
+        registry.register(Box::new(part_latency.clone())).expect("metric registered once");
 
         let r = &registry;
         Self {
@@ -89,6 +101,7 @@ impl Metrics {
                 &["channel", "rendition"],
             ),
             segment_latency,
+            part_latency,
             http_requests: counter(
                 r,
                 "http_requests_total",

@@ -17,6 +17,52 @@ pub struct PlaylistSegment {
     pub program_date_time: SystemTime,
     /// An `EXT-X-DISCONTINUITY` precedes this segment.
     pub discontinuity: bool,
+    /// The segment's parts, in order (LL-HLS). Their bytes, concatenated, are the segment's.
+    pub parts: Vec<PlaylistPart>,
+}
+
+/// One LL-HLS part (`EXT-X-PART`, RFC 8216bis §4.4.4.9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaylistPart {
+    pub uri: String,
+    /// Seconds.
+    pub duration: f64,
+    /// Starts with an IDR (`INDEPENDENT=YES`).
+    pub independent: bool,
+}
+
+/// The segment being built: its parts so far, listed after the last complete segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenSegment {
+    pub map_uri: String,
+    pub program_date_time: SystemTime,
+    pub discontinuity: bool,
+    pub parts: Vec<PlaylistPart>,
+}
+
+/// `EXT-X-RENDITION-REPORT` for a sibling rendition (RFC 8216bis §4.4.5.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionReport {
+    /// Relative to this playlist, e.g. `../480p/index.m3u8`.
+    pub uri: String,
+    pub last_msn: u64,
+    pub last_part: Option<u64>,
+}
+
+/// What makes a media playlist an LL-HLS one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowLatency {
+    /// `EXT-X-PART-INF:PART-TARGET`, seconds.
+    pub part_target: f64,
+    /// `EXT-X-SERVER-CONTROL:PART-HOLD-BACK`, seconds (at least 3 × part target).
+    pub part_hold_back: f64,
+    /// `EXT-X-SERVER-CONTROL:CAN-SKIP-UNTIL`, seconds (at least 6 × target duration).
+    pub can_skip_until: f64,
+    /// The segment being built, if it has parts already.
+    pub open: Option<OpenSegment>,
+    /// `EXT-X-PRELOAD-HINT:TYPE=PART` URI of the next part; `None` once the playlist has ended.
+    pub preload_hint: Option<String>,
+    pub rendition_reports: Vec<RenditionReport>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +72,8 @@ pub struct MediaPlaylist {
     pub discontinuity_sequence: u64,
     pub segments: Vec<PlaylistSegment>,
     pub ended: bool,
+    /// LL-HLS tags; `None` renders a plain HLS playlist.
+    pub low_latency: Option<LowLatency>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,53 +103,220 @@ pub struct MasterPlaylist {
 }
 
 /// RFC 8216bis §4.4.1.2 / §8: `EXT-X-MAP` in a playlist without `EXT-X-I-FRAMES-ONLY` needs
-/// protocol version 6 or higher, and nothing else written here needs more. The multivariant
-/// playlist declares the same version, so a client learns from its first request whether it can
-/// play what the media playlists hold.
+/// protocol version 6 or higher. §8 names no version for `EXT-X-SERVER-CONTROL`, `EXT-X-PART-INF`,
+/// `EXT-X-PART`, `EXT-X-PRELOAD-HINT` or `EXT-X-RENDITION-REPORT` (a client that does not know them
+/// ignores them, §6.3.1), so an LL-HLS playlist stays at 6 too. The multivariant playlist declares
+/// the same version, so a client learns from its first request whether it can play what the media
+/// playlists hold.
 const VERSION: u32 = 6;
 
+/// RFC 8216bis §8: a playlist containing `EXT-X-SKIP` must indicate version 9 or higher (10 only
+/// when it also skips `EXT-X-DATERANGE` tags, which this crate does not write). Only a delta
+/// update carries it, and only a client that asked for one with `_HLS_skip` receives it.
+const SKIP_VERSION: u32 = 9;
+
+/// Durations here are sums of `f64` seconds; a difference this small is rounding, not media, and
+/// is resolved toward listing more (parts kept, segments not skipped).
+const EPSILON_SECS: f64 = 1e-6;
+
 pub fn render_media(p: &MediaPlaylist) -> String {
-    let mut out = String::with_capacity(128 + 160 * p.segments.len());
+    render(p, 0)
+}
+
+/// The delta update of `p` (`_HLS_skip=YES`, RFC 8216bis §6.2.5.1): segments older than
+/// `CAN-SKIP-UNTIL` before the end are replaced by `EXT-X-SKIP`. Without `low_latency`, once the
+/// playlist has ended, or when nothing is old enough to skip, the same text as [`render_media`].
+pub fn render_media_delta(p: &MediaPlaylist) -> String {
+    // §6.2.5.1: a server must ignore `_HLS_skip` for a playlist without CAN-SKIP-UNTIL or with
+    // EXT-X-ENDLIST.
+    let Some(ll) = p.low_latency.as_ref().filter(|_| !p.ended) else {
+        return render_media(p);
+    };
+    let control = ServerControl::new(p, ll);
+    // §6.2.5.1: the segments further than the Skip Boundary from the end of the last (parent)
+    // segment are skipped. At least one complete segment stays, so the first one rendered can
+    // carry the EXT-X-MAP and date a client needs to go on from the skip.
+    let skipped = start_distances(p)
+        .iter()
+        .take(p.segments.len().saturating_sub(1))
+        .take_while(|&&d| d > control.can_skip_until + EPSILON_SECS)
+        .count();
+    render(p, skipped)
+}
+
+/// A media playlist with its first `skipped` segments replaced by `EXT-X-SKIP` (none when 0).
+fn render(p: &MediaPlaylist, skipped: usize) -> String {
+    let parts: usize = p.segments.iter().map(|s| s.parts.len()).sum();
+    let mut out = String::with_capacity(128 + 160 * p.segments.len() + 64 * parts);
     out.push_str("#EXTM3U\n");
-    let _ = writeln!(out, "#EXT-X-VERSION:{VERSION}");
-    // §4.4.3.1: every EXTINF, rounded to the nearest integer, must be <= the target duration;
-    // the renderer holds to that even if a caller's snapshot does not.
-    let longest = p.segments.iter().map(|s| extinf(s.duration).round() as u64).max().unwrap_or(0);
-    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", p.target_duration.max(longest));
+    let version = if skipped > 0 { SKIP_VERSION } else { VERSION };
+    let _ = writeln!(out, "#EXT-X-VERSION:{version}");
+    let target = target_duration(p);
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let control = p.low_latency.as_ref().map(|ll| ServerControl::new(p, ll));
+    if let Some(c) = &control {
+        // §4.4.3.8: the origin answers `_HLS_msn`/`_HLS_part` (§6.2.5.2) and `_HLS_skip`
+        // (§6.2.5.1); PART-HOLD-BACK is required with EXT-X-PART-INF.
+        let _ = writeln!(
+            out,
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={},CAN-SKIP-UNTIL={}",
+            decimal(c.part_hold_back),
+            decimal(c.can_skip_until)
+        );
+        // §4.4.3.7: required with any EXT-X-PART; written always, so the header stays the same
+        // whether or not parts are listed at the moment.
+        let _ = writeln!(out, "#EXT-X-PART-INF:PART-TARGET={}", decimal(c.part_target));
+    }
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", p.media_sequence);
     // §4.4.3.3: absent means 0, so writing it always is equivalent; it makes the number a
-    // client must track across reloads visible in every playlist.
+    // client must track across reloads visible in every playlist. §4.4.5.2: skipping segments
+    // does not change it, since it still counts from the first (skipped) segment.
     let _ = writeln!(out, "#EXT-X-DISCONTINUITY-SEQUENCE:{}", p.discontinuity_sequence);
     // §4.4.2.1: each segment starts with a sync sample (the segmenter cuts only where the segment
     // clock put an IDR; every AAC frame is a sync sample).
     out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+    if skipped > 0 {
+        // §4.4.5.2: in place of the skipped segments' URI lines and every tag applied to them.
+        let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+    }
+    // §6.2.2: EXT-X-PART tags more than three target durations from the end are removed. A
+    // segment's parts are listed whole or not at all, so a listed one starts within that span.
+    let part_span = 3.0 * target as f64 + EPSILON_SECS;
+    let distances = if control.is_some() { start_distances(p) } else { Vec::new() };
+    // Starts empty, so the first segment rendered (the first after a skip too) carries its map.
     let mut map: Option<&str> = None;
-    for s in &p.segments {
-        if s.discontinuity {
-            out.push_str("#EXT-X-DISCONTINUITY\n");
+    for (i, s) in p.segments.iter().enumerate().skip(skipped) {
+        segment_tags(&mut out, &mut map, s.discontinuity, &s.map_uri, s.program_date_time);
+        if distances.get(i).is_some_and(|&d| d <= part_span) {
+            part_lines(&mut out, &s.parts);
         }
-        // §4.4.4.5: a map applies to every following segment until the next one, so it is
-        // repeated only when it changes (and always after a discontinuity, where a client may
-        // start over).
-        if map != Some(s.map_uri.as_str()) || s.discontinuity {
-            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", quoted(&s.map_uri));
-            map = Some(s.map_uri.as_str());
-        }
-        // §4.4.4.6: on every segment rather than only the first and after discontinuities:
-        // each date comes from the ingest clock, so a client never accumulates the rounding of
-        // EXTINF sums, and players that sync renditions or show timed metadata by date
-        // (LL-HLS, ID3 cues) get it where they need it.
-        if let Some(date) = program_date_time(s.program_date_time) {
-            let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{date}");
-        }
-        let _ = writeln!(out, "#EXTINF:{:.5},", extinf(s.duration));
+        let _ = writeln!(out, "#EXTINF:{:.5},", seconds(s.duration));
         out.push_str(&s.uri);
         out.push('\n');
+    }
+    if let Some(ll) = &p.low_latency {
+        // §3.2: parts after the last EXTINF belong to the segment being built. Its tags go before
+        // its first part (§4.4.4.9); with no part yet there is nothing for them to apply to.
+        if let Some(open) = ll.open.as_ref().filter(|o| !o.parts.is_empty()) {
+            segment_tags(&mut out, &mut map, open.discontinuity, &open.map_uri, open.program_date_time);
+            part_lines(&mut out, &open.parts);
+        }
+        // §4.4.5.3: a playlist with EXT-X-ENDLIST must not contain EXT-X-PRELOAD-HINT.
+        if let Some(hint) = ll.preload_hint.as_deref().filter(|_| !p.ended) {
+            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"", quoted(hint));
+        }
+        // §4.4.5.4: LAST-PART is required only when that rendition has parts.
+        for r in &ll.rendition_reports {
+            let _ = write!(out, "#EXT-X-RENDITION-REPORT:URI=\"{}\",LAST-MSN={}", quoted(&r.uri), r.last_msn);
+            if let Some(part) = r.last_part {
+                let _ = write!(out, ",LAST-PART={part}");
+            }
+            out.push('\n');
+        }
     }
     if p.ended {
         out.push_str("#EXT-X-ENDLIST\n");
     }
     out
+}
+
+/// The tags that apply to a segment (complete or being built), written before its first
+/// EXT-X-PART and its EXTINF (§4.4.4.9).
+fn segment_tags<'a>(
+    out: &mut String,
+    map: &mut Option<&'a str>,
+    discontinuity: bool,
+    map_uri: &'a str,
+    date: SystemTime,
+) {
+    if discontinuity {
+        out.push_str("#EXT-X-DISCONTINUITY\n");
+    }
+    // §4.4.4.5: a map applies to every following segment until the next one, so it is
+    // repeated only when it changes (and always after a discontinuity, where a client may
+    // start over).
+    if *map != Some(map_uri) || discontinuity {
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", quoted(map_uri));
+        *map = Some(map_uri);
+    }
+    // §4.4.4.6: on every segment rather than only the first and after discontinuities:
+    // each date comes from the ingest clock, so a client never accumulates the rounding of
+    // EXTINF sums, and players that sync renditions or show timed metadata by date
+    // (LL-HLS, ID3 cues) get it where they need it.
+    if let Some(date) = program_date_time(date) {
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{date}");
+    }
+}
+
+/// §4.4.4.9: one EXT-X-PART per part, in order.
+fn part_lines(out: &mut String, parts: &[PlaylistPart]) {
+    for part in parts {
+        let _ = write!(out, "#EXT-X-PART:DURATION={},URI=\"{}\"", decimal(seconds(part.duration)), quoted(&part.uri));
+        // §4.4.4.9: INDEPENDENT=YES lets a client join or switch at this part.
+        if part.independent {
+            out.push_str(",INDEPENDENT=YES");
+        }
+        out.push('\n');
+    }
+}
+
+/// §4.4.3.1: every EXTINF, rounded to the nearest integer, must be <= the target duration;
+/// the renderer holds to that even if a caller's snapshot does not.
+fn target_duration(p: &MediaPlaylist) -> u64 {
+    let longest = p.segments.iter().map(|s| seconds(s.duration).round() as u64).max().unwrap_or(0);
+    p.target_duration.max(longest)
+}
+
+/// For each segment, seconds from its start to the end of the playlist: the end of the last
+/// complete segment, or of the last part of the segment being built (§6.2.5.1 measures from
+/// the end of the last parent segment).
+fn start_distances(p: &MediaPlaylist) -> Vec<f64> {
+    let open = p.low_latency.as_ref().and_then(|ll| ll.open.as_ref());
+    let mut distance: f64 = open.map_or(0.0, |o| o.parts.iter().map(|part| seconds(part.duration)).sum());
+    let mut distances = vec![0.0; p.segments.len()];
+    for (d, s) in distances.iter_mut().zip(&p.segments).rev() {
+        distance += seconds(s.duration);
+        *d = distance;
+    }
+    distances
+}
+
+/// The EXT-X-SERVER-CONTROL and EXT-X-PART-INF values, raised where the caller's are below what
+/// RFC 8216bis requires, as the target duration is (the renderer keeps the text valid).
+struct ServerControl {
+    part_target: f64,
+    part_hold_back: f64,
+    can_skip_until: f64,
+}
+
+impl ServerControl {
+    fn new(p: &MediaPlaylist, ll: &LowLatency) -> Self {
+        let open = ll.open.iter().flat_map(|o| &o.parts);
+        let longest_part = p.segments.iter().flat_map(|s| &s.parts).chain(open).map(|part| seconds(part.duration));
+        // §4.4.4.9: every part's DURATION must be <= PART-TARGET. `decimal` rounds both the same
+        // way, and rounding never reverses an order, so the written values keep to it too.
+        let part_target = longest_part.fold(seconds(ll.part_target), f64::max);
+        Self {
+            part_target,
+            // §4.4.3.8: PART-HOLD-BACK must be at least twice PART-TARGET (three times is only a
+            // SHOULD, left to configuration).
+            part_hold_back: seconds(ll.part_hold_back).max(2.0 * part_target),
+            // §4.4.3.8: CAN-SKIP-UNTIL must be at least six target durations.
+            can_skip_until: seconds(ll.can_skip_until).max(6.0 * target_duration(p) as f64),
+        }
+    }
+}
+
+/// §4.2 decimal-floating-point for the LL-HLS attributes: to 10 µs like EXTINF, without trailing
+/// zeros but keeping one decimal (`0.2`, `12.0`, `0.33367`).
+fn decimal(secs: f64) -> String {
+    let mut s = format!("{secs:.5}");
+    let trimmed = s.trim_end_matches('0').len();
+    s.truncate(trimmed);
+    if s.ends_with('.') {
+        s.push('0');
+    }
+    s
 }
 
 pub fn render_master(p: &MasterPlaylist) -> String {
@@ -172,8 +387,8 @@ pub fn measured_bandwidth(segments: &[(u64, f64)]) -> (u64, u64) {
     (peak.ceil() as u64, average.ceil() as u64)
 }
 
-/// An EXTINF value: a non-negative, finite number of seconds.
-fn extinf(duration: f64) -> f64 {
+/// A duration as written (EXTINF, EXT-X-PART and the LL-HLS attributes): non-negative, finite seconds.
+fn seconds(duration: f64) -> f64 {
     if duration.is_finite() && duration > 0.0 { duration } else { 0.0 }
 }
 
@@ -218,6 +433,7 @@ mod tests {
             duration,
             program_date_time: at(ms),
             discontinuity,
+            parts: vec![],
         }
     }
 
@@ -235,6 +451,7 @@ mod tests {
                 segment(1_764_000_004, "init-1764000003.mp4", 0.5, 63_000_999, false),
             ],
             ended: true,
+            low_latency: None,
         };
         let want = "\
 #EXTM3U
@@ -274,6 +491,7 @@ mod tests {
             discontinuity_sequence: 0,
             segments: vec![],
             ended: false,
+            low_latency: None,
         };
         assert_eq!(
             render_media(&p),
@@ -290,6 +508,7 @@ mod tests {
             discontinuity_sequence: 0,
             segments: vec![segment(5, "init-5.mp4", 2.6, 0, false), segment(6, "init-5.mp4", f64::NAN, 2600, true)],
             ended: false,
+            low_latency: None,
         };
         let text = render_media(&p);
         assert!(text.contains("#EXT-X-TARGETDURATION:3\n"), "{text}");
@@ -307,6 +526,7 @@ mod tests {
             discontinuity_sequence: 0,
             segments: vec![segment(9, "init-9.mp4", 1.5, 0, false)],
             ended: true,
+            low_latency: None,
         };
         let text = render_media(&p);
         let map = text.lines().find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\"")).expect("map");
@@ -421,5 +641,415 @@ mod tests {
         };
         let text = render_master(&p);
         assert!(text.contains("GROUP-ID=\"ab\",NAME=\"xy\",DEFAULT=YES,AUTOSELECT=YES,URI=\"u\"\n"), "{text}");
+    }
+
+    fn parts(msn: u64, count: usize, duration: f64) -> Vec<PlaylistPart> {
+        (0..count).map(|i| PlaylistPart { uri: format!("{msn}.{i}.m4s"), duration, independent: i == 0 }).collect()
+    }
+
+    fn ll_segment(
+        msn: u64,
+        map: &str,
+        duration: f64,
+        ms: u64,
+        discontinuity: bool,
+        part_count: usize,
+    ) -> PlaylistSegment {
+        let part = duration / part_count as f64;
+        PlaylistSegment { parts: parts(msn, part_count, part), ..segment(msn, map, duration, ms, discontinuity) }
+    }
+
+    /// Five 2 s segments of ten parts, a discontinuity with a new map at 103, and 105 being built.
+    fn ll_playlist() -> MediaPlaylist {
+        MediaPlaylist {
+            target_duration: 2,
+            media_sequence: 100,
+            discontinuity_sequence: 4,
+            segments: vec![
+                ll_segment(100, "init-100.mp4", 2.0, 0, false, 10),
+                ll_segment(101, "init-100.mp4", 2.0, 2000, false, 10),
+                ll_segment(102, "init-100.mp4", 2.0, 4000, false, 10),
+                ll_segment(103, "init-103.mp4", 2.0, 60_000, true, 10),
+                ll_segment(104, "init-103.mp4", 2.0, 62_000, false, 10),
+            ],
+            ended: false,
+            low_latency: Some(LowLatency {
+                part_target: 0.2,
+                part_hold_back: 0.6,
+                can_skip_until: 12.0,
+                open: Some(OpenSegment {
+                    map_uri: "init-103.mp4".into(),
+                    program_date_time: at(64_000),
+                    discontinuity: false,
+                    parts: parts(105, 3, 0.2),
+                }),
+                preload_hint: Some("105.3.m4s".into()),
+                rendition_reports: vec![
+                    RenditionReport { uri: "../480p/index.m3u8".into(), last_msn: 105, last_part: Some(2) },
+                    RenditionReport { uri: "../360p/index.m3u8".into(), last_msn: 104, last_part: None },
+                ],
+            }),
+        }
+    }
+
+    /// Twenty 1 s segments of five parts (target 1, CAN-SKIP-UNTIL 6), discontinuities with new
+    /// maps at 1005 and 1016, and 1020 being built with two parts: 20.4 s in all.
+    fn long_ll_playlist() -> MediaPlaylist {
+        let segments = (0..20u64)
+            .map(|i| {
+                let msn = 1000 + i;
+                let (map, gap_ms) = match i {
+                    0..5 => ("init-1000.mp4", 0),
+                    5..16 => ("init-1005.mp4", 10_000),
+                    _ => ("init-1016.mp4", 20_000),
+                };
+                ll_segment(msn, map, 1.0, i * 1000 + gap_ms, i == 5 || i == 16, 5)
+            })
+            .collect();
+        MediaPlaylist {
+            target_duration: 1,
+            media_sequence: 1000,
+            discontinuity_sequence: 7,
+            segments,
+            ended: false,
+            low_latency: Some(LowLatency {
+                part_target: 0.2,
+                part_hold_back: 0.6,
+                can_skip_until: 6.0,
+                open: Some(OpenSegment {
+                    map_uri: "init-1016.mp4".into(),
+                    program_date_time: at(40_000),
+                    discontinuity: false,
+                    parts: parts(1020, 2, 0.2),
+                }),
+                preload_hint: Some("1020.2.m4s".into()),
+                rendition_reports: vec![RenditionReport {
+                    uri: "../480p/index.m3u8".into(),
+                    last_msn: 1020,
+                    last_part: Some(1),
+                }],
+            }),
+        }
+    }
+
+    /// Parts are listed for 103 and 104 (which start 4.6 and 2.6 s before the end at 10.6 s) and
+    /// for 105, not for 102 (6.6 s, more than three target durations); the discontinuity and map
+    /// of 103 and the date of 105 come before their first part.
+    #[test]
+    fn low_latency_media_playlist_golden() {
+        let want = "\
+#EXTM3U
+#EXT-X-VERSION:6
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.6,CAN-SKIP-UNTIL=12.0
+#EXT-X-PART-INF:PART-TARGET=0.2
+#EXT-X-MEDIA-SEQUENCE:100
+#EXT-X-DISCONTINUITY-SEQUENCE:4
+#EXT-X-INDEPENDENT-SEGMENTS
+#EXT-X-MAP:URI=\"init-100.mp4\"
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:00.000Z
+#EXTINF:2.00000,
+100.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:02.000Z
+#EXTINF:2.00000,
+101.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:04.000Z
+#EXTINF:2.00000,
+102.m4s
+#EXT-X-DISCONTINUITY
+#EXT-X-MAP:URI=\"init-103.mp4\"
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:01:00.000Z
+#EXT-X-PART:DURATION=0.2,URI=\"103.0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.2,URI=\"103.1.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.2.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.3.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.4.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.5.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.6.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.7.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.8.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"103.9.m4s\"
+#EXTINF:2.00000,
+103.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:01:02.000Z
+#EXT-X-PART:DURATION=0.2,URI=\"104.0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.2,URI=\"104.1.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.2.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.3.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.4.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.5.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.6.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.7.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.8.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"104.9.m4s\"
+#EXTINF:2.00000,
+104.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:01:04.000Z
+#EXT-X-PART:DURATION=0.2,URI=\"105.0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.2,URI=\"105.1.m4s\"
+#EXT-X-PART:DURATION=0.2,URI=\"105.2.m4s\"
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"105.3.m4s\"
+#EXT-X-RENDITION-REPORT:URI=\"../480p/index.m3u8\",LAST-MSN=105,LAST-PART=2
+#EXT-X-RENDITION-REPORT:URI=\"../360p/index.m3u8\",LAST-MSN=104
+";
+        assert_eq!(render_media(&ll_playlist()), want);
+    }
+
+    #[test]
+    fn ended_low_latency_playlist_has_no_preload_hint_and_endlist_last() {
+        let mut p = MediaPlaylist {
+            target_duration: 2,
+            media_sequence: 7,
+            discontinuity_sequence: 0,
+            segments: (0..4u64).map(|i| ll_segment(7 + i, "init-7.mp4", 2.0, i * 2000, false, 4)).collect(),
+            ended: true,
+            low_latency: Some(LowLatency {
+                part_target: 0.5,
+                part_hold_back: 1.5,
+                can_skip_until: 12.0,
+                open: None,
+                // §4.4.5.3 forbids it with ENDLIST; the renderer leaves it out even if given.
+                preload_hint: Some("11.0.m4s".into()),
+                rendition_reports: vec![RenditionReport {
+                    uri: "../480p/index.m3u8".into(),
+                    last_msn: 10,
+                    last_part: Some(3),
+                }],
+            }),
+        };
+        let want = "\
+#EXTM3U
+#EXT-X-VERSION:6
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=12.0
+#EXT-X-PART-INF:PART-TARGET=0.5
+#EXT-X-MEDIA-SEQUENCE:7
+#EXT-X-DISCONTINUITY-SEQUENCE:0
+#EXT-X-INDEPENDENT-SEGMENTS
+#EXT-X-MAP:URI=\"init-7.mp4\"
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:00.000Z
+#EXTINF:2.00000,
+7.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:02.000Z
+#EXT-X-PART:DURATION=0.5,URI=\"8.0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.5,URI=\"8.1.m4s\"
+#EXT-X-PART:DURATION=0.5,URI=\"8.2.m4s\"
+#EXT-X-PART:DURATION=0.5,URI=\"8.3.m4s\"
+#EXTINF:2.00000,
+8.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:04.000Z
+#EXT-X-PART:DURATION=0.5,URI=\"9.0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.5,URI=\"9.1.m4s\"
+#EXT-X-PART:DURATION=0.5,URI=\"9.2.m4s\"
+#EXT-X-PART:DURATION=0.5,URI=\"9.3.m4s\"
+#EXTINF:2.00000,
+9.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:06.000Z
+#EXT-X-PART:DURATION=0.5,URI=\"10.0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.5,URI=\"10.1.m4s\"
+#EXT-X-PART:DURATION=0.5,URI=\"10.2.m4s\"
+#EXT-X-PART:DURATION=0.5,URI=\"10.3.m4s\"
+#EXTINF:2.00000,
+10.m4s
+#EXT-X-RENDITION-REPORT:URI=\"../480p/index.m3u8\",LAST-MSN=10,LAST-PART=3
+#EXT-X-ENDLIST
+";
+        assert_eq!(render_media(&p), want);
+        // §6.2.5.1: `_HLS_skip` is ignored once the playlist has ended.
+        p.low_latency.as_mut().expect("ll").can_skip_until = 0.0;
+        assert_eq!(render_media_delta(&p), render_media(&p));
+    }
+
+    /// 1000..=1014 start more than 6 s before the end (20.4 s) and are skipped; the rest is the
+    /// full playlist's text, with the map 1015 needs written before it (the full playlist has it
+    /// at 1005, which is skipped).
+    #[test]
+    fn delta_update_skips_the_oldest_segments() {
+        let p = long_ll_playlist();
+        let full = render_media(&p);
+        let delta = render_media_delta(&p);
+
+        let header_end = full.find("#EXT-X-MAP:").expect("first map");
+        let header = full[..header_end].replace("#EXT-X-VERSION:6\n", "#EXT-X-VERSION:9\n");
+        let tail_start = full.find("1014.m4s\n").expect("1014") + "1014.m4s\n".len();
+        let tail = &full[tail_start..];
+        assert!(tail.starts_with("#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:25.000Z\n#EXTINF:"), "{tail}");
+        let want = format!("{header}#EXT-X-SKIP:SKIPPED-SEGMENTS=15\n#EXT-X-MAP:URI=\"init-1005.mp4\"\n{tail}");
+        assert_eq!(delta, want);
+
+        // §4.4.5.2: the discontinuity sequence still counts from 1000; 1005's discontinuity is
+        // skipped, 1016's stays, before its parts.
+        assert!(delta.contains("#EXT-X-MEDIA-SEQUENCE:1000\n#EXT-X-DISCONTINUITY-SEQUENCE:7\n"), "{delta}");
+        assert_eq!(delta.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{delta}");
+        assert!(delta.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1016.mp4\"\n"), "{delta}");
+        // Parts only for 1018 and 1019 (2.4 and 1.4 s from the end) and 1020.
+        assert_eq!(delta.matches("#EXT-X-PART:").count(), 12, "{delta}");
+        assert!(delta.contains("#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:38.000Z\n#EXT-X-PART:"), "{delta}");
+        assert!(delta.ends_with(
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"1020.2.m4s\"\n\
+             #EXT-X-RENDITION-REPORT:URI=\"../480p/index.m3u8\",LAST-MSN=1020,LAST-PART=1\n"
+        ));
+    }
+
+    #[test]
+    fn delta_update_is_the_full_playlist_when_nothing_is_old_enough() {
+        // The oldest segment starts 10.6 s before the end, CAN-SKIP-UNTIL is 12.
+        let p = ll_playlist();
+        assert_eq!(render_media_delta(&p), render_media(&p));
+        assert!(!render_media_delta(&p).contains("EXT-X-SKIP"));
+
+        let plain = MediaPlaylist { low_latency: None, ..long_ll_playlist() };
+        assert_eq!(render_media_delta(&plain), render_media(&plain));
+        assert!(!render_media(&plain).contains("PART"), "{}", render_media(&plain));
+    }
+
+    #[test]
+    fn server_control_is_raised_to_what_the_spec_requires() {
+        let mut p = ll_playlist();
+        let ll = p.low_latency.as_mut().expect("ll");
+        // Below 6 × target duration, below 2 × part target, and below the longest part.
+        ll.can_skip_until = 1.0;
+        ll.part_hold_back = 0.1;
+        ll.part_target = 0.1;
+        p.segments[4].parts[9].duration = 0.25;
+        let text = render_media(&p);
+        assert!(
+            text.contains(
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.5,CAN-SKIP-UNTIL=12.0\n\
+                 #EXT-X-PART-INF:PART-TARGET=0.25\n"
+            ),
+            "{text}"
+        );
+        // The delta skips by the advertised boundary, not the caller's.
+        assert_eq!(render_media_delta(&p), text);
+    }
+
+    #[test]
+    fn open_segment_without_parts_writes_only_the_hint() {
+        let mut p = ll_playlist();
+        let ll = p.low_latency.as_mut().expect("ll");
+        let open = ll.open.as_mut().expect("open");
+        open.parts.clear();
+        open.discontinuity = true;
+        ll.preload_hint = Some("105.0.m4s".into());
+        let text = render_media(&p);
+        assert!(
+            text.contains("104.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"105.0.m4s\"\n#EXT-X-RENDITION-REPORT:"),
+            "{text}"
+        );
+        // The end is now that of 104 at 10 s, and 102 starts exactly three target durations before
+        // it, so its parts are listed too.
+        assert_eq!(text.matches("#EXT-X-PART:").count(), 30, "{text}");
+    }
+
+    #[test]
+    fn decimals_are_trimmed_to_one_digit_at_least() {
+        assert_eq!(decimal(0.2), "0.2");
+        assert_eq!(decimal(12.0), "12.0");
+        assert_eq!(decimal(0.0), "0.0");
+        assert_eq!(decimal(0.333_666), "0.33367");
+        assert_eq!(decimal(0.1 + 0.2), "0.3");
+        assert_eq!(decimal((0..10).map(|_| 0.2).sum()), "2.0");
+    }
+
+    /// What an independent parser reads from the LL-HLS text: Python's `m3u8` package (6.0.0),
+    /// in strict mode, summarised as JSON.
+    fn parsed_by_python_m3u8(text: &str) -> serde_json::Value {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+
+        const SUMMARY: &str = r#"
+import json, sys
+import m3u8
+d = m3u8.parse(sys.stdin.read(), strict=True)
+complete = [s for s in d["segments"] if s.get("uri")]
+building = [p for s in d["segments"] if not s.get("uri") for p in s.get("parts", [])]
+every_part = [p for s in d["segments"] for p in s.get("parts", [])]
+print(json.dumps({
+    "version": d.get("version"),
+    "media_sequence": d.get("media_sequence"),
+    "discontinuity_sequence": d.get("discontinuity_sequence"),
+    "server_control": d.get("server_control"),
+    "part_target": d["part_inf"].get("part_target"),
+    "segments": [s["uri"] for s in complete],
+    "parts": [len(s.get("parts", [])) for s in complete],
+    "maps": [(s.get("init_section") or {}).get("uri") for s in complete],
+    "discontinuities": [s["uri"] for s in complete if s.get("discontinuity")],
+    "open_parts": [p["uri"] for p in building],
+    "independent_parts": [p["uri"] for p in every_part if p.get("independent") == "YES"],
+    "preload_hint": d.get("preload_hint"),
+    "rendition_reports": d["rendition_reports"],
+    "skipped_segments": d["skip"].get("skipped_segments"),
+    "endlist": d["is_endlist"],
+}))
+"#;
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let available = Command::new(&python).args(["-c", "import m3u8"]).output();
+        if !available.as_ref().is_ok_and(|o| o.status.success()) {
+            panic!(
+                "the Python package m3u8 is needed to check playlists with an independent parser \
+                 ({python} -c 'import m3u8' failed: {available:?}); run scripts/setup.sh"
+            );
+        }
+        let mut child = Command::new(&python)
+            .args(["-c", SUMMARY])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn python");
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write playlist");
+        let out = child.wait_with_output().expect("python");
+        assert!(out.status.success(), "m3u8 rejected:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("summary json")
+    }
+
+    #[test]
+    fn an_independent_parser_reads_the_low_latency_playlist() {
+        let got = parsed_by_python_m3u8(&render_media(&ll_playlist()));
+        let want = serde_json::json!({
+            "version": 6,
+            "media_sequence": 100,
+            "discontinuity_sequence": 4,
+            "server_control": { "can_block_reload": "YES", "part_hold_back": 0.6, "can_skip_until": 12.0 },
+            "part_target": 0.2,
+            "segments": ["100.m4s", "101.m4s", "102.m4s", "103.m4s", "104.m4s"],
+            "parts": [0, 0, 0, 10, 10],
+            "maps": ["init-100.mp4", "init-100.mp4", "init-100.mp4", "init-103.mp4", "init-103.mp4"],
+            "discontinuities": ["103.m4s"],
+            "open_parts": ["105.0.m4s", "105.1.m4s", "105.2.m4s"],
+            "independent_parts": ["103.0.m4s", "104.0.m4s", "105.0.m4s"],
+            "preload_hint": { "type": "PART", "uri": "105.3.m4s" },
+            "rendition_reports": [
+                { "uri": "../480p/index.m3u8", "last_msn": 105, "last_part": 2 },
+                { "uri": "../360p/index.m3u8", "last_msn": 104 },
+            ],
+            "skipped_segments": null,
+            "endlist": false,
+        });
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_independent_parser_reads_the_delta_update() {
+        let got = parsed_by_python_m3u8(&render_media_delta(&long_ll_playlist()));
+        let want = serde_json::json!({
+            "version": 9,
+            "media_sequence": 1000,
+            "discontinuity_sequence": 7,
+            "server_control": { "can_block_reload": "YES", "part_hold_back": 0.6, "can_skip_until": 6.0 },
+            "part_target": 0.2,
+            "segments": ["1015.m4s", "1016.m4s", "1017.m4s", "1018.m4s", "1019.m4s"],
+            "parts": [0, 0, 0, 5, 5],
+            "maps": ["init-1005.mp4", "init-1016.mp4", "init-1016.mp4", "init-1016.mp4", "init-1016.mp4"],
+            "discontinuities": ["1016.m4s"],
+            "open_parts": ["1020.0.m4s", "1020.1.m4s"],
+            "independent_parts": ["1018.0.m4s", "1019.0.m4s", "1020.0.m4s"],
+            "preload_hint": { "type": "PART", "uri": "1020.2.m4s" },
+            "rendition_reports": [{ "uri": "../480p/index.m3u8", "last_msn": 1020, "last_part": 1 }],
+            "skipped_segments": 15,
+            "endlist": false,
+        });
+        assert_eq!(got, want);
     }
 }

@@ -1,5 +1,8 @@
-//! Cuts one rendition's packets into segments, sans-IO: packets in, finished segments out. The
-//! segmenter cuts exactly where a packet says `segment_start`, never elsewhere.
+//! Cuts one rendition's packets into LL-HLS parts and segments, sans-IO: packets in, finished
+//! parts and segments out. Segments start exactly where a packet says `segment_start`, never
+//! elsewhere; within a segment, a part closes as soon as one more sample would take it past the
+//! part target (RFC 8216bis §4.4.3.7: no part may be longer than PART-TARGET). A segment's bytes
+//! are its parts' bytes in order, so both can be served from the same buffers.
 //!
 //! Samples are kept in a pending list in the track timescale with their decode times; a fragment
 //! is built from any run of them once the decode time that follows the run is known (the next
@@ -36,6 +39,8 @@ const DEFAULT_AAC_FRAME_SAMPLES: u32 = 1024;
 /// A sample waiting to be written, timed in the track timescale.
 #[derive(Debug, Clone)]
 struct PendingSample {
+    /// Presentation time on the 90 kHz clock, as it came.
+    pts: Ticks,
     dts: i64,
     composition_offset: i32,
     keyframe: bool,
@@ -47,7 +52,41 @@ struct PendingSample {
 struct OpenSegment {
     start_pts: Ticks,
     program_date_time: SystemTime,
-    samples: Vec<PendingSample>,
+    /// Decode time of the segment's first sample (track timescale).
+    first_dts: i64,
+    /// Decode time where the closed parts end.
+    closed_end: i64,
+    /// Bytes of the closed parts, in order.
+    chunks: Vec<Bytes>,
+    frames: u32,
+    parts_closed: u32,
+    /// The open part's samples and when its first one arrived at ingest.
+    part: Vec<PendingSample>,
+    part_ingest_time: SystemTime,
+}
+
+/// A finished LL-HLS part: one `moof`+`mdat` of consecutive samples of a segment.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Index within its segment, from 0.
+    pub index: u32,
+    /// Presentation time of the part's first sample (90 kHz).
+    pub start_pts: Ticks,
+    /// Duration (90 kHz).
+    pub duration: Ticks,
+    /// The part starts with a sync sample (`INDEPENDENT=YES`).
+    pub independent: bool,
+    pub fragment: Fragment,
+    /// When the part's first sample arrived at ingest.
+    pub ingest_time: SystemTime,
+}
+
+/// What one packet (or the end of the stream) finished: parts in order, then the segment they
+/// complete, if any.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub parts: Vec<Part>,
+    pub segment: Option<Segment>,
 }
 
 /// The running decode clock of an AAC track, in samples. RTMP carries millisecond timestamps,
@@ -62,16 +101,37 @@ pub struct Segmenter {
     track: TrackParams,
     /// The track timescale (never 0, so conversions cannot divide by zero).
     timescale: u32,
+    /// Longest part, in the track timescale (`i64::MAX`: a segment is one part).
+    part_target: i64,
     /// `mfhd` sequence number of the next fragment (§8.8.5: starts at 1, increases by fragment).
     next_sequence: u32,
     open: Option<OpenSegment>,
     audio_clock: Option<AudioClock>,
+    /// Decode time and spacing of the latest sample, to foresee the next sample's decode time.
+    last_dts: Option<i64>,
+    last_delta: Option<i64>,
 }
 
 impl Segmenter {
+    /// A segmenter that writes each segment as one fragment.
     pub fn new(track: TrackParams) -> Self {
+        Self::with_parts(track, None)
+    }
+
+    /// A segmenter that also cuts segments into parts of at most `part_target` (90 kHz).
+    pub fn with_parts(track: TrackParams, part_target: Option<Ticks>) -> Self {
         let timescale = track.timescale().max(1);
-        Self { track, timescale, next_sequence: 1, open: None, audio_clock: None }
+        let part_target = part_target.map_or(i64::MAX, |t| rescale(t, TIMESCALE, timescale).max(1));
+        Self {
+            track,
+            timescale,
+            part_target,
+            next_sequence: 1,
+            open: None,
+            audio_clock: None,
+            last_dts: None,
+            last_delta: None,
+        }
     }
 
     pub fn init_segment(&self) -> Bytes {
@@ -80,13 +140,24 @@ impl Segmenter {
 
     /// Adds a packet (decode order); returns the segment it closed, if it opened a new one.
     pub fn push(&mut self, packet: EncodedPacket) -> Option<Segment> {
+        self.push_parts(packet).segment
+    }
+
+    /// Closes the open segment, if it holds any sample.
+    pub fn finish(&mut self) -> Option<Segment> {
+        self.finish_parts().segment
+    }
+
+    /// Adds a packet (decode order); returns the parts and the segment it finished.
+    pub fn push_parts(&mut self, packet: EncodedPacket) -> Output {
         let sample = packet.sample;
         if !sample.segment_start && self.open.is_none() {
             // Before the first cut: a rendition starts where every other rendition starts.
-            return None;
+            return Output::default();
         }
         let pending = match &self.track {
             TrackParams::Video(_) => PendingSample {
+                pts: sample.pts,
                 dts: sample.dts,
                 composition_offset: clamp_i32(sample.pts.saturating_sub(sample.dts)),
                 keyframe: sample.keyframe,
@@ -106,56 +177,114 @@ impl Segmenter {
                 };
                 self.audio_clock = Some(AudioClock { next: dts.saturating_add(frame) });
                 // Every AAC frame is a sync sample and is presented at its decode time.
-                PendingSample { dts, composition_offset: 0, keyframe: true, data: sample.data }
+                PendingSample { pts: sample.pts, dts, composition_offset: 0, keyframe: true, data: sample.data }
             }
         };
-        let closed = if sample.segment_start { self.close(Some(pending.dts)) } else { None };
+        if let Some(last) = self.last_dts {
+            let delta = pending.dts.saturating_sub(last);
+            if delta > 0 {
+                self.last_delta = Some(delta);
+            }
+        }
+        self.last_dts = Some(pending.dts);
+
+        let mut out = Output::default();
+        if sample.segment_start {
+            out = self.close_segment(Some(pending.dts));
+        } else if let Some(open) = &self.open
+            && let Some(first) = open.part.first()
+        {
+            // Would this sample take the part past its target? Its own duration is not known
+            // yet; the spacing of the samples before it foretells it.
+            let end_with_it = pending.dts.saturating_sub(first.dts).saturating_add(self.last_delta.unwrap_or(0));
+            if end_with_it > self.part_target {
+                out.parts.extend(self.close_part(pending.dts));
+            }
+        }
         let open = self.open.get_or_insert_with(|| OpenSegment {
             start_pts: sample.pts,
             program_date_time: packet.ingest_time,
-            samples: Vec::new(),
+            first_dts: pending.dts,
+            closed_end: pending.dts,
+            chunks: Vec::new(),
+            frames: 0,
+            parts_closed: 0,
+            part: Vec::new(),
+            part_ingest_time: packet.ingest_time,
         });
-        open.samples.push(pending);
-        closed
+        if open.part.is_empty() {
+            open.part_ingest_time = packet.ingest_time;
+        }
+        open.frames = open.frames.saturating_add(1);
+        open.part.push(pending);
+        out
     }
 
-    /// Closes the open segment, if it holds any sample.
-    pub fn finish(&mut self) -> Option<Segment> {
-        self.close(None)
+    /// Closes the open part and segment, if they hold any sample.
+    pub fn finish_parts(&mut self) -> Output {
+        self.close_segment(None)
+    }
+
+    /// Closes the open part, whose last sample lasts until `end_dts`.
+    fn close_part(&mut self, end_dts: i64) -> Option<Part> {
+        let open = self.open.as_mut()?;
+        let samples = std::mem::take(&mut open.part);
+        let first = samples.first()?;
+        let (start, start_pts, independent) = (first.dts, first.pts, first.keyframe);
+        let ingest_time = open.part_ingest_time;
+        let index = open.parts_closed;
+        let (fragment, track_duration) = self.build_fragment(samples, end_dts);
+        let open = self.open.as_mut()?;
+        // The fragment's base decode time is clamped at 0 (`tfdt` is unsigned), so its run ends
+        // that long after the clamped start.
+        let base = start.max(0);
+        let end = base.saturating_add(track_duration);
+        open.closed_end = end;
+        open.parts_closed = open.parts_closed.saturating_add(1);
+        open.chunks.extend(fragment.chunks.iter().cloned());
+        // Converting both ends (not the difference) keeps consecutive durations summing to the
+        // track's own timeline, without accumulating rounding.
+        let duration = rescale(end, self.timescale, TIMESCALE) - rescale(base, self.timescale, TIMESCALE);
+        Some(Part { index, start_pts, duration: duration.max(0), independent, fragment, ingest_time })
     }
 
     /// Closes the open segment. `next_dts` is the decode time of the sample that follows it,
     /// which gives its last sample's duration; `None` at the end of the stream.
-    fn close(&mut self, next_dts: Option<i64>) -> Option<Segment> {
-        let open = self.open.take()?;
-        let end_dts = match next_dts {
+    fn close_segment(&mut self, next_dts: Option<i64>) -> Output {
+        let mut out = Output::default();
+        let Some(open) = &self.open else { return out };
+        let end_dts = match next_dts.or_else(|| self.estimated_end(&open.part)) {
             Some(d) => d,
-            None => self.estimated_end(&open.samples)?,
+            None => {
+                self.open = None;
+                return out;
+            }
         };
-        let first_dts = open.samples.first()?.dts;
-        let frames = u32::try_from(open.samples.len()).unwrap_or(u32::MAX);
-        let (fragment, track_duration) = self.build_fragment(open.samples, end_dts);
-        // Converting both ends (not the difference) keeps consecutive segments' 90 kHz durations
-        // summing to the track's own timeline, without accumulating rounding.
-        let start = rescale(first_dts.max(0), self.timescale, TIMESCALE);
-        let end = rescale(first_dts.max(0).saturating_add(track_duration), self.timescale, TIMESCALE);
-        Some(Segment {
+        out.parts.extend(self.close_part(end_dts));
+        let Some(open) = self.open.take() else { return out };
+        if open.frames == 0 {
+            return out;
+        }
+        let start = rescale(open.first_dts.max(0), self.timescale, TIMESCALE);
+        let end = rescale(open.closed_end.max(0), self.timescale, TIMESCALE);
+        out.segment = Some(Segment {
             start_pts: open.start_pts,
             duration: end.saturating_sub(start),
-            fragment,
-            frames,
+            fragment: Fragment { chunks: open.chunks },
+            frames: open.frames,
             program_date_time: open.program_date_time,
-        })
+        });
+        out
     }
 
     /// Where a run of samples ends when nothing follows it: the last sample lasts as long as the
-    /// one before it (video), or one frame (audio, whose frames all have the same length).
+    /// spacing before it (video), or one frame (audio, whose frames all have the same length).
     fn estimated_end(&self, samples: &[PendingSample]) -> Option<i64> {
         let last = samples.last()?;
         let duration = match &self.track {
             TrackParams::Audio(a) => aac_frame_samples(a),
-            TrackParams::Video(_) => match samples.len().checked_sub(2).and_then(|i| samples.get(i)) {
-                Some(prev) if last.dts > prev.dts => last.dts - prev.dts,
+            TrackParams::Video(_) => match self.last_delta {
+                Some(d) if d > 0 => d,
                 _ => rescale(DEFAULT_VIDEO_SAMPLE_DURATION, TIMESCALE, self.timescale),
             },
         };
@@ -303,6 +432,65 @@ mod tests {
         assert_eq!((seq, tfdt), (2, 21_000));
         // The last sample of the stream lasts as long as the one before it.
         assert_eq!(durations(&entries), vec![3000; 5]);
+    }
+
+    /// Every byte of a fragment, in order.
+    fn flat(f: &Fragment) -> Vec<u8> {
+        f.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn parts_never_exceed_the_target_and_make_up_the_segment_byte_for_byte() {
+        // 30 fps, 0.2 s parts: six frames each, exactly on target; a 2 s segment has ten.
+        let mut s = Segmenter::with_parts(video_track(), Some(18_000));
+        let mut parts = Vec::new();
+        let mut segments = Vec::new();
+        for i in 0..121i64 {
+            let out = s.push_parts(packet(i * 3000, i * 3000, i % 60 == 0, i % 60 == 0, (i % 7) as u8));
+            parts.extend(out.parts);
+            segments.extend(out.segment);
+        }
+        assert_eq!(segments.len(), 2, "two segments closed by the cuts at 2 s and 4 s");
+        assert_eq!(parts.len(), 20);
+        for (n, p) in parts.iter().enumerate() {
+            assert_eq!(p.index as usize, n % 10);
+            assert_eq!(p.duration, 18_000, "part {n}");
+            assert_eq!(p.independent, n % 10 == 0, "only a segment's first part starts with an IDR");
+            assert_eq!(decode(&p.fragment).2.len(), 6);
+        }
+        for (k, seg) in segments.iter().enumerate() {
+            let joined: Vec<u8> = parts[k * 10..(k + 1) * 10].iter().flat_map(|p| flat(&p.fragment)).collect();
+            assert_eq!(flat(&seg.fragment), joined, "segment {k} is its parts' bytes in order");
+            assert_eq!(seg.duration, 180_000);
+            assert_eq!(seg.frames, 60);
+        }
+        // The end of the stream closes the last part and segment (one frame: at 4 s).
+        let out = s.finish_parts();
+        assert_eq!(out.parts.len(), 1);
+        assert_eq!(out.parts[0].duration, 3000);
+        assert!(out.segment.is_some());
+    }
+
+    #[test]
+    fn parts_at_awkward_frame_rates_stay_within_the_target() {
+        // 29.97 fps (3003 ticks) and 24 fps (3750): a sixth or fifth frame would pass 0.2 s.
+        for step in [3003i64, 3750] {
+            let mut s = Segmenter::with_parts(video_track(), Some(18_000));
+            let mut parts = Vec::new();
+            for i in 0..100i64 {
+                parts.extend(s.push_parts(packet(i * step, i * step, i == 0, i == 0, 1)).parts);
+            }
+            assert!(parts.len() >= 10, "{step}: {}", parts.len());
+            assert!(parts.iter().all(|p| p.duration <= 18_000 && p.duration >= 18_000 - step), "{step}");
+        }
+        // AAC at 48 kHz: nine 1024-sample frames (0.192 s) per part.
+        let mut s = Segmenter::with_parts(audio_track(), Some(18_000));
+        let mut parts = Vec::new();
+        for i in 0..40i64 {
+            parts.extend(s.push_parts(packet(rtmp_audio_pts(i), rtmp_audio_pts(i), true, i == 0, 1)).parts);
+        }
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.duration == 17_280 && p.independent && decode(&p.fragment).2.len() == 9));
     }
 
     #[test]
