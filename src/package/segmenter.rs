@@ -107,9 +107,10 @@ pub struct Segmenter {
     next_sequence: u32,
     open: Option<OpenSegment>,
     audio_clock: Option<AudioClock>,
-    /// Decode time and spacing of the latest sample, to foresee the next sample's decode time.
+    /// Decode time and spacing of the latest samples, to foresee the next sample's decode time.
     last_dts: Option<i64>,
     last_delta: Option<i64>,
+    previous_delta: Option<i64>,
 }
 
 impl Segmenter {
@@ -131,6 +132,7 @@ impl Segmenter {
             audio_clock: None,
             last_dts: None,
             last_delta: None,
+            previous_delta: None,
         }
     }
 
@@ -183,7 +185,7 @@ impl Segmenter {
         if let Some(last) = self.last_dts {
             let delta = pending.dts.saturating_sub(last);
             if delta > 0 {
-                self.last_delta = Some(delta);
+                self.previous_delta = self.last_delta.replace(delta);
             }
         }
         self.last_dts = Some(pending.dts);
@@ -195,8 +197,14 @@ impl Segmenter {
             && let Some(first) = open.part.first()
         {
             // Would this sample take the part past its target? Its own duration is not known
-            // yet; the spacing of the samples before it foretells it.
-            let end_with_it = pending.dts.saturating_sub(first.dts).saturating_add(self.last_delta.unwrap_or(0));
+            // yet; the spacing of the samples before it foretells it. RTMP's millisecond
+            // timestamps make 30 fps spacing alternate between 33 and 34 ms, so the shorter of
+            // the last two spacings is the estimate: six frames still make one 0.2 s part.
+            let spacing = match (self.last_delta, self.previous_delta) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(0),
+            };
+            let end_with_it = pending.dts.saturating_sub(first.dts).saturating_add(spacing);
             if end_with_it > self.part_target {
                 out.parts.extend(self.close_part(pending.dts));
             }
@@ -469,6 +477,19 @@ mod tests {
         assert_eq!(out.parts.len(), 1);
         assert_eq!(out.parts[0].duration, 3000);
         assert!(out.segment.is_some());
+    }
+
+    #[test]
+    fn millisecond_timestamps_of_30_fps_still_make_six_frame_parts() {
+        // RTMP carries 30 fps as 0, 33, 67, 100… ms: spacing alternates 2970 and 3060 ticks.
+        let mut s = Segmenter::with_parts(video_track(), Some(18_000));
+        let mut parts = Vec::new();
+        for i in 0..61i64 {
+            let t = (i * 1000 + 15) / 30 * 90;
+            parts.extend(s.push_parts(packet(t, t, i % 60 == 0, i % 60 == 0, 1)).parts);
+        }
+        assert_eq!(parts.len(), 10, "a 2 s segment in ten parts");
+        assert!(parts.iter().all(|p| p.duration == 18_000 && decode(&p.fragment).2.len() == 6));
     }
 
     #[test]
