@@ -86,8 +86,26 @@ impl http_body::Body for Body {
     }
 }
 
-/// How long a connection may take to send its request headers (slowloris bound).
+/// How long a connection may take to send its request headers (slowloris bound). Over HTTP/1.1
+/// the timer runs only while hyper waits for a request head, never while a response is pending,
+/// so requests the origin holds (LL-HLS blocking reloads, up to three target durations) do not
+/// count against it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Streams one HTTP/2 connection may have open. A CDN multiplexes its viewers' requests onto few
+/// connections, and with LL-HLS each viewer keeps a blocking playlist reload and a preload-hinted
+/// part in flight per rendition it plays (RFC 8216bis §6.2.5.2, §6.2.6); a held stream costs a
+/// small future, so allow far more than hyper's default of 200.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// HTTP/2 keep-alive: with no header timeout on h2, a ping that goes unanswered is what closes
+/// the connection of a peer that vanished.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may take to finish after shutdown. Held origin requests answer 503 at
+/// once on shutdown, so this bounds only slow readers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `handler` on `listener` until `shutdown`, then waits (bounded) for requests in flight.
 pub async fn serve<H, F>(listener: TcpListener, name: &'static str, handler: H, shutdown: CancellationToken)
@@ -124,6 +142,12 @@ where
                 .keep_alive(true)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -134,11 +158,11 @@ where
                 }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
                 }
             }
         });
     }
     tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
 }

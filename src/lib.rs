@@ -67,13 +67,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
 
     let mut tasks = JoinSet::new();
     tasks.spawn(ingest::rtmp::serve(rtmp, channels.clone(), config.rtmp.clone(), metrics.clone(), shutdown.clone()));
-    let origin = Arc::new(Origin::new(store, metrics.clone()));
+    let origin =
+        Arc::new(Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), shutdown.clone()));
     tasks.spawn(http::serve(
         http,
         "origin",
         move |req| {
-            let resp = origin.handle(&req);
-            async move { resp }
+            let origin = origin.clone();
+            async move { origin.handle(&req).await }
         },
         shutdown.clone(),
     ));

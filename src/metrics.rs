@@ -32,6 +32,8 @@ pub struct Metrics {
     pub segment_latency: HistogramVec,
     /// Time from a part's first frame arriving at ingest to the part being published.
     pub part_latency: HistogramVec,
+    /// LL-HLS requests held now, waiting for a playlist update or a preload-hinted part.
+    pub held_requests: IntGauge,
     /// HTTP requests answered, per listener (`origin`, `admin`) and status class (`2xx` …).
     pub http_requests: IntCounterVec,
     /// Pipeline errors that ended a publish, per channel and stage.
@@ -73,6 +75,13 @@ impl Metrics {
         .expect("static metric");
         registry.register(Box::new(part_latency.clone())).expect("metric registered once");
 
+        let held_requests = IntGauge::new(
+            "http_held_requests",
+            "LL-HLS requests held now, waiting for a playlist update or a preload-hinted part",
+        )
+        .expect("static metric");
+        registry.register(Box::new(held_requests.clone())).expect("metric registered once");
+
         let r = &registry;
         Self {
             ingest_bytes: counter(r, "ingest_bytes_total", "RTMP media payload bytes received", &["channel"]),
@@ -102,6 +111,7 @@ impl Metrics {
             ),
             segment_latency,
             part_latency,
+            held_requests,
             http_requests: counter(
                 r,
                 "http_requests_total",

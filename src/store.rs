@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
 /// How an object may be cached (the origin turns this into headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +41,23 @@ impl Object {
     }
 }
 
+/// How far a rendition has got: what LL-HLS blocking requests wait on (RFC 8216bis §6.2.5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Media sequence number of the segment being built (the next one to complete).
+    pub msn: u64,
+    /// Parts of that segment published so far.
+    pub parts: u64,
+    /// The playlist has `EXT-X-ENDLIST`: nothing more will come until a new publish.
+    pub ended: bool,
+}
+
 /// One channel's objects, keyed by their path below `/live/{channel}/`.
 #[derive(Default)]
 pub struct ChannelObjects {
     objects: Mutex<HashMap<String, Object>>,
+    /// Per rendition name (the first path segment), its progress; receivers wake on each change.
+    progress: Mutex<HashMap<String, watch::Sender<Progress>>>,
 }
 
 impl ChannelObjects {
@@ -59,6 +73,26 @@ impl ChannelObjects {
     /// Removes objects that left the window.
     pub fn remove(&self, name: &str) {
         self.lock().remove(name);
+    }
+
+    /// Announces a rendition's progress. Call after the objects it describes (parts, playlist)
+    /// are in place, so that a woken waiter finds them.
+    pub fn set_progress(&self, rendition: &str, progress: Progress) {
+        let mut map = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(rendition) {
+            Some(tx) => {
+                tx.send_replace(progress);
+            }
+            None => {
+                map.insert(rendition.to_owned(), watch::Sender::new(progress));
+            }
+        }
+    }
+
+    /// A rendition's progress and a receiver that wakes when it changes; `None` for a rendition
+    /// that has not published anything.
+    pub fn watch(&self, rendition: &str) -> Option<watch::Receiver<Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).get(rendition).map(watch::Sender::subscribe)
     }
 
     pub fn names(&self) -> Vec<String> {
