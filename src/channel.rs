@@ -677,7 +677,11 @@ impl RenditionPublisher {
         if log.open_parts.is_empty() {
             log.open_pdt = Some(self.anchor + Duration::from_secs_f64(ticks_to_secs(part.start_pts.max(0))));
         }
-        log.open_parts.push(PlaylistPart { uri, duration: ticks_to_secs(part.duration), independent: part.independent });
+        log.open_parts.push(PlaylistPart {
+            uri,
+            duration: ticks_to_secs(part.duration),
+            independent: part.independent,
+        });
         let progress = Progress { msn, parts: log.open_parts.len() as u64, ended: false };
         self.render_playlist(h);
         self.objects.set_progress(&self.rendition, progress);

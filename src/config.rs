@@ -319,9 +319,14 @@ impl Config {
         if !(hls.segment_duration.is_finite() && (0.5..=20.0).contains(&hls.segment_duration)) {
             bad("hls.segment_duration".into(), "must be between 0.5 and 20 seconds".into());
         }
-        if !(hls.part_duration.is_finite() && hls.part_duration >= 0.1 && hls.part_duration <= hls.segment_duration / 2.0)
+        if !(hls.part_duration.is_finite()
+            && hls.part_duration >= 0.1
+            && hls.part_duration <= hls.segment_duration / 2.0)
         {
-            bad("hls.part_duration".into(), "must be at least 0.1 seconds and at most half of hls.segment_duration".into());
+            bad(
+                "hls.part_duration".into(),
+                "must be at least 0.1 seconds and at most half of hls.segment_duration".into(),
+            );
         }
         if !(2..=100).contains(&hls.window) {
             bad("hls.window".into(), "must be between 2 and 100 segments".into());
