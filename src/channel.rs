@@ -653,17 +653,21 @@ impl RenditionPublisher {
     }
 
     fn publish_output(&mut self, out: segmenter::Output) {
-        for part in out.parts {
-            self.publish_part(part);
+        // When a packet completes a segment, its last part and the segment appear in one playlist
+        // update: a client woken by the part must not see a hint for a part that never comes.
+        let completes = out.segment.is_some();
+        let count = out.parts.len();
+        for (i, part) in out.parts.into_iter().enumerate() {
+            self.publish_part(part, !(completes && i + 1 == count));
         }
         if let Some(seg) = out.segment {
             self.publish(seg);
         }
     }
 
-    /// Publishes a part of the segment being built: its object, then the playlists that list it,
-    /// then the progress that wakes blocked requests.
-    fn publish_part(&mut self, part: Part) {
+    /// Publishes a part of the segment being built: its object, then (when `announce`) the
+    /// playlists that list it and the progress that wakes blocked requests.
+    fn publish_part(&mut self, part: Part, announce: bool) {
         let published_at = SystemTime::now();
         let mut h = lock(&self.history);
         let h = &mut *h;
@@ -683,8 +687,10 @@ impl RenditionPublisher {
             independent: part.independent,
         });
         let progress = Progress { msn, parts: log.open_parts.len() as u64, ended: false };
-        self.render_playlist(h);
-        self.objects.set_progress(&self.rendition, progress);
+        if announce {
+            self.render_playlist(h);
+            self.objects.set_progress(&self.rendition, progress);
+        }
         if let Ok(latency) = published_at.duration_since(part.ingest_time) {
             self.metrics
                 .part_latency

@@ -133,13 +133,16 @@ pub fn render_media_delta(p: &MediaPlaylist) -> String {
         return render_media(p);
     };
     let control = ServerControl::new(p, ll);
-    // §6.2.5.1: the segments further than the Skip Boundary from the end of the last (parent)
-    // segment are skipped. At least one complete segment stays, so the first one rendered can
-    // carry the EXT-X-MAP and date a client needs to go on from the skip.
+    // §6.2.5.1: segments older than the Skip Boundary (CAN-SKIP-UNTIL before the end of the
+    // last, parent, segment) are skipped. Only segments that lie wholly before the boundary are
+    // skipped, so what remains always covers at least CAN-SKIP-UNTIL, whichever way a client reads
+    // "older". At least one complete segment stays, so the first one rendered can carry the
+    // EXT-X-MAP and date a client needs to go on from the skip.
     let skipped = start_distances(p)
         .iter()
+        .zip(&p.segments)
         .take(p.segments.len().saturating_sub(1))
-        .take_while(|&&d| d > control.can_skip_until + EPSILON_SECS)
+        .take_while(|&(&d, s)| d - seconds(s.duration) > control.can_skip_until + EPSILON_SECS)
         .count();
     render(p, skipped)
 }
@@ -860,9 +863,10 @@ mod tests {
         assert_eq!(render_media_delta(&p), render_media(&p));
     }
 
-    /// 1000..=1014 start more than 6 s before the end (20.4 s) and are skipped; the rest is the
-    /// full playlist's text, with the map 1015 needs written before it (the full playlist has it
-    /// at 1005, which is skipped).
+    /// 1000..=1013 end more than 6 s before the end (20.4 s) and are skipped (1014 ends 6.4 s
+    /// before it but starts before the boundary, so it stays); the rest is the full playlist's
+    /// text, with the map 1014 needs written before it (the full playlist has it at 1005, which is
+    /// skipped).
     #[test]
     fn delta_update_skips_the_oldest_segments() {
         let p = long_ll_playlist();
@@ -871,10 +875,10 @@ mod tests {
 
         let header_end = full.find("#EXT-X-MAP:").expect("first map");
         let header = full[..header_end].replace("#EXT-X-VERSION:6\n", "#EXT-X-VERSION:9\n");
-        let tail_start = full.find("1014.m4s\n").expect("1014") + "1014.m4s\n".len();
+        let tail_start = full.find("1013.m4s\n").expect("1013") + "1013.m4s\n".len();
         let tail = &full[tail_start..];
-        assert!(tail.starts_with("#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:25.000Z\n#EXTINF:"), "{tail}");
-        let want = format!("{header}#EXT-X-SKIP:SKIPPED-SEGMENTS=15\n#EXT-X-MAP:URI=\"init-1005.mp4\"\n{tail}");
+        assert!(tail.starts_with("#EXT-X-PROGRAM-DATE-TIME:2026-11-25T12:00:24.000Z\n#EXTINF:"), "{tail}");
+        let want = format!("{header}#EXT-X-SKIP:SKIPPED-SEGMENTS=14\n#EXT-X-MAP:URI=\"init-1005.mp4\"\n{tail}");
         assert_eq!(delta, want);
 
         // §4.4.5.2: the discontinuity sequence still counts from 1000; 1005's discontinuity is
@@ -1039,15 +1043,15 @@ print(json.dumps({
             "discontinuity_sequence": 7,
             "server_control": { "can_block_reload": "YES", "part_hold_back": 0.6, "can_skip_until": 6.0 },
             "part_target": 0.2,
-            "segments": ["1015.m4s", "1016.m4s", "1017.m4s", "1018.m4s", "1019.m4s"],
-            "parts": [0, 0, 0, 5, 5],
-            "maps": ["init-1005.mp4", "init-1016.mp4", "init-1016.mp4", "init-1016.mp4", "init-1016.mp4"],
+            "segments": ["1014.m4s", "1015.m4s", "1016.m4s", "1017.m4s", "1018.m4s", "1019.m4s"],
+            "parts": [0, 0, 0, 0, 5, 5],
+            "maps": ["init-1005.mp4", "init-1005.mp4", "init-1016.mp4", "init-1016.mp4", "init-1016.mp4", "init-1016.mp4"],
             "discontinuities": ["1016.m4s"],
             "open_parts": ["1020.0.m4s", "1020.1.m4s"],
             "independent_parts": ["1018.0.m4s", "1019.0.m4s", "1020.0.m4s"],
             "preload_hint": { "type": "PART", "uri": "1020.2.m4s" },
             "rendition_reports": [{ "uri": "../480p/index.m3u8", "last_msn": 1020, "last_part": 1 }],
-            "skipped_segments": 15,
+            "skipped_segments": 14,
             "endlist": false,
         });
         assert_eq!(got, want);

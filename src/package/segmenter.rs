@@ -287,16 +287,20 @@ impl Segmenter {
 
     /// Where a run of samples ends when nothing follows it: the last sample lasts as long as the
     /// spacing before it (video), or one frame (audio, whose frames all have the same length).
+    /// The estimate never takes the run's part past the part target.
     fn estimated_end(&self, samples: &[PendingSample]) -> Option<i64> {
         let last = samples.last()?;
         let duration = match &self.track {
             TrackParams::Audio(a) => aac_frame_samples(a),
-            TrackParams::Video(_) => match self.last_delta {
-                Some(d) if d > 0 => d,
+            TrackParams::Video(_) => match (self.last_delta, self.previous_delta) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
                 _ => rescale(DEFAULT_VIDEO_SAMPLE_DURATION, TIMESCALE, self.timescale),
             },
         };
-        Some(last.dts.saturating_add(duration))
+        let end = last.dts.saturating_add(duration);
+        let part_limit = samples.first().map_or(end, |f| f.dts.saturating_add(self.part_target));
+        Some(end.min(part_limit).max(last.dts.saturating_add(1)))
     }
 
     /// One `moof`+`mdat` of `samples`, whose run ends at decode time `end_dts`; also returns the

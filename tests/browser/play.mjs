@@ -1,5 +1,11 @@
 // Plays an HLS URL with hls.js in headless Chromium and prints what the player saw, as JSON.
-// Usage: node play.mjs URL [seconds] [--low-latency]
+// Usage: node play.mjs URL [seconds] [--low-latency] [--level N] [--settle S]
+//   --low-latency  hls.js lowLatencyMode (LL-HLS parts, blocking reloads)
+//   --level N      play only level N (hls.js orders levels by bitrate, lowest first)
+//   --settle S     leave the first S seconds of playback out of the latency figures
+// The report has, besides hls.js's own counters: stalls (video `waiting` events after playback
+// started) and how long they lasted, the part request rate, and glass-to-glass latency (wall clock
+// minus hls.playingDate, which comes from EXT-X-PROGRAM-DATE-TIME) as min/p50/p95/max.
 // The page and hls.js are served from a throwaway local server, so nothing comes from the internet.
 import http from 'node:http';
 import fs from 'node:fs';
@@ -11,25 +17,56 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const [url, secondsArg, ...flags] = process.argv.slice(2);
 if (!url) {
-  console.error('usage: node play.mjs URL [seconds] [--low-latency]');
+  console.error('usage: node play.mjs URL [seconds] [--low-latency] [--level N] [--settle S]');
   process.exit(2);
 }
 const seconds = Number(secondsArg ?? 8);
 const lowLatency = flags.includes('--low-latency');
+const option = name => {
+  const i = flags.indexOf(name);
+  return i >= 0 ? Number(flags[i + 1]) : null;
+};
+const level = option('--level');
+const settle = option('--settle') ?? 0;
 const hlsJs = fs.readFileSync(path.join(here, 'node_modules/hls.js/dist/hls.min.js'));
 
 const page = `<!doctype html><meta charset="utf-8"><video id="v" muted autoplay playsinline></video>
 <script src="/hls.js"></script>
 <script>
-  const report = { events: [], levels: [], fragsLoaded: 0, partsLoaded: 0, errors: [], levelSwitched: [] };
+  const report = { events: [], levels: [], fragsLoaded: 0, partsLoaded: 0, errors: [], levelSwitched: [],
+    partsByType: {}, stalls: 0, stalledMs: 0, playingSince: null, firstPartAt: null, lastPartAt: null };
   window.report = report;
   const video = document.getElementById('v');
-  const hls = new Hls({ lowLatencyMode: ${lowLatency}, debug: false });
+  const level = ${JSON.stringify(level)};
+  const hls = new Hls({ lowLatencyMode: ${lowLatency}, debug: false, ...(level === null ? {} : { startLevel: level }) });
   hls.on(Hls.Events.MANIFEST_PARSED, (_e, d) => {
     report.levels = d.levels.map(l => ({ width: l.width, height: l.height, bitrate: l.bitrate, codecs: l.codecSet || l.attrs.CODECS }));
+    // Setting currentLevel also turns adaptive switching off.
+    if (level !== null) hls.currentLevel = level;
     video.play().catch(e => report.errors.push('play: ' + e));
   });
-  hls.on(Hls.Events.FRAG_LOADED, (_e, d) => { if (d.part) report.partsLoaded++; else report.fragsLoaded++; });
+  hls.on(Hls.Events.FRAG_LOADED, (_e, d) => {
+    if (d.part) {
+      report.partsLoaded++;
+      report.partsByType[d.frag.type] = (report.partsByType[d.frag.type] ?? 0) + 1;
+      report.firstPartAt ??= Date.now();
+      report.lastPartAt = Date.now();
+    } else {
+      report.fragsLoaded++;
+    }
+  });
+  // A stall: the video waits for data after it has started playing.
+  let waitingSince = null;
+  video.addEventListener('playing', () => {
+    report.playingSince ??= Date.now();
+    if (waitingSince !== null) report.stalledMs += Date.now() - waitingSince;
+    waitingSince = null;
+  });
+  video.addEventListener('waiting', () => {
+    if (report.playingSince === null || waitingSince !== null) return;
+    report.stalls++;
+    waitingSince = Date.now();
+  });
   hls.on(Hls.Events.LEVEL_SWITCHED, (_e, d) => report.levelSwitched.push(d.level));
   hls.on(Hls.Events.ERROR, (_e, d) => report.errors.push((d.fatal ? 'FATAL ' : '') + d.type + ':' + d.details));
   hls.loadSource(${JSON.stringify(url)});
@@ -75,7 +112,18 @@ try {
     })));
   }
   const report = await tab.evaluate(() => window.report);
-  result = { ...report, samples };
+  const latency = samples
+    .filter(s => s.playingDate !== null && report.playingSince !== null && s.now >= report.playingSince + settle * 1000)
+    .map(s => s.now - s.playingDate)
+    .sort((a, b) => a - b);
+  const at = q => latency[Math.min(latency.length - 1, Math.floor(q * latency.length))];
+  const partSpan = (report.lastPartAt - report.firstPartAt) / 1000;
+  result = {
+    ...report,
+    latencyMs: latency.length ? { n: latency.length, min: latency[0], p50: at(0.5), p95: at(0.95), max: latency.at(-1) } : null,
+    partsPerSecond: report.partsLoaded > 1 && partSpan > 0 ? (report.partsLoaded - 1) / partSpan : 0,
+    samples,
+  };
 } finally {
   await context.close();
   server.close();
