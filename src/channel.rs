@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,11 +23,12 @@ use crate::media::{
 use crate::metrics::Metrics;
 use crate::origin::content_type;
 use crate::package::fmp4::TrackParams;
+use crate::package::id3;
 use crate::package::playlist::{
     self, AudioRendition, LowLatency, MasterPlaylist, MediaPlaylist, OpenSegment, PlaylistPart, PlaylistSegment,
     RenditionReport, Variant,
 };
-use crate::package::segmenter::{self as segmenter, Part, Segment, Segmenter};
+use crate::package::segmenter::{self as segmenter, Metadata, Part, Segment, Segmenter};
 use crate::store::{Cacheability, ChannelObjects, Object, Progress, Store};
 use crate::transcode::ladder;
 use crate::transcode::{TranscodeSpec, Transcoder};
@@ -62,7 +63,17 @@ struct ChannelState {
     /// The thread of the latest publish (it may still be flushing after the publisher left).
     thread: Mutex<Option<JoinHandle<()>>>,
     history: Arc<Mutex<History>>,
+    /// Timed metadata posted through the API, waiting for the channel thread to stamp it.
+    posted_metadata: Mutex<VecDeque<(Bytes, SystemTime)>>,
+    /// Id of the latest timed metadata on the board (in `History`); rendition publishers compare
+    /// it with what they have taken, so that checking for news costs no lock.
+    metadata_latest: Arc<AtomicU32>,
 }
+
+/// Posted metadata the channel thread has not stamped yet; more than a few means it is stuck.
+const POSTED_METADATA_LIMIT: usize = 64;
+/// Stamped metadata kept for rendition publishers that have not taken it yet.
+const BOARD_LIMIT: usize = 64;
 
 impl Channels {
     pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
@@ -77,6 +88,8 @@ impl Channels {
                     live: Mutex::new(None),
                     thread: Mutex::new(None),
                     history: Arc::new(Mutex::new(History::default())),
+                    posted_metadata: Mutex::new(VecDeque::new()),
+                    metadata_latest: Arc::new(AtomicU32::new(0)),
                 };
                 (c.name.clone(), Arc::new(state))
             })
@@ -109,8 +122,19 @@ impl Channels {
     /// channel. It is stamped with the presentation time of the next video frame the channel
     /// packages and inserted in every rendition at that time.
     pub fn post_metadata(&self, channel: &str, payload: Bytes) -> Result<(), PostError> {
-        let _ = (channel, payload);
-        Err(PostError::NotLive)
+        let state = self.channels.get(channel).ok_or(PostError::UnknownChannel)?;
+        // Holding `live` while queueing keeps a publish from ending between the check and the push.
+        let live = lock(&state.live);
+        if live.is_none() {
+            return Err(PostError::NotLive);
+        }
+        let mut queue = lock(&state.posted_metadata);
+        if queue.len() >= POSTED_METADATA_LIMIT {
+            queue.pop_front();
+            tracing::warn!(channel, "timed metadata is not being stamped (no video?); the oldest post was dropped");
+        }
+        queue.push_back((payload, SystemTime::now()));
+        Ok(())
     }
 }
 
@@ -237,10 +261,19 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                         }
                     }
                 }
+                if session.is_some() {
+                    stamp_posted_metadata(ctx, sample.pts);
+                }
                 match session.as_mut() {
                     Some(s) => s.video(sample, arrival.at),
                     None => Ok(()),
                 }
+            }
+            MediaPacket::Metadata { pts, payload } => {
+                if session.is_some() {
+                    put_on_board(ctx, pts, &payload, arrival.at);
+                }
+                Ok(())
             }
             MediaPacket::Audio(sample) => match session.as_mut() {
                 Some(s) => s.audio(sample, arrival.at),
@@ -265,6 +298,35 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     if let Some(s) = session {
         s.finish(false);
     }
+}
+
+/// Stamps the metadata posted through the API with `pts`, the next video frame to be packaged.
+fn stamp_posted_metadata(ctx: &PublishContext, pts: Ticks) {
+    let posted: Vec<(Bytes, SystemTime)> = lock(&ctx.state.posted_metadata).drain(..).collect();
+    for (payload, at) in posted {
+        put_on_board(ctx, pts, &payload, at);
+    }
+}
+
+/// Makes `payload` an ID3 tag at `pts` for every rendition of the channel.
+fn put_on_board(ctx: &PublishContext, pts: Ticks, payload: &[u8], posted: SystemTime) {
+    let tag = match id3::txxx_tag("", payload) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(channel = %ctx.state.config.name, error = %e, "timed metadata dropped");
+            return;
+        }
+    };
+    let mut h = lock(&ctx.state.history);
+    let id = h.board.next_id.max(1);
+    h.board.next_id = id.wrapping_add(1).max(1);
+    h.board.entries.push_back(BoardEntry { metadata: Metadata { pts, id, tag }, posted, published: false });
+    while h.board.entries.len() > BOARD_LIMIT {
+        h.board.entries.pop_front();
+    }
+    drop(h);
+    ctx.state.metadata_latest.store(id, Ordering::Release);
+    tracing::debug!(channel = %ctx.state.config.name, id, pts, "timed metadata stamped");
 }
 
 /// Ends the session without ending its playlists; the next keyframe starts a new one with the
@@ -385,6 +447,8 @@ impl Session {
             segmenter: None,
             track: None,
             anchor,
+            metadata_latest: ctx.state.metadata_latest.clone(),
+            metadata_seen: ctx.state.metadata_latest.load(Ordering::Acquire),
         };
 
         let passthrough = plan.passthrough.as_ref().map(|p| {
@@ -515,6 +579,22 @@ struct History {
     master: String,
     /// The session being finished is followed by another: keep the playlists open.
     restarting: bool,
+    /// Timed metadata stamped for the renditions of the current publish.
+    board: MetadataBoard,
+}
+
+#[derive(Default)]
+struct MetadataBoard {
+    entries: VecDeque<BoardEntry>,
+    next_id: u32,
+}
+
+struct BoardEntry {
+    metadata: Metadata,
+    /// When it was posted (API) or arrived (RTMP), for `ladderd_metadata_latency_seconds`.
+    posted: SystemTime,
+    /// A part carrying it has been published in some rendition.
+    published: bool,
 }
 
 /// One rendition's playlist state.
@@ -625,6 +705,9 @@ struct RenditionPublisher {
     track: Option<TrackParams>,
     /// Wall-clock time of pts 0, for EXT-X-PROGRAM-DATE-TIME (one anchor for all renditions).
     anchor: SystemTime,
+    /// The channel's latest timed-metadata id, and the latest this rendition has taken.
+    metadata_latest: Arc<AtomicU32>,
+    metadata_seen: u32,
 }
 
 impl RenditionPublisher {
@@ -702,6 +785,12 @@ impl RenditionPublisher {
             independent: part.independent,
         });
         let progress = Progress { msn, parts: log.open_parts.len() as u64, ended: false };
+        for entry in h.board.entries.iter_mut().filter(|e| !e.published && part.metadata.contains(&e.metadata.id)) {
+            entry.published = true;
+            if let Ok(latency) = published_at.duration_since(entry.posted) {
+                self.metrics.metadata_latency.with_label_values(&[&self.channel]).observe(latency.as_secs_f64());
+            }
+        }
         if announce {
             self.render_playlist(h);
             self.objects.set_progress(&self.rendition, progress);
@@ -874,6 +963,15 @@ impl RenditionSink for RenditionPublisher {
             tracing::warn!(channel = %self.channel, rendition = %self.rendition, "packet before stream parameters; dropped");
             return;
         };
+        let latest = self.metadata_latest.load(Ordering::Acquire);
+        if latest != self.metadata_seen {
+            let h = lock(&self.history);
+            for e in h.board.entries.iter().filter(|e| id_after(e.metadata.id, self.metadata_seen)) {
+                segmenter.add_metadata(e.metadata.clone());
+            }
+            drop(h);
+            self.metadata_seen = latest;
+        }
         let out = segmenter.push_parts(packet);
         self.publish_output(out);
     }
@@ -881,6 +979,12 @@ impl RenditionSink for RenditionPublisher {
     fn finish(mut self: Box<Self>) {
         self.end();
     }
+}
+
+/// Whether metadata id `id` came after `seen` (ids increase and wrap, skipping 0).
+fn id_after(id: u32, seen: u32) -> bool {
+    let d = id.wrapping_sub(seen);
+    d != 0 && d < u32::MAX / 2
 }
 
 /// The master playlist, once every live rendition of the current publish has a segment (so that

@@ -88,15 +88,38 @@ impl Default for HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// Bearer token for the admin API; `/metrics` and health endpoints need none.
+    /// Bearer token for the admin API; `/metrics` and health endpoints need none. Without one the
+    /// API answers 403 to everything.
     #[serde(default)]
     pub token: Option<String>,
+    /// Timed-metadata posts per second a channel sustains (token-bucket refill rate).
+    #[serde(default = "default_metadata_rate")]
+    pub metadata_rate: f64,
+    /// Timed-metadata posts a channel may make back to back before `metadata_rate` applies
+    /// (token-bucket capacity).
+    #[serde(default = "default_metadata_burst")]
+    pub metadata_burst: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9090".parse().expect("literal address"), token: None }
+        Self {
+            listen: "127.0.0.1:9090".parse().expect("literal address"),
+            token: None,
+            metadata_rate: default_metadata_rate(),
+            metadata_burst: default_metadata_burst(),
+        }
     }
+}
+
+/// Amazon IVS allows 5 PutMetadata calls per second per channel; players that poll ID3 cues
+/// gain nothing from more.
+fn default_metadata_rate() -> f64 {
+    5.0
+}
+
+fn default_metadata_burst() -> u32 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +383,21 @@ impl Config {
         }
         if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
             bad("admin.listen".into(), "must differ from http.listen".into());
+        }
+        if let Some(token) = &self.admin.token
+            && (token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            // It travels in an `Authorization: Bearer` header (RFC 6750 §2.1).
+            bad("admin.token".into(), "must be 1-4096 printable ASCII characters without spaces".into());
+        }
+        if !(self.admin.metadata_rate.is_finite()
+            && self.admin.metadata_rate > 0.0
+            && self.admin.metadata_rate <= 1000.0)
+        {
+            bad("admin.metadata_rate".into(), "must be more than 0 and at most 1000 posts per second".into());
+        }
+        if !(1..=1000).contains(&self.admin.metadata_burst) {
+            bad("admin.metadata_burst".into(), "must be between 1 and 1000 posts".into());
         }
 
         if self.ladders.is_empty() {
@@ -641,6 +679,37 @@ channels:
             errs,
             vec!["test.yaml:6:7: ladders.l[0].video_bitrate: must be between 50000 and 100000000 bits per second"]
         );
+    }
+
+    #[test]
+    fn admin_metadata_limits_default_to_five_per_second_and_are_range_checked() {
+        let c = parse(EXAMPLE).expect("valid");
+        assert_eq!((c.admin.metadata_rate, c.admin.metadata_burst, c.admin.token.as_deref()), (5.0, 5, None));
+
+        let text = EXAMPLE.replace(
+            "admin: { listen: \"127.0.0.1:9090\" }",
+            "admin: { listen: \"127.0.0.1:9090\", token: \"s3cret\", metadata_rate: 0.5, metadata_burst: 2 }",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!((c.admin.metadata_rate, c.admin.metadata_burst, c.admin.token.as_deref()), (0.5, 2, Some("s3cret")));
+
+        for (bad, key) in [
+            ("metadata_rate: 0", "admin.metadata_rate"),
+            ("metadata_rate: -1", "admin.metadata_rate"),
+            ("metadata_rate: .nan", "admin.metadata_rate"),
+            ("metadata_rate: 1001", "admin.metadata_rate"),
+            ("metadata_burst: 0", "admin.metadata_burst"),
+            ("metadata_burst: 1001", "admin.metadata_burst"),
+            ("token: \"\"", "admin.token"),
+            ("token: \"has space\"", "admin.token"),
+        ] {
+            let text = EXAMPLE.replace(
+                "admin: { listen: \"127.0.0.1:9090\" }",
+                &format!("admin: {{ listen: \"127.0.0.1:9090\", {bad} }}"),
+            );
+            let errs: Vec<String> = parse(&text).unwrap_err().iter().map(|e| e.to_string()).collect();
+            assert!(errs.len() == 1 && errs[0].contains(key) && errs[0].starts_with("test.yaml:4:"), "{bad}: {errs:?}");
+        }
     }
 
     #[test]

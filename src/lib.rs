@@ -78,13 +78,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         },
         shutdown.clone(),
     ));
-    let admin_svc = Arc::new(Admin::new(metrics.clone()));
+    let admin_svc = Arc::new(Admin::new(metrics.clone(), channels.clone(), &config));
     tasks.spawn(http::serve(
         admin,
         "admin",
         move |req| {
-            let resp = admin_svc.handle(&req);
-            async move { resp }
+            let admin_svc = admin_svc.clone();
+            async move { admin_svc.handle(req).await }
         },
         shutdown.clone(),
     ));

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub segment_latency: HistogramVec,
     /// Time from a part's first frame arriving at ingest to the part being published.
     pub part_latency: HistogramVec,
+    /// Time from timed metadata being posted (or arriving over RTMP) to the first part carrying it being published.
+    pub metadata_latency: HistogramVec,
     /// LL-HLS requests held now, waiting for a playlist update or a preload-hinted part.
     pub held_requests: IntGauge,
     /// HTTP requests answered, per listener (`origin`, `admin`) and status class (`2xx` …).
@@ -75,6 +77,16 @@ impl Metrics {
         .expect("static metric");
         registry.register(Box::new(part_latency.clone())).expect("metric registered once");
 
+        let metadata_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "metadata_latency_seconds",
+                "Time from timed metadata being posted to the first part carrying it being published",
+            )
+            .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]),
+            &["channel"],
+        )
+        .expect("static metric");
+        registry.register(Box::new(metadata_latency.clone())).expect("metric registered once");
         let held_requests = IntGauge::new(
             "http_held_requests",
             "LL-HLS requests held now, waiting for a playlist update or a preload-hinted part",
@@ -111,6 +123,7 @@ impl Metrics {
             ),
             segment_latency,
             part_latency,
+            metadata_latency,
             held_requests,
             http_requests: counter(
                 r,

@@ -75,6 +75,8 @@ pub enum MediaPacket {
     Video(Sample),
     /// A source audio frame (`segment_start` is not set by ingest).
     Audio(Sample),
+    /// Timed metadata from the publisher (`onTextData`/`onCuePoint`), to be shown at `pts`.
+    Metadata { pts: Ticks, payload: Bytes },
 }
 
 /// What a rung's encoder (or the passthrough path) hands the packager.

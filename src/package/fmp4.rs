@@ -281,6 +281,28 @@ pub fn fragment(sequence: u32, base_decode_time: u64, samples: &[FragmentSample]
     }
 }
 
+/// The `emsg` scheme for ID3 timed metadata in CMAF (AOM "Carriage of ID3 Timed Metadata in the
+/// Common Media Application Format", which hls.js and Apple's players read).
+pub const ID3_SCHEME: &str = "https://aomedia.org/emsg/ID3";
+
+/// An `emsg` box, version 1 (ISO/IEC 23009-1 §5.10.3.3): `message` (an ID3 tag) presented at
+/// `presentation_time` in `timescale`, with no duration, as the tag is an instant.
+pub fn id3_emsg(timescale: u32, presentation_time: u64, id: u32, message: &[u8]) -> Result<Bytes, Fmp4Error> {
+    let emsg = mp4_atom::Emsg {
+        timescale,
+        presentation_time: mp4_atom::EmsgTimestamp::Absolute(presentation_time),
+        // 0xFFFFFFFF means "unknown"; ID3 carriage uses 0 for an instant event.
+        event_duration: 0,
+        id,
+        scheme_id_uri: ID3_SCHEME.to_string(),
+        value: String::new(),
+        message_data: message.to_vec(),
+    };
+    let mut out = Vec::with_capacity(64 + message.len());
+    emsg.encode(&mut out).map_err(|e| Fmp4Error::Encode("emsg", e))?;
+    Ok(Bytes::from(out))
+}
+
 /// One `moof` + `mdat`, or why it cannot be written.
 pub fn try_fragment(
     sequence: u32,
@@ -526,5 +548,26 @@ mod tests {
         assert!(try_fragment(1, 0, &[s], vec![]).is_err());
         assert!(try_fragment(1, 0, &[s], vec![Bytes::from_static(b"abc")]).is_err());
         assert!(fragment(1, 0, &[s], vec![Bytes::from_static(b"abc")]).is_empty());
+    }
+
+    #[test]
+    fn id3_emsg_fields() {
+        let tag = crate::package::id3::txxx_tag("", b"hello").expect("tag");
+        let bytes = id3_emsg(90_000, 123_456, 7, &tag).expect("emsg");
+        assert_eq!(&bytes[4..8], b"emsg");
+        assert_eq!(bytes[8], 1, "version 1: absolute presentation time");
+        let mut buf = &bytes[..];
+        let e = mp4_atom::Emsg::decode(&mut buf).expect("decodes");
+        assert_eq!(e.timescale, 90_000);
+        assert_eq!(e.presentation_time, mp4_atom::EmsgTimestamp::Absolute(123_456));
+        assert_eq!((e.event_duration, e.id), (0, 7));
+        assert_eq!(e.scheme_id_uri, ID3_SCHEME);
+        assert_eq!(e.value, "");
+        assert_eq!(e.message_data, tag.to_vec());
+        // Version 1 layout (ISO/IEC 23009-1 §5.10.3.3): timescale, 64-bit time, duration, id.
+        assert_eq!(&bytes[12..16], &90_000u32.to_be_bytes());
+        assert_eq!(&bytes[16..24], &123_456u64.to_be_bytes());
+        assert_eq!(&bytes[28..32], &7u32.to_be_bytes());
+        assert_eq!(&bytes[32..32 + ID3_SCHEME.len()], ID3_SCHEME.as_bytes());
     }
 }

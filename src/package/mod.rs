@@ -1,5 +1,7 @@
 //! Packaging, sans-IO: fMP4/CMAF fragments, segmentation and playlist text.
 
 pub mod fmp4;
+pub mod id3;
 pub mod playlist;
 pub mod segmenter;
+pub mod ts;

@@ -63,7 +63,23 @@ struct OpenSegment {
     /// The open part's samples and when its first one arrived at ingest.
     part: Vec<PendingSample>,
     part_ingest_time: SystemTime,
+    /// Timed metadata that goes ahead of the open part.
+    part_metadata: Vec<Metadata>,
 }
+
+/// Timed metadata for a rendition: an ID3 tag to be presented at `pts`. It is written ahead of
+/// the part that holds the first sample presented at or after `pts` (fMP4: an `emsg` box before
+/// that part's `moof`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata {
+    pub pts: Ticks,
+    pub id: u32,
+    pub tag: Bytes,
+}
+
+/// Metadata waiting for its sample. Posts are rate-limited upstream; this only bounds memory if
+/// a rendition stops receiving samples.
+const PENDING_METADATA_LIMIT: usize = 64;
 
 /// A finished LL-HLS part: one `moof`+`mdat` of consecutive samples of a segment.
 #[derive(Debug, Clone)]
@@ -79,6 +95,8 @@ pub struct Part {
     pub fragment: Fragment,
     /// When the part's first sample arrived at ingest.
     pub ingest_time: SystemTime,
+    /// Ids of the timed metadata written in this part.
+    pub metadata: Vec<u32>,
 }
 
 /// What one packet (or the end of the stream) finished: parts in order, then the segment they
@@ -111,6 +129,8 @@ pub struct Segmenter {
     last_dts: Option<i64>,
     last_delta: Option<i64>,
     previous_delta: Option<i64>,
+    /// Timed metadata whose sample has not come yet.
+    pending_metadata: Vec<Metadata>,
 }
 
 impl Segmenter {
@@ -133,11 +153,21 @@ impl Segmenter {
             last_dts: None,
             last_delta: None,
             previous_delta: None,
+            pending_metadata: Vec::new(),
         }
     }
 
     pub fn init_segment(&self) -> Bytes {
         fmp4::init_segment(&self.track)
+    }
+
+    /// Queues timed metadata; it is written with the first sample presented at or after its pts.
+    pub fn add_metadata(&mut self, metadata: Metadata) {
+        if self.pending_metadata.len() >= PENDING_METADATA_LIMIT {
+            let dropped = self.pending_metadata.remove(0);
+            tracing::warn!(id = dropped.id, pts = dropped.pts, "timed metadata waited too long for a sample; dropped");
+        }
+        self.pending_metadata.push(metadata);
     }
 
     /// Adds a packet (decode order); returns the segment it closed, if it opened a new one.
@@ -219,12 +249,19 @@ impl Segmenter {
             parts_closed: 0,
             part: Vec::new(),
             part_ingest_time: packet.ingest_time,
+            part_metadata: Vec::new(),
         });
         if open.part.is_empty() {
             open.part_ingest_time = packet.ingest_time;
         }
         open.frames = open.frames.saturating_add(1);
         open.part.push(pending);
+        if !self.pending_metadata.is_empty() {
+            let (due, later): (Vec<Metadata>, Vec<Metadata>) =
+                std::mem::take(&mut self.pending_metadata).into_iter().partition(|m| m.pts <= sample.pts);
+            self.pending_metadata = later;
+            open.part_metadata.extend(due);
+        }
         out
     }
 
@@ -237,11 +274,25 @@ impl Segmenter {
     fn close_part(&mut self, end_dts: i64) -> Option<Part> {
         let open = self.open.as_mut()?;
         let samples = std::mem::take(&mut open.part);
+        let metadata = std::mem::take(&mut open.part_metadata);
         let first = samples.first()?;
         let (start, start_pts, independent) = (first.dts, first.pts, first.keyframe);
         let ingest_time = open.part_ingest_time;
         let index = open.parts_closed;
-        let (fragment, track_duration) = self.build_fragment(samples, end_dts);
+        let (mut fragment, track_duration) = self.build_fragment(samples, end_dts);
+        if !metadata.is_empty() {
+            // ISO/IEC 23009-1 §5.10.3.3: `emsg` boxes go before the `moof` they belong to.
+            let mut chunks = Vec::with_capacity(metadata.len() + fragment.chunks.len());
+            for m in &metadata {
+                let at = rescale(m.pts.max(0), TIMESCALE, self.timescale) as u64;
+                match fmp4::id3_emsg(self.timescale, at, m.id, &m.tag) {
+                    Ok(b) => chunks.push(b),
+                    Err(e) => tracing::warn!(id = m.id, error = %e, "timed metadata not written"),
+                }
+            }
+            chunks.append(&mut fragment.chunks);
+            fragment.chunks = chunks;
+        }
         let open = self.open.as_mut()?;
         // The fragment's base decode time is clamped at 0 (`tfdt` is unsigned), so its run ends
         // that long after the clamped start.
@@ -253,7 +304,15 @@ impl Segmenter {
         // Converting both ends (not the difference) keeps consecutive durations summing to the
         // track's own timeline, without accumulating rounding.
         let duration = rescale(end, self.timescale, TIMESCALE) - rescale(base, self.timescale, TIMESCALE);
-        Some(Part { index, start_pts, duration: duration.max(0), independent, fragment, ingest_time })
+        Some(Part {
+            index,
+            start_pts,
+            duration: duration.max(0),
+            independent,
+            fragment,
+            ingest_time,
+            metadata: metadata.iter().map(|m| m.id).collect(),
+        })
     }
 
     /// Closes the open segment. `next_dts` is the decode time of the sample that follows it,
@@ -494,6 +553,29 @@ mod tests {
         }
         assert_eq!(parts.len(), 10, "a 2 s segment in ten parts");
         assert!(parts.iter().all(|p| p.duration == 18_000 && decode(&p.fragment).2.len() == 6));
+    }
+
+    #[test]
+    fn timed_metadata_goes_ahead_of_the_part_holding_its_time() {
+        let mut s = Segmenter::with_parts(video_track(), Some(18_000));
+        let tag = Bytes::from_static(b"ID3-tag-bytes");
+        let mut parts = Vec::new();
+        for i in 0..60i64 {
+            if i == 10 {
+                // Posted while frame 10 is the latest: presented at frame 14 (42 000), in part 2.
+                s.add_metadata(Metadata { pts: 40_000, id: 9, tag: tag.clone() });
+            }
+            parts.extend(s.push_parts(packet(i * 3000, i * 3000, i == 0, i == 0, 1)).parts);
+        }
+        let with: Vec<&Part> = parts.iter().filter(|p| !p.metadata.is_empty()).collect();
+        assert_eq!(with.len(), 1, "written once");
+        assert_eq!((with[0].index, with[0].metadata.clone()), (2, vec![9]));
+        let bytes = flat(&with[0].fragment);
+        let mut buf = &bytes[..];
+        let emsg = mp4_atom::Emsg::decode(&mut buf).expect("emsg first");
+        assert_eq!(emsg.presentation_time, mp4_atom::EmsgTimestamp::Absolute(40_000));
+        assert_eq!((emsg.id, emsg.message_data), (9, tag.to_vec()));
+        assert!(Moof::decode(&mut buf).is_ok(), "then the part's moof");
     }
 
     #[test]

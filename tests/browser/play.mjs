@@ -34,7 +34,7 @@ const page = `<!doctype html><meta charset="utf-8"><video id="v" muted autoplay 
 <script src="/hls.js"></script>
 <script>
   const report = { events: [], levels: [], fragsLoaded: 0, partsLoaded: 0, errors: [], levelSwitched: [],
-    partsByType: {}, stalls: 0, stalledMs: 0, playingSince: null, firstPartAt: null, lastPartAt: null };
+    partsByType: {}, stalls: 0, stalledMs: 0, playingSince: null, firstPartAt: null, lastPartAt: null, metadata: [] };
   window.report = report;
   const video = document.getElementById('v');
   const level = ${JSON.stringify(level)};
@@ -44,6 +44,15 @@ const page = `<!doctype html><meta charset="utf-8"><video id="v" muted autoplay 
     // Setting currentLevel also turns adaptive switching off.
     if (level !== null) hls.currentLevel = level;
     video.play().catch(e => report.errors.push('play: ' + e));
+  });
+  // Timed metadata as hls.js hands it over (ID3 from fMP4 emsg or TS timed-ID3 PES): the raw tag,
+  // its media time, and the wall-clock time that media time stands for (EXT-X-PROGRAM-DATE-TIME).
+  hls.on(Hls.Events.FRAG_PARSING_METADATA, (_e, d) => {
+    for (const s of d.samples) {
+      const wall = d.frag.programDateTime === null ? null : d.frag.programDateTime + (s.pts - d.frag.start) * 1000;
+      report.metadata.push({ type: d.frag.type, sn: d.frag.sn, level: d.frag.level, pts: s.pts, wall,
+        tag: btoa(String.fromCharCode(...s.data)) });
+    }
   });
   hls.on(Hls.Events.FRAG_LOADED, (_e, d) => {
     if (d.part) {

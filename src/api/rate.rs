@@ -1,0 +1,135 @@
+//! Per-channel rate limiting of timed-metadata posts: a token bucket per configured channel.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A token bucket: holds up to `capacity` tokens, refills at `rate` tokens per second, and a
+/// post spends one. Time is passed in so that callers (and tests) own the clock.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        let capacity = f64::from(burst);
+        Self { rate, capacity, tokens: capacity, last: None }
+    }
+
+    /// Spends a token at `now`, or says how long until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        }
+        // Requests that read the clock before another took the lock arrive slightly out of
+        // order; never move the refill point backwards or that interval would be paid twice.
+        self.last = Some(self.last.map_or(now, |last| last.max(now)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// One bucket per configured channel, created up front: the set is fixed by configuration, so
+/// requests naming other channels never grow it.
+pub struct ChannelLimits {
+    buckets: HashMap<String, Mutex<TokenBucket>>,
+}
+
+/// What the limiter decided for one post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Over the rate; a token is available again after this long.
+    Limited(Duration),
+}
+
+impl ChannelLimits {
+    pub fn new<'a>(channels: impl IntoIterator<Item = &'a str>, rate: f64, burst: u32) -> Self {
+        let buckets = channels.into_iter().map(|c| (c.to_owned(), Mutex::new(TokenBucket::new(rate, burst)))).collect();
+        Self { buckets }
+    }
+
+    pub fn knows(&self, channel: &str) -> bool {
+        self.buckets.contains_key(channel)
+    }
+
+    /// Admits or limits one post to `channel`; `None` when the channel is not configured.
+    pub fn admit(&self, channel: &str, now: Instant) -> Option<Admission> {
+        let bucket = self.buckets.get(channel)?;
+        // The bucket is plain numbers that are consistent after any panic, so a poisoned lock
+        // is still usable.
+        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        Some(match bucket.take(now) {
+            Ok(()) => Admission::Admitted,
+            Err(wait) => Admission::Limited(wait),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn burst_then_refill_at_the_configured_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(5.0, 5);
+        for _ in 0..5 {
+            assert_eq!(b.take(t0), Ok(()));
+        }
+        let wait = b.take(t0).unwrap_err();
+        assert_eq!(wait, 200 * MS);
+        // One token comes back every 200 ms.
+        assert!(b.take(t0 + 150 * MS).is_err());
+        assert_eq!(b.take(t0 + 250 * MS), Ok(()));
+        assert!(b.take(t0 + 260 * MS).is_err());
+        // Idle time refills to the burst and no further.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..5 {
+            assert_eq!(b.take(later), Ok(()));
+        }
+        assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn a_clock_read_out_of_order_does_not_refill_twice() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1.0, 1);
+        assert_eq!(b.take(t0 + Duration::from_secs(1)), Ok(()));
+        assert!(b.take(t0).is_err());
+        assert!(b.take(t0 + Duration::from_millis(1500)).is_err());
+        assert_eq!(b.take(t0 + Duration::from_secs(2)), Ok(()));
+    }
+
+    #[test]
+    fn slow_rates_report_the_wait_for_a_whole_token() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(0.5, 1);
+        assert_eq!(b.take(t0), Ok(()));
+        assert_eq!(b.take(t0), Err(Duration::from_secs(2)));
+        assert_eq!(b.take(t0 + Duration::from_secs(1)), Err(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn channels_have_separate_buckets_and_unknown_ones_none() {
+        let t0 = Instant::now();
+        let limits = ChannelLimits::new(["a", "b"], 1.0, 1);
+        assert_eq!(limits.admit("a", t0), Some(Admission::Admitted));
+        assert!(matches!(limits.admit("a", t0), Some(Admission::Limited(_))));
+        assert_eq!(limits.admit("b", t0), Some(Admission::Admitted));
+        assert_eq!(limits.admit("c", t0), None);
+        assert!(limits.knows("a") && !limits.knows("c"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Timed metadata end to end: posted through the admin API during a live publish, delivered
+//! in-band in every rendition, and received by hls.js in Chromium exactly once per rendition it
+//! plays, with the exact bytes, at the media time it was posted.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "test-token-0123456789";
+
+const LADDER: &str = r#"
+ladders:
+  small:
+    - { name: "360p", width: 640, height: 360, video_bitrate: 700000 }
+    - { name: "180p", width: 320, height: 180, video_bitrate: 250000 }
+channels:
+  - { name: "shop", stream_key: "shop-key", ladder: "small" }
+  - { name: "idle", stream_key: "idle-key", ladder: "small" }
+"#;
+
+fn now_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64() * 1000.0
+}
+
+/// The value of the one TXXX frame of an ID3v2.4 tag.
+fn txxx_value(tag: &[u8]) -> Vec<u8> {
+    assert_eq!(&tag[..3], b"ID3", "an ID3 tag");
+    assert_eq!(&tag[10..14], b"TXXX", "a TXXX frame first");
+    let body = &tag[20..];
+    assert_eq!(body[0], 3, "UTF-8");
+    let desc_end = 1 + body[1..].iter().position(|&b| b == 0).expect("description terminator");
+    body[desc_end + 1..].to_vec()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
+    init_tracing();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(dir.join("node_modules/hls.js").exists(), "run scripts/setup.sh first");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = CancellationToken::new();
+    let mut cfg = config(LADDER, 1.0);
+    cfg.admin.token = Some(TOKEN.into());
+    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
+    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
+    let metrics = daemon.metrics.clone();
+    let waiter = rt.spawn(daemon.wait());
+    let post =
+        |channel: &str, body: &[u8]| http_post(admin, &format!("/api/v1/channels/{channel}/metadata"), TOKEN, body);
+
+    // Not live yet: 409. Too big: 413.
+    assert_eq!(post("idle", b"hello").status, 409);
+    let publisher = publish(rtmp, "shop-key", "640x360", 30, &["-g", "30", "-keyint_min", "30"]);
+    eventually(Duration::from_secs(20), "the master playlist", || {
+        (http_get(http, "/live/shop/master.m3u8").status == 200).then_some(())
+    });
+    assert_eq!(post("shop", &[b'x'; 1025]).status, 413);
+
+    // hls.js plays the 360p rendition (pinned, so no level switch loads a moment twice).
+    let player = Command::new("node")
+        .arg(dir.join("play.mjs"))
+        .arg(format!("http://{http}/live/shop/master.m3u8"))
+        .args(["20", "--low-latency", "--level", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node must be installed (scripts/setup.sh)");
+    std::thread::sleep(Duration::from_secs(7));
+    let payloads: Vec<String> =
+        (0..5).map(|i| format!(r#"{{"type":"quiz","n":{i},"q":"Which colour? — ünïcödé ✓"}}"#)).collect();
+    let mut posted = Vec::new();
+    for p in &payloads {
+        let at = now_ms();
+        let r = post("shop", p.as_bytes());
+        assert_eq!(r.status, 204, "{}", r.text());
+        posted.push(at);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    // Five more inside one second: the channel's bucket (5 per second) refuses at least one.
+    let statuses: Vec<u16> = (0..6).map(|_| post("shop", b"burst").status).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    let out = player.wait_with_output().expect("player");
+    assert!(out.status.success(), "play.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("play.mjs prints JSON");
+    let seen = report["metadata"].as_array().expect("metadata");
+    for (i, p) in payloads.iter().enumerate() {
+        for kind in ["main", "audio"] {
+            let hits: Vec<&serde_json::Value> = seen
+                .iter()
+                .filter(|m| {
+                    m["type"] == kind && txxx_value(&base64_decode(m["tag"].as_str().expect("tag"))) == p.as_bytes()
+                })
+                .collect();
+            assert_eq!(hits.len(), 1, "payload {i} exactly once in the {kind} rendition: {report}");
+            let wall = hits[0]["wall"].as_f64().expect("program date time");
+            let off = wall - posted[i];
+            // Stamped on the next frame to reach the packager: within a part (0.2 s) of the post,
+            // plus the time the post took to arrive.
+            assert!((-50.0..=400.0).contains(&off), "payload {i} in {kind} at {off:.0} ms from its post");
+        }
+    }
+    let text = http_get(admin, "/metrics").text();
+    assert!(text.contains("ladderd_metadata_latency_seconds_count{channel=\"shop\"}"), "metric present");
+    assert!(metrics.metadata_latency.with_label_values(&["shop"]).get_sample_count() >= 5);
+
+    let _ = wait_with_timeout(publisher, Duration::from_secs(40));
+    shutdown.cancel();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
+        .expect("daemon stops")
+        .expect("join");
+}
