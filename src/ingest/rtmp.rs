@@ -34,7 +34,7 @@ use crate::config::RtmpConfig;
 use crate::ingest::flv::{self, AudioTag, FlvError, VideoDemuxer, VideoTag};
 use crate::ingest::timeline::Timeline;
 use crate::ingest::{Publish, PublishGate, Refusal};
-use crate::media::{Arrival, MediaPacket, Sample};
+use crate::media::{Arrival, MediaPacket, Sample, Ticks};
 use crate::metrics::Metrics;
 
 /// Bytes read from the socket at a time; also the most handed to rml_rtmp in one call.
@@ -53,6 +53,8 @@ const MAX_CHUNK_STREAMS: usize = 64;
 /// Commands a connection may send. A publisher sends about ten; rml_rtmp keeps state for some
 /// (every `createStream` adds a stream to a map it never shrinks), so an endless supply is refused.
 const MAX_COMMANDS: u32 = 1000;
+/// Largest timed text forwarded, the same limit the metadata API has (Amazon IVS's).
+const MAX_TIMED_TEXT: usize = 1024;
 /// Malformed FLV tags in a row after which the publish is ended.
 const MALFORMED_TAGS_LIMIT: u32 = 50;
 /// How long a connection we are closing is drained, so that our last response (a refusal) reaches
@@ -320,6 +322,8 @@ struct ActivePublish {
     malformed_total: u64,
     /// Jumps of the publisher's clock so far, to log them sparingly.
     timeline_jumps: u64,
+    /// Presentation time of the latest video frame: where timed text from the publisher goes.
+    last_video_pts: Ticks,
 }
 
 impl ActivePublish {
@@ -335,6 +339,7 @@ impl ActivePublish {
             malformed_in_a_row: 0,
             malformed_total: 0,
             timeline_jumps: 0,
+            last_video_pts: 0,
         }
     }
 
@@ -579,6 +584,9 @@ impl Connection {
             source,
         })?;
         let results = session.handle_input(bytes).map_err(|e| self.session_error(e))?;
+        for message in self.guard.take_timed_text() {
+            self.timed_text(&message).await?;
+        }
         // The packets of this batch were serialized before anything an event handler adds, and
         // rml_rtmp's header compression needs them sent in serialization order.
         let events = self.queue(results);
@@ -698,6 +706,7 @@ impl Connection {
             Ok(VideoTag::Frame { keyframe, composition_ms, data }) => {
                 let (dts, pts) = p.timeline.video(timestamp, composition_ms);
                 p.log_timeline_jump(peer, "video");
+                p.last_video_pts = pts;
                 MediaPacket::Video(Sample { pts, dts, keyframe, segment_start: false, data })
             }
             Ok(VideoTag::Nothing) => {
@@ -708,6 +717,19 @@ impl Connection {
         };
         p.malformed_in_a_row = 0;
         self.forward(packet).await
+    }
+
+    /// `onTextData`/`onCuePoint` from the publisher become timed metadata at the latest video
+    /// frame, as posts to the API do (Amazon IVS does the same with them).
+    async fn timed_text(&mut self, amf: &[u8]) -> Result<(), Stop> {
+        let Some(p) = self.publish.as_ref() else { return Ok(()) };
+        let Some(payload) = timed_text_payload(amf) else { return Ok(()) };
+        if payload.len() > MAX_TIMED_TEXT {
+            tracing::warn!(channel = %p.channel, peer = %self.peer, bytes = payload.len(), "timed text over 1024 bytes dropped");
+            return Ok(());
+        }
+        let pts = p.last_video_pts;
+        self.forward(MediaPacket::Metadata { pts, payload }).await
     }
 
     async fn audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), Stop> {
@@ -834,7 +856,13 @@ pub struct ChunkGuard {
     chunk_left: usize,
     /// Command messages seen so far.
     commands: u32,
+    /// Complete AMF0 data messages that may carry timed text (`onTextData`, `onCuePoint`), which
+    /// rml_rtmp drops; taken by the connection after each read.
+    timed_text: Vec<Vec<u8>>,
 }
+
+/// AMF0 data messages with timed text kept between two reads; an encoder sends a few a second.
+const MAX_PENDING_TIMED_TEXT: usize = 16;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct StreamHeader {
@@ -878,7 +906,15 @@ impl Default for ChunkGuard {
 
 impl ChunkGuard {
     pub fn new() -> Self {
-        Self { chunk_size: 128, streams: HashMap::new(), header: Vec::new(), message: None, chunk_left: 0, commands: 0 }
+        Self {
+            chunk_size: 128,
+            streams: HashMap::new(),
+            header: Vec::new(),
+            message: None,
+            chunk_left: 0,
+            commands: 0,
+            timed_text: Vec::new(),
+        }
     }
 
     /// Follows `input`, the next bytes of the chunk stream.
@@ -1013,11 +1049,77 @@ impl ChunkGuard {
                 if amf0_depth(amf) > MAX_AMF_DEPTH {
                     return Err(ChunkViolation::TooDeep { type_id: message.type_id });
                 }
+                if message.type_id == AMF0_DATA
+                    && carries_timed_text(amf)
+                    && self.timed_text.len() < MAX_PENDING_TIMED_TEXT
+                {
+                    self.timed_text.push(body);
+                }
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+impl ChunkGuard {
+    /// The timed-text data messages completed since the last call.
+    pub fn take_timed_text(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.timed_text)
+    }
+}
+
+/// Whether an AMF0 data message starts with `onTextData` or `onCuePoint` (possibly after
+/// `@setDataFrame`), the FLV script data events that carry timed text and cue points.
+fn carries_timed_text(amf: &[u8]) -> bool {
+    let name = |b: &[u8]| -> Option<(String, usize)> {
+        // AMF0 string marker 0x02, 16-bit length, bytes (AMF0 spec §2.4).
+        let (&0x02, rest) = b.split_first()? else { return None };
+        let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+        let s = rest.get(2..2 + len)?;
+        Some((String::from_utf8_lossy(s).into_owned(), 3 + len))
+    };
+    match name(amf) {
+        Some((n, used)) if n == "@setDataFrame" => {
+            amf.get(used..).and_then(name).is_some_and(|(n, _)| n == "onTextData" || n == "onCuePoint")
+        }
+        Some((n, _)) => n == "onTextData" || n == "onCuePoint",
+        None => false,
+    }
+}
+
+/// The payload of an `onTextData`/`onCuePoint` message as timed metadata: its object as JSON,
+/// e.g. `{"text":"SAVE20"}` (depth already bounded by the chunk guard). `None` for anything else.
+pub fn timed_text_payload(amf: &[u8]) -> Option<Bytes> {
+    use rml_amf0::Amf0Value;
+    let mut values = rml_amf0::deserialize(&mut std::io::Cursor::new(amf)).ok()?.into_iter();
+    let mut first = values.next()?;
+    if matches!(&first, Amf0Value::Utf8String(s) if s == "@setDataFrame") {
+        first = values.next()?;
+    }
+    let Amf0Value::Utf8String(name) = first else { return None };
+    if name != "onTextData" && name != "onCuePoint" {
+        return None;
+    }
+    fn json(v: Amf0Value) -> serde_json::Value {
+        match v {
+            Amf0Value::Number(n) => serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, Into::into),
+            Amf0Value::Boolean(b) => b.into(),
+            Amf0Value::Utf8String(s) => s.into(),
+            // Keys in a stable order, so the same message always gives the same bytes.
+            Amf0Value::Object(m) => serde_json::Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k, json(v)))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect(),
+            ),
+            Amf0Value::StrictArray(a) => a.into_iter().map(json).collect(),
+            Amf0Value::Null | Amf0Value::Undefined => serde_json::Value::Null,
+        }
+    }
+    let body = json(values.next()?);
+    serde_json::to_vec(&body).ok().map(Bytes::from)
 }
 
 /// How deep rml_amf0 would recurse parsing `data` (AMF0 spec §2), following its grammar and
@@ -1291,6 +1393,33 @@ mod tests {
             s.extend_from_slice(&[0xAF, 1, 2, 3]);
         }
         assert_eq!(g.check(&s), Err(ChunkViolation::TooManyChunkStreams));
+    }
+
+    #[test]
+    fn rtmp_on_text_data_becomes_a_json_payload() {
+        let mut amf = amf_string("@setDataFrame");
+        amf.extend(amf_string("onTextData"));
+        // An object {text: "SAVE20", n: 2}: marker 0x03, (name, value) pairs, end 00 00 09.
+        amf.push(0x03);
+        for (k, v) in [("text", amf_string("SAVE20")), ("n", amf_number(2.0))] {
+            amf.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            amf.extend_from_slice(k.as_bytes());
+            amf.extend(v);
+        }
+        amf.extend_from_slice(&[0, 0, 9]);
+        assert!(carries_timed_text(&amf));
+        assert_eq!(timed_text_payload(&amf).as_deref(), Some(&br#"{"n":2.0,"text":"SAVE20"}"#[..]));
+        // The guard hands complete messages over.
+        let mut g = ChunkGuard::new();
+        assert_eq!(g.check(&chunks(4, AMF0_DATA, &amf, 128)), Ok(()));
+        assert_eq!(g.take_timed_text(), vec![amf.clone()]);
+        assert!(g.take_timed_text().is_empty());
+        // onMetaData is rml_rtmp's business, not timed text.
+        let mut meta = amf_string("@setDataFrame");
+        meta.extend(amf_string("onMetaData"));
+        assert!(!carries_timed_text(&meta));
+        assert_eq!(timed_text_payload(&meta), None);
+        assert_eq!(timed_text_payload(b"\x02\x00"), None);
     }
 
     #[test]
