@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ChannelConfig, Config};
+use crate::config::{ChannelConfig, Config, Container};
 use crate::ingest::{Publish, PublishGate, Refusal};
 use crate::media::{
     Alignment, Arrival, AudioParams, EncodedPacket, MediaPacket, RenditionSink, Sample, SegmentClock, Ticks,
@@ -449,6 +449,7 @@ impl Session {
             anchor,
             metadata_latest: ctx.state.metadata_latest.clone(),
             metadata_seen: ctx.state.metadata_latest.load(Ordering::Acquire),
+            container: ctx.config.container(&ctx.state.config),
         };
 
         let passthrough = plan.passthrough.as_ref().map(|p| {
@@ -708,6 +709,7 @@ struct RenditionPublisher {
     /// The channel's latest timed-metadata id, and the latest this rendition has taken.
     metadata_latest: Arc<AtomicU32>,
     metadata_seen: u32,
+    container: Container,
 }
 
 impl RenditionPublisher {
@@ -718,19 +720,21 @@ impl RenditionPublisher {
         if self.track.as_ref() == Some(&track) {
             return;
         }
-        self.track = Some(track.clone());
+        let had_track = self.track.replace(track.clone()).is_some();
         if let Some(mut old) = self.segmenter.take() {
             self.publish_output(old.finish_parts());
         }
         let part_target = secs_to_ticks(self.config.hls.part_duration);
-        let segmenter = Segmenter::with_parts(track.clone(), Some(part_target));
+        let segmenter = Segmenter::with_parts(track.clone(), Some(part_target)).with_container(self.container);
         let mut h = lock(&self.history);
         let log = h.renditions.get_mut(&self.rendition).expect("rendition log created at publish start");
-        let init_uri = format!("init-{}.mp4", log.next_msn);
-        if log.init_uri.is_some() && !log.segments.is_empty() {
+        if had_track && !log.segments.is_empty() {
             log.discontinuity_next = true;
         }
-        log.init_uri = Some(init_uri.clone());
+        // Init segments are named after the first segment they serve: a later one (new
+        // parameters) never reuses a cached name. MPEG-TS has none: every part carries its tables.
+        let init = segmenter.init_segment().map(|bytes| (format!("init-{}.mp4", log.next_msn), bytes));
+        log.init_uri = init.as_ref().map(|(uri, _)| uri.clone());
         match &track {
             TrackParams::Video(v) => {
                 log.width = v.width;
@@ -743,11 +747,21 @@ impl RenditionPublisher {
             }
         }
         drop(h);
-        self.objects.put(
-            format!("{}/{}", self.rendition, init_uri),
-            Object::new(vec![segmenter.init_segment()], content_type(&init_uri), Cacheability::Immutable),
-        );
+        if let Some((uri, bytes)) = init {
+            self.objects.put(
+                format!("{}/{}", self.rendition, uri),
+                Object::new(vec![bytes], content_type(&uri), Cacheability::Immutable),
+            );
+        }
         self.segmenter = Some(segmenter);
+    }
+
+    /// The file extension of this rendition's segments and parts.
+    fn extension(&self) -> &'static str {
+        match self.container {
+            Container::Fmp4 => "m4s",
+            Container::Ts => "ts",
+        }
     }
 
     fn publish_output(&mut self, out: segmenter::Output) {
@@ -771,7 +785,7 @@ impl RenditionPublisher {
         let h = &mut *h;
         let Some(log) = h.renditions.get_mut(&self.rendition) else { return };
         let msn = log.next_msn;
-        let uri = format!("{msn}.{}.m4s", part.index);
+        let uri = format!("{msn}.{}.{}", part.index, self.extension());
         self.objects.put(
             format!("{}/{}", self.rendition, uri),
             Object::new(part.fragment.chunks, content_type(&uri), Cacheability::Immutable),
@@ -811,7 +825,7 @@ impl RenditionPublisher {
         let Some(log) = h.renditions.get_mut(&self.rendition) else { return };
         let msn = log.next_msn;
         log.next_msn += 1;
-        let uri = format!("{msn}.m4s");
+        let uri = format!("{msn}.{}", self.extension());
         let duration = ticks_to_secs(seg.duration);
         let bytes = seg.fragment.len() as u64;
         let pdt = self.anchor + Duration::from_secs_f64(ticks_to_secs(seg.start_pts.max(0)));
@@ -900,7 +914,7 @@ impl RenditionPublisher {
                 discontinuity: log.discontinuity_next,
                 parts: log.open_parts.clone(),
             }),
-            preload_hint: (!log.ended).then(|| format!("{}.{}.m4s", log.next_msn, log.open_parts.len())),
+            preload_hint: (!log.ended).then(|| format!("{}.{}.{}", log.next_msn, log.open_parts.len(), self.extension())),
             rendition_reports: h
                 .variants
                 .iter()

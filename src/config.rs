@@ -76,12 +76,22 @@ fn default_app() -> String {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// hls.js for the `/preview/` player page, read once at startup; relative paths are from the
+    /// working directory. A missing file only disables the player (with a warning).
+    #[serde(default = "default_player_js")]
+    pub player_js: PathBuf,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".parse().expect("literal address") }
+        Self { listen: "0.0.0.0:8080".parse().expect("literal address"), player_js: default_player_js() }
     }
+}
+
+/// Where scripts/setup.sh installs hls.js (`npm ci` in `web/`), for running from a checkout;
+/// packaged deployments point this at their own copy.
+fn default_player_js() -> PathBuf {
+    "web/node_modules/hls.js/dist/hls.min.js".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +144,20 @@ pub struct HlsConfig {
     /// Target duration of an LL-HLS part in seconds (`EXT-X-PART-INF:PART-TARGET`).
     #[serde(default = "default_part_duration")]
     pub part_duration: f64,
+    /// Segment format for every channel that does not say otherwise.
+    #[serde(default)]
+    pub container: Container,
+}
+
+/// The media segment format of a channel's renditions.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Container {
+    /// CMAF fragmented MP4 (what every current player wants).
+    #[default]
+    Fmp4,
+    /// MPEG-2 transport stream, for legacy players.
+    Ts,
 }
 
 impl Default for HlsConfig {
@@ -142,6 +166,7 @@ impl Default for HlsConfig {
             segment_duration: default_segment_duration(),
             window: default_window(),
             part_duration: default_part_duration(),
+            container: Container::Fmp4,
         }
     }
 }
@@ -266,6 +291,9 @@ pub struct ChannelConfig {
     pub name: String,
     pub stream_key: String,
     pub ladder: String,
+    /// Overrides `hls.container` for this channel.
+    #[serde(default)]
+    pub container: Option<Container>,
 }
 
 /// Where an error was found in the file.
@@ -381,6 +409,9 @@ impl Config {
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             bad("log.level".into(), format!("{:?} is not a tracing filter", self.log.level));
         }
+        if self.http.player_js.as_os_str().is_empty() {
+            bad("http.player_js".into(), "must be the path of hls.min.js".into());
+        }
         if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
             bad("admin.listen".into(), "must differ from http.listen".into());
         }
@@ -493,6 +524,11 @@ impl Config {
 
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.name == name)
+    }
+
+    /// The segment format of a channel.
+    pub fn container(&self, channel: &ChannelConfig) -> Container {
+        channel.container.unwrap_or(self.hls.container)
     }
 }
 

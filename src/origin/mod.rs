@@ -9,6 +9,12 @@
 //! published. Both wait on the rendition's watch channel, never longer than three target
 //! durations. Every waiter woken by one update reads the same immutable stored object, so their
 //! responses are identical bytes and a CDN may collapse them.
+//!
+//! `GET /preview/{channel}` is a player page for people checking a channel ([`preview`]).
+
+mod preview;
+
+pub use preview::Preview;
 
 use prometheus::IntGauge;
 use std::future::Future;
@@ -97,6 +103,7 @@ pub struct Origin {
     /// Requests held now (blocking playlist reloads and preload-hinted parts).
     /// Requests held now (`ladderd_http_held_requests`).
     waiting: IntGauge,
+    preview: Preview,
 }
 
 /// Delivery directives of a media playlist request (RFC 8216bis §6.2.5).
@@ -161,7 +168,13 @@ impl Origin {
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, targets: Targets, shutdown: CancellationToken) -> Self {
         let blocking_cache = targets.blocking_cache();
         let waiting = metrics.held_requests.clone();
-        Self { store, metrics, targets, blocking_cache, shutdown, waiting }
+        Self { store, metrics, targets, blocking_cache, shutdown, waiting, preview: Preview::default() }
+    }
+
+    /// Serves `preview` at `/preview/`; without it the page loads but has no hls.js to play with.
+    pub fn with_preview(mut self, preview: Preview) -> Self {
+        self.preview = preview;
+        self
     }
 
     /// Requests held now, waiting for a playlist update or a preload-hinted part.
@@ -192,6 +205,9 @@ impl Origin {
             }
         };
         let path = uri.path();
+        if let Some(rest) = path.strip_prefix("/preview/") {
+            return self.preview.answer(rest, head, |channel| self.store.get_channel(channel).is_some());
+        }
         let Some(rest) = path.strip_prefix("/live/") else {
             return not_found();
         };
@@ -365,7 +381,8 @@ fn reaches(objects: &ChannelObjects, rendition: &str, msn: u64, part: Option<u64
     }
     // Segment `msn` is complete. Its parts are still stored while it is this recent, so a
     // missing one is past its end.
-    if p.msn > msn.saturating_add(1) || objects.get(&format!("{rendition}/{msn}.{part}.m4s")).is_some() {
+    let stored = |ext: &str| objects.get(&format!("{rendition}/{msn}.{part}.{ext}")).is_some();
+    if p.msn > msn.saturating_add(1) || stored("m4s") || stored("ts") {
         return true;
     }
     p.parts > 0
@@ -397,9 +414,9 @@ fn directives(query: Option<&str>) -> Result<Directives, BadDirective> {
     Ok(d)
 }
 
-/// `{msn}.{part}.m4s`, the packager's name for a part.
+/// `{msn}.{part}.m4s` (or `.ts` for MPEG-TS renditions), the packager's name for a part.
 fn part_name(file: &str) -> Option<(u64, u64)> {
-    let (msn, part) = file.strip_suffix(".m4s")?.split_once('.')?;
+    let (msn, part) = file.strip_suffix(".m4s").or_else(|| file.strip_suffix(".ts"))?.split_once('.')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(msn) || !digits(part) {
         return None;

@@ -238,7 +238,8 @@ fn segment_tags<'a>(
     // §4.4.4.5: a map applies to every following segment until the next one, so it is
     // repeated only when it changes (and always after a discontinuity, where a client may
     // start over).
-    if *map != Some(map_uri) || discontinuity {
+    // An empty map URI: MPEG-TS segments, which need no initialization section.
+    if (*map != Some(map_uri) || discontinuity) && !map_uri.is_empty() {
         let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", quoted(map_uri));
         *map = Some(map_uri);
     }

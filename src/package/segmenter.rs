@@ -14,7 +14,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use crate::media::{AudioParams, EncodedPacket, TIMESCALE, Ticks};
+use crate::config::Container;
 use crate::package::fmp4::{self, Fragment, FragmentSample, TrackParams};
+use crate::package::ts::{TsSample, TsWriter};
 
 /// A finished segment.
 #[derive(Debug, Clone)]
@@ -131,6 +133,8 @@ pub struct Segmenter {
     previous_delta: Option<i64>,
     /// Timed metadata whose sample has not come yet.
     pending_metadata: Vec<Metadata>,
+    /// Set for MPEG-TS output; fMP4 otherwise.
+    ts: Option<TsWriter>,
 }
 
 impl Segmenter {
@@ -154,11 +158,22 @@ impl Segmenter {
             last_delta: None,
             previous_delta: None,
             pending_metadata: Vec::new(),
+            ts: None,
         }
     }
 
-    pub fn init_segment(&self) -> Bytes {
-        fmp4::init_segment(&self.track)
+    /// Writes `container` instead of fMP4.
+    pub fn with_container(mut self, container: Container) -> Self {
+        self.ts = match container {
+            Container::Fmp4 => None,
+            Container::Ts => Some(TsWriter::new(&self.track)),
+        };
+        self
+    }
+
+    /// The fMP4 init segment; `None` for MPEG-TS, whose parts carry their own tables.
+    pub fn init_segment(&self) -> Option<Bytes> {
+        self.ts.is_none().then(|| fmp4::init_segment(&self.track))
     }
 
     /// Queues timed metadata; it is written with the first sample presented at or after its pts.
@@ -279,8 +294,8 @@ impl Segmenter {
         let (start, start_pts, independent) = (first.dts, first.pts, first.keyframe);
         let ingest_time = open.part_ingest_time;
         let index = open.parts_closed;
-        let (mut fragment, track_duration) = self.build_fragment(samples, end_dts);
-        if !metadata.is_empty() {
+        let (mut fragment, track_duration) = self.build_fragment(samples, end_dts, &metadata);
+        if !metadata.is_empty() && self.ts.is_none() {
             // ISO/IEC 23009-1 §5.10.3.3: `emsg` boxes go before the `moof` they belong to.
             let mut chunks = Vec::with_capacity(metadata.len() + fragment.chunks.len());
             for m in &metadata {
@@ -365,7 +380,25 @@ impl Segmenter {
     /// One `moof`+`mdat` of `samples`, whose run ends at decode time `end_dts`; also returns the
     /// run's duration in the track timescale. Each sample lasts until the next one's decode time
     /// (§8.8.8: `trun` durations are decode deltas); a decode time that goes backwards gives 0.
-    fn build_fragment(&mut self, samples: Vec<PendingSample>, end_dts: i64) -> (Fragment, i64) {
+    fn build_fragment(&mut self, samples: Vec<PendingSample>, end_dts: i64, metadata: &[Metadata]) -> (Fragment, i64) {
+        if let Some(ts) = self.ts.as_mut() {
+            let total = end_dts.saturating_sub(samples.first().map_or(end_dts, |s| s.dts)).max(0);
+            let timescale = self.timescale;
+            let video = matches!(self.track, TrackParams::Video(_));
+            let ts_samples: Vec<TsSample> = samples
+                .into_iter()
+                .map(|s| TsSample {
+                    // Audio is timed by its own sample clock (see `AudioClock`), not by RTMP's
+                    // millisecond timestamps.
+                    pts: if video { s.pts } else { rescale(s.dts, timescale, TIMESCALE) },
+                    dts: rescale(s.dts, timescale, TIMESCALE),
+                    keyframe: s.keyframe,
+                    data: s.data,
+                })
+                .collect();
+            let tags: Vec<(Ticks, Bytes)> = metadata.iter().map(|m| (m.pts, m.tag.clone())).collect();
+            return (Fragment { chunks: ts.write(&ts_samples, &tags) }, total);
+        }
         let mut described = Vec::with_capacity(samples.len());
         let mut payloads = Vec::with_capacity(samples.len());
         let mut total: i64 = 0;
@@ -798,7 +831,7 @@ mod tests {
     }
 
     fn write_out(s: &mut Segmenter, packets: Vec<EncodedPacket>) -> (Vec<u8>, Vec<Segment>) {
-        let mut file = s.init_segment().to_vec();
+        let mut file = s.init_segment().expect("fMP4 has an init segment").to_vec();
         let mut segments = Vec::new();
         for p in packets {
             segments.extend(s.push(p));
