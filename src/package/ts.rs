@@ -30,7 +30,7 @@ const PROGRAM_NUMBER: u16 = 1;
 /// stream_type values (§2.4.4.9, Table 2-34).
 const STREAM_TYPE_ADTS: u8 = 0x0F;
 const STREAM_TYPE_H264: u8 = 0x1B;
-/// Metadata carried in PES packets (§2.12.3, Table 2-34).
+/// Metadata carried in PES packets (§2.12, Table 2-34).
 const STREAM_TYPE_METADATA_PES: u8 = 0x15;
 
 /// stream_id values (§2.4.3.7, Table 2-22).
@@ -253,7 +253,8 @@ impl TsWriter {
         chunks
     }
 
-    /// An upper bound on the bytes of a call, so that the output is one allocation.
+    /// About the bytes of a call, rounded up, so that the output is normally one allocation (more
+    /// start-code bytes than length bytes, with 1- or 2-byte NAL lengths, only cost a reallocation).
     fn estimated_len(&self, samples: &[TsSample], metadata: &[(Ticks, Bytes)]) -> usize {
         // PES header (19) + AUD/ADTS + start codes or parameter sets, rounded up per packet.
         let extra = match &self.es {
@@ -331,7 +332,7 @@ impl TsWriter {
         }
     }
 
-    /// One timed-ID3 PES packet (Apple, Timed Metadata for HTTP Live Streaming §2.3.1: a PES on
+    /// One timed-ID3 PES packet (Apple, Timed Metadata for HTTP Live Streaming §2: a PES on
     /// private_stream_1 with a PTS and data_alignment_indicator set, one whole ID3 tag per PES).
     fn write_id3(&mut self, buf: &mut BytesMut, pts: Ticks, tag: &[u8]) -> bool {
         if pes_header_len(false) - 6 + tag.len() > MAX_PES_PACKET_LENGTH {
@@ -616,4 +617,613 @@ fn crc32_mpeg2(data: &[u8]) -> u32 {
         table
     };
     data.iter().fold(0xFFFF_FFFF, |crc, &b| (crc << 8) ^ TABLE[((crc >> 24) as u8 ^ b) as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    use mp4_atom::{Any, Codec, Decode, Encode, Moov};
+
+    use super::*;
+    use crate::media::{AudioParams, VideoParams};
+
+    /// The PAT and PMT packets as they go out in the first call (continuity counters 0).
+    const PAT_PACKET: &str = "474000100000b00d0001c100000001f0002ab104b2";
+    const VIDEO_PMT_PACKET: &str = "475000100002b0370001c10000e100f011250fffff49443320ff49443320001f00011be100f000\
+                                    15e102f00f260dffff49443320ff49443320000f514c7db2";
+    const AUDIO_PMT_PACKET: &str = "475000100002b0370001c10000e100f011250fffff49443320ff49443320001f00010fe100f000\
+                                    15e102f00f260dffff49443320ff49443320000f87f7d98b";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    /// A 188-byte packet: `head` then 0xFF fill.
+    fn filled(head: &str) -> Vec<u8> {
+        let mut p = unhex(head);
+        p.resize(PACKET_SIZE, 0xFF);
+        p
+    }
+
+    fn concat(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    /// x264's avcC for the 320x180 fixture is not needed here: a record with one small SPS and
+    /// PPS is enough to see them placed.
+    fn test_avcc() -> Bytes {
+        Bytes::from_static(&[1, 0x64, 0, 0x0D, 0xFF, 0xE1, 0, 4, 0x67, 0x64, 0x00, 0x0D, 1, 0, 2, 0x68, 0xEE])
+    }
+
+    fn video_track(avcc: Bytes) -> TrackParams {
+        TrackParams::Video(VideoParams { avcc, width: 320, height: 180, codec: "avc1.64000d".into() })
+    }
+
+    fn audio_track(asc: Bytes) -> TrackParams {
+        TrackParams::Audio(AudioParams {
+            asc,
+            sample_rate: 48_000,
+            channels: 2,
+            codec: "mp4a.40.2".into(),
+            frame_samples: 1024,
+        })
+    }
+
+    /// Length-prefixed NAL units (4-byte lengths).
+    fn nals(units: &[&[u8]]) -> Bytes {
+        let mut v = Vec::new();
+        for u in units {
+            v.extend_from_slice(&(u.len() as u32).to_be_bytes());
+            v.extend_from_slice(u);
+        }
+        Bytes::from(v)
+    }
+
+    /// A minimal ID3v2.4 tag (ID3v2.4.0 structure §3.1, frames §4.2.6) with one TXXX frame: UTF-8,
+    /// empty description, `value`.
+    fn id3_txxx(value: &str) -> Bytes {
+        let syncsafe =
+            |n: usize| [(n >> 21) as u8 & 0x7F, (n >> 14) as u8 & 0x7F, (n >> 7) as u8 & 0x7F, n as u8 & 0x7F];
+        let mut frame_body = vec![0x03, 0x00];
+        frame_body.extend_from_slice(value.as_bytes());
+        let mut frame = b"TXXX".to_vec();
+        frame.extend_from_slice(&syncsafe(frame_body.len()));
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&frame_body);
+        let mut tag = b"ID3\x04\x00\x00".to_vec();
+        tag.extend_from_slice(&syncsafe(frame.len()));
+        tag.extend_from_slice(&frame);
+        Bytes::from(tag)
+    }
+
+    /// What a test needs to know of one transport packet.
+    #[derive(Debug, Clone)]
+    struct Packet {
+        pid: u16,
+        start: bool,
+        cc: u8,
+        /// The adaptation field after its length byte.
+        adaptation: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    }
+
+    fn parse_packets(ts: &[u8]) -> Vec<Packet> {
+        assert_eq!(ts.len() % PACKET_SIZE, 0, "whole packets");
+        ts.chunks(PACKET_SIZE)
+            .map(|p| {
+                assert_eq!(p[0], 0x47, "sync byte");
+                assert_eq!(p[1] & 0x80, 0, "transport_error_indicator");
+                let control = (p[3] >> 4) & 3;
+                assert!(control == 1 || control == 3, "every packet carries payload");
+                let (adaptation, payload_at) = if control == 3 {
+                    let len = usize::from(p[4]);
+                    assert!(len <= 183);
+                    (Some(p[5..5 + len].to_vec()), 5 + len)
+                } else {
+                    (None, 4)
+                };
+                assert!(payload_at < PACKET_SIZE, "payload present");
+                Packet {
+                    pid: u16::from(p[1] & 0x1F) << 8 | u16::from(p[2]),
+                    start: p[1] & 0x40 != 0,
+                    cc: p[3] & 0x0F,
+                    adaptation,
+                    payload: p[payload_at..].to_vec(),
+                }
+            })
+            .collect()
+    }
+
+    fn read_timestamp(b: &[u8]) -> u64 {
+        assert_eq!(b[0] & 1, 1, "marker");
+        assert_eq!(b[2] & 1, 1, "marker");
+        assert_eq!(b[4] & 1, 1, "marker");
+        (u64::from(b[0] >> 1) & 7) << 30
+            | u64::from(b[1]) << 22
+            | u64::from(b[2] >> 1) << 15
+            | u64::from(b[3]) << 7
+            | u64::from(b[4] >> 1)
+    }
+
+    /// One reassembled PES packet and what its first transport packet said.
+    #[derive(Debug)]
+    struct Pes {
+        pid: u16,
+        stream_id: u8,
+        packet_length: u16,
+        data_alignment: bool,
+        pts: u64,
+        dts: Option<u64>,
+        random_access: bool,
+        pcr: Option<u64>,
+        payload: Vec<u8>,
+    }
+
+    fn parse_pes(packets: &[Packet]) -> Vec<Pes> {
+        let mut out: Vec<Pes> = Vec::new();
+        let mut open: HashMap<u16, usize> = HashMap::new();
+        for p in packets.iter().filter(|p| p.pid != PAT_PID && p.pid != PMT_PID) {
+            if !p.start {
+                let at = *open.get(&p.pid).expect("a continuation follows a start");
+                out[at].payload.extend_from_slice(&p.payload);
+                continue;
+            }
+            let h = &p.payload;
+            assert_eq!(h[..3], [0, 0, 1], "packet_start_code_prefix");
+            assert_eq!(h[6] & 0xC0, 0x80);
+            let flags = h[7] >> 6;
+            assert!(flags == 2 || flags == 3, "PTS present");
+            let header_len = 9 + usize::from(h[8]);
+            let af = p.adaptation.clone().unwrap_or_default();
+            let pcr = (af.first().is_some_and(|f| f & 0x10 != 0)).then(|| {
+                assert_eq!(af[5] & 0x7E, 0x7E, "PCR reserved bits");
+                assert_eq!((af[5] & 1, af[6]), (0, 0), "PCR extension 0");
+                u64::from(u32::from_be_bytes(af[1..5].try_into().unwrap())) << 1 | u64::from(af[5] >> 7)
+            });
+            open.insert(p.pid, out.len());
+            out.push(Pes {
+                pid: p.pid,
+                stream_id: h[3],
+                packet_length: u16::from_be_bytes([h[4], h[5]]),
+                data_alignment: h[6] & 0x04 != 0,
+                pts: read_timestamp(&h[9..14]),
+                dts: (flags == 3).then(|| read_timestamp(&h[14..19])),
+                random_access: af.first().is_some_and(|f| f & 0x40 != 0),
+                pcr,
+                payload: h[header_len..].to_vec(),
+            });
+        }
+        for pes in &out {
+            if pes.packet_length != 0 {
+                let header_len = if pes.dts.is_some() { 19 } else { 14 };
+                assert_eq!(usize::from(pes.packet_length), header_len - 6 + pes.payload.len(), "PES_packet_length");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn crc_matches_sections_ffmpeg_wrote() {
+        // The PAT and an audio-only PMT as FFmpeg 5.1's mpegts muxer writes them, CRC_32 last.
+        for section in ["00b00d0001c100000001f0002ab104b2", "02b0120001c10000e100f0000fe100f000b69bc0d9"] {
+            let section = unhex(section);
+            let (body, crc) = section.split_at(section.len() - 4);
+            assert_eq!(crc32_mpeg2(body).to_be_bytes(), crc);
+            assert_eq!(crc32_mpeg2(&section), 0, "a section with its CRC_32 checks to 0 (Annex A)");
+        }
+    }
+
+    #[test]
+    fn pat_and_pmt_are_exact() {
+        for (track, pmt) in [
+            (video_track(test_avcc()), VIDEO_PMT_PACKET),
+            (audio_track(Bytes::from_static(&[0x11, 0x90])), AUDIO_PMT_PACKET),
+        ] {
+            let chunks = TsWriter::new(&track).write(&[], &[]);
+            assert_eq!(chunks.len(), 1);
+            let expected = [filled(PAT_PACKET), filled(pmt)].concat();
+            assert_eq!(chunks[0][..], expected[..]);
+            // Sections: after the 4-byte header and pointer_field, section_length + 3 bytes.
+            for packet in chunks[0].chunks(PACKET_SIZE) {
+                let section = &packet[5..];
+                let len = 3 + (usize::from(section[1] & 0x0F) << 8 | usize::from(section[2]));
+                assert_eq!(crc32_mpeg2(&section[..len]), 0, "CRC_32 of the section");
+            }
+        }
+        // The descriptors on their own: metadata_pointer_descriptor (§2.6.58) and
+        // metadata_descriptor (§2.6.60) as Apple's Timed Metadata for HLS §2.3.2 fills them.
+        assert_eq!(METADATA_POINTER_DESCRIPTOR[..], unhex("250fffff49443320ff49443320001f0001")[..]);
+        assert_eq!(METADATA_DESCRIPTOR[..], unhex("260dffff49443320ff49443320000f")[..]);
+    }
+
+    #[test]
+    fn continuity_counters_run_on_across_calls() {
+        let mut w = TsWriter::new(&video_track(test_avcc()));
+        let mut ts = Vec::new();
+        for call in 0..20i64 {
+            let samples: Vec<TsSample> = (0..3)
+                .map(|i| {
+                    let n = call * 3 + i;
+                    let slice = vec![0x41u8; 100 + (n as usize * 37) % 400];
+                    TsSample { pts: n * 3000, dts: n * 3000, keyframe: i == 0, data: nals(&[&slice]) }
+                })
+                .collect();
+            let tags = if call % 3 == 0 { vec![(call * 9000, id3_txxx("x"))] } else { vec![] };
+            ts.extend(concat(&w.write(&samples, &tags)));
+        }
+        let mut last: HashMap<u16, u8> = HashMap::new();
+        let mut counts: HashMap<u16, usize> = HashMap::new();
+        for p in parse_packets(&ts) {
+            if let Some(prev) = last.insert(p.pid, p.cc) {
+                assert_eq!(p.cc, (prev + 1) & 0x0F, "PID {:#x}: continuity_counter", p.pid);
+            } else {
+                assert_eq!(p.cc, 0, "PID {:#x} starts at 0", p.pid);
+            }
+            *counts.entry(p.pid).or_default() += 1;
+        }
+        assert_eq!(counts[&PAT_PID], 20);
+        assert_eq!(counts[&PMT_PID], 20);
+        assert_eq!(counts[&ID3_PID], 7);
+        assert!(counts[&ES_PID] > 60);
+        assert_eq!(last[&PAT_PID], 19 % 16, "the 20th PAT");
+    }
+
+    #[test]
+    fn video_pes_carries_annex_b_with_timestamps_pcr_and_stuffing() {
+        let mut w = TsWriter::new(&video_track(test_avcc()));
+        let idr = [0x65u8; 300];
+        let sei = [0x06u8, 0x05, 0x01, 0x80];
+        let p_slice = [0x41u8; 170];
+        let wrap_at = 1i64 << 33;
+        let samples = [
+            // A B-frame stream starting before 0 on the decode timeline.
+            TsSample { pts: 3000, dts: -3000, keyframe: true, data: nals(&[&[0x09, 0xF0], &sei, &idr]) },
+            TsSample { pts: 9000, dts: 0, keyframe: false, data: nals(&[&p_slice]) },
+            // Past 2^33 the clock wraps; pts = dts leaves DTS out.
+            TsSample { pts: wrap_at + 6000, dts: wrap_at + 6000, keyframe: false, data: nals(&[&p_slice[..1]]) },
+        ];
+        let chunks = w.write(&samples, &[]);
+        assert_eq!(chunks.len(), 4, "PSI, then one chunk per PES");
+        for c in &chunks {
+            assert_eq!(c.len() % PACKET_SIZE, 0);
+        }
+        let packets = parse_packets(&concat(&chunks));
+        let pes = parse_pes(&packets);
+        assert_eq!(pes.len(), 3);
+
+        let annexb = |units: &[&[u8]]| units.iter().flat_map(|u| [&[0, 0, 0, 1][..], u].concat()).collect::<Vec<u8>>();
+        let aud: &[u8] = &[0x09, 0xF0];
+        let (sps, pps): (&[u8], &[u8]) = (&[0x67, 0x64, 0x00, 0x0D], &[0x68, 0xEE]);
+        assert_eq!(pes[0].payload, annexb(&[aud, sps, pps, &sei, &idr]), "AUD, SPS, PPS, then the sample's NALs");
+        assert_eq!(pes[1].payload, annexb(&[aud, &p_slice]), "no parameter sets before a non-IDR");
+        assert_eq!(pes[2].payload, annexb(&[aud, &p_slice[..1]]));
+
+        assert_eq!((pes[0].pts, pes[0].dts), (3000, Some((wrap_at - 3000) as u64)));
+        assert_eq!((pes[1].pts, pes[1].dts), (9000, Some(0)));
+        assert_eq!((pes[2].pts, pes[2].dts), (6000, None));
+        assert_eq!(pes.iter().map(|p| p.pcr).collect::<Vec<_>>(), [Some((wrap_at - 3000) as u64), Some(0), Some(6000)]);
+        assert_eq!(pes.iter().map(|p| p.random_access).collect::<Vec<_>>(), [true, false, false]);
+        for p in &pes {
+            assert_eq!((p.pid, p.stream_id), (ES_PID, STREAM_ID_VIDEO));
+            assert!(p.data_alignment);
+        }
+
+        // Stuffing sits in the adaptation field of each PES's last packet; a packet in the middle
+        // has none. The 1-byte NAL's PES fits one packet with PCR and stuffing.
+        let es: Vec<&Packet> = packets.iter().filter(|p| p.pid == ES_PID).collect();
+        for (i, p) in es.iter().enumerate() {
+            let last_of_pes = es.get(i + 1).is_none_or(|n| n.start);
+            if !p.start && !last_of_pes {
+                assert!(p.adaptation.is_none(), "no adaptation field mid-PES");
+            }
+            if let Some(af) = &p.adaptation
+                && !p.start
+            {
+                assert!(last_of_pes);
+                assert!(af.is_empty() || (af[0] == 0 && af[1..].iter().all(|&b| b == 0xFF)), "{af:?}");
+            }
+        }
+        let last = es.last().unwrap();
+        assert!(last.start);
+        assert_eq!(last.adaptation.as_ref().unwrap().len(), 183 - 14 - 11, "flags, PCR, then stuffing");
+    }
+
+    #[test]
+    fn large_video_pes_is_unbounded_and_stuffing_of_one_byte_works() {
+        let mut w = TsWriter::new(&video_track(test_avcc()));
+        let big = vec![0x41u8; 70_000];
+        let chunks = w.write(&[TsSample { pts: 0, dts: 0, keyframe: false, data: nals(&[&big]) }], &[]);
+        let pes = parse_pes(&parse_packets(&concat(&chunks)));
+        assert_eq!(pes[0].packet_length, 0, "PES_packet_length 0 past 65535 bytes (§2.4.3.7)");
+        assert_eq!(pes[0].payload.len(), 6 + 4 + big.len());
+
+        // Every payload length around the packet boundary: the last packet's stuffing is 0, 1,
+        // 2… bytes, and the reassembled payload is exact.
+        for len in 150..400 {
+            let tag = Bytes::from(vec![0xAB; len]);
+            let chunks = w.write(&[], &[(90_000, tag.clone())]);
+            let pes = parse_pes(&parse_packets(&concat(&chunks)));
+            assert_eq!(pes.len(), 1);
+            assert_eq!(pes[0].payload, tag[..], "len {len}");
+        }
+    }
+
+    #[test]
+    fn adts_headers_come_from_the_audio_specific_config() {
+        // AAC LC, 48 kHz (index 3), stereo: 00010 0011 0010 000.
+        let lc = adts_from_asc(&[0x11, 0x90]).expect("ASC");
+        assert_eq!(lc, Adts { profile: 1, sampling_frequency_index: 3, channel_configuration: 2 });
+        // frame_length 107 = 0b000_0110_1011; buffer fullness 0x7FF.
+        assert_eq!(lc.header(100), Some([0xFF, 0xF1, 0x4C, 0x80, 0x0D, 0x7F, 0xFC]));
+        assert_eq!(lc.header(MAX_ADTS_FRAME_LEN - 7 + 1), None);
+        // HE-AAC, explicit signalling: object type 5, core 24 kHz (6), stereo, extension 48 kHz,
+        // then AAC LC. ADTS describes the core.
+        let he = adts_from_asc(&[0x2B, 0x11, 0x88, 0x00]).expect("ASC");
+        assert_eq!(he, Adts { profile: 1, sampling_frequency_index: 6, channel_configuration: 2 });
+        assert_eq!(adts_from_asc(&[0x11]), None);
+
+        let mut w = TsWriter::new(&audio_track(Bytes::from_static(&[0x11, 0x90])));
+        let frame = Bytes::from(vec![0x21u8; 300]);
+        let samples: Vec<TsSample> =
+            (0..3).map(|i| TsSample { pts: i * 1920, dts: i * 1920, keyframe: true, data: frame.clone() }).collect();
+        let pes = parse_pes(&parse_packets(&concat(&w.write(&samples, &[]))));
+        assert_eq!(pes.len(), 3);
+        for (i, p) in pes.iter().enumerate() {
+            assert_eq!((p.pid, p.stream_id), (ES_PID, STREAM_ID_AUDIO));
+            assert_eq!((p.pts, p.dts, p.pcr), (i as u64 * 1920, None, Some(i as u64 * 1920)));
+            assert!(p.random_access && p.data_alignment);
+            assert_eq!(p.payload[..7], lc.header(300).unwrap());
+            assert_eq!(p.payload[7..], frame[..]);
+        }
+    }
+
+    #[test]
+    fn id3_tags_go_before_the_first_sample_at_or_after_them() {
+        let mut w = TsWriter::new(&audio_track(Bytes::from_static(&[0x11, 0x90])));
+        let samples: Vec<TsSample> = (0..4)
+            .map(|i| TsSample { pts: i * 1920, dts: i * 1920, keyframe: true, data: Bytes::from_static(&[0x21; 10]) })
+            .collect();
+        let (a, b, c, d) = (id3_txxx("a"), id3_txxx("b"), id3_txxx("c"), id3_txxx("d"));
+        // Out of order on purpose: d is past the last sample, b and c share a place (kept in order).
+        let tags = [(100_000, d.clone()), (1920, a.clone()), (2000, b.clone()), (3000, c.clone())];
+        let chunks = w.write(&samples, &tags);
+        assert_eq!(chunks.len(), 1 + 4 + 4);
+        let pes = parse_pes(&parse_packets(&concat(&chunks)));
+        let order: Vec<(u16, u64)> = pes.iter().map(|p| (p.pid, p.pts)).collect();
+        assert_eq!(
+            order,
+            [
+                (ES_PID, 0),
+                (ID3_PID, 1920),
+                (ES_PID, 1920),
+                (ID3_PID, 2000),
+                (ID3_PID, 3000),
+                (ES_PID, 3840),
+                (ES_PID, 5760),
+                (ID3_PID, 100_000)
+            ]
+        );
+        let id3: Vec<&Pes> = pes.iter().filter(|p| p.pid == ID3_PID).collect();
+        for (p, tag) in id3.iter().zip([&a, &b, &c, &d]) {
+            assert_eq!(p.payload, tag[..]);
+            assert_eq!((p.stream_id, p.dts, p.pcr, p.random_access), (STREAM_ID_PRIVATE_1, None, None, false));
+            assert!(p.data_alignment, "Apple's Timed Metadata for HLS: data_alignment_indicator 1");
+        }
+    }
+
+    /// A sample of a fixture file: (dts, pts, keyframe, payload) in the file's timescale.
+    type FixtureSample = (i64, i64, bool, Bytes);
+
+    /// The sample entry, timescale and samples of a fragmented MP4 that ffmpeg wrote.
+    fn read_fixture(file: &'static [u8]) -> (Codec, u32, Vec<FixtureSample>) {
+        let file = Bytes::from_static(file);
+        let mut buf: &[u8] = &file;
+        let (mut codec, mut timescale, mut trex) = (None, 0, None);
+        let mut samples = Vec::new();
+        while !buf.is_empty() {
+            let at = file.len() - buf.len();
+            match Any::decode(&mut buf).expect("box") {
+                Any::Moov(Moov { trak, mvex, .. }) => {
+                    codec = trak[0].mdia.minf.stbl.stsd.codecs.first().cloned();
+                    timescale = trak[0].mdia.mdhd.timescale;
+                    trex = mvex.and_then(|m| m.trex.first().cloned());
+                }
+                Any::Moof(moof) => {
+                    let trex = trex.clone().expect("trex before moof");
+                    for traf in &moof.traf {
+                        let mut dts = traf.tfdt.as_ref().expect("tfdt").base_media_decode_time as i64;
+                        for trun in &traf.trun {
+                            let mut pos = at + trun.data_offset.expect("data offset") as usize;
+                            for e in trun.samples.iter() {
+                                let size = e.size.or(traf.tfhd.default_sample_size).unwrap_or(trex.default_sample_size);
+                                let duration = e
+                                    .duration
+                                    .or(traf.tfhd.default_sample_duration)
+                                    .unwrap_or(trex.default_sample_duration);
+                                let flags =
+                                    e.flags.or(traf.tfhd.default_sample_flags).unwrap_or(trex.default_sample_flags);
+                                samples.push((
+                                    dts,
+                                    dts + e.cts.unwrap_or(0),
+                                    flags & 0x1_0000 == 0,
+                                    file.slice(pos..pos + size as usize),
+                                ));
+                                pos += size as usize;
+                                dts += i64::from(duration);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (codec.expect("a sample entry"), timescale, samples)
+    }
+
+    /// The video fixture as a track and 90 kHz samples.
+    fn video_fixture() -> (TrackParams, Vec<TsSample>) {
+        // x264, 320x180, 30 fps, 2 s, an IDR every 15 frames, 2 B-frames, 90 kHz timescale.
+        let (codec, timescale, samples) = read_fixture(include_bytes!("testdata/h264_320x180_30fps_2s.mp4"));
+        let Codec::Avc1(avc1) = codec else { panic!("avc1 expected") };
+        assert_eq!((timescale, samples.len()), (90_000, 60));
+        let mut record = Vec::new();
+        avc1.avcc.encode(&mut record).expect("avcC");
+        let samples =
+            samples.into_iter().map(|(dts, pts, keyframe, data)| TsSample { pts, dts, keyframe, data }).collect();
+        (video_track(Bytes::from(record.split_off(8))), samples)
+    }
+
+    /// The audio fixture as a track and 90 kHz samples.
+    fn audio_fixture() -> (TrackParams, Vec<TsSample>) {
+        let (codec, timescale, samples) = read_fixture(include_bytes!("testdata/aac_48k_stereo_2s.mp4"));
+        let Codec::Mp4a(mp4a) = codec else { panic!("mp4a expected") };
+        assert_eq!(timescale, 48_000);
+        let asc = mp4a.esds.es_desc.dec_config.dec_specific.expect("ASC").raw;
+        let samples = samples
+            .into_iter()
+            .map(|(dts, _, _, data)| {
+                let t = dts * 90_000 / 48_000;
+                TsSample { pts: t, dts: t, keyframe: true, data }
+            })
+            .collect();
+        (audio_track(Bytes::from(asc)), samples)
+    }
+
+    /// Parts of `per_part` samples each from one writer, concatenated; `tags` name their part.
+    fn write_parts(
+        track: &TrackParams,
+        samples: &[TsSample],
+        per_part: usize,
+        tags: &[(usize, Ticks, Bytes)],
+    ) -> Vec<u8> {
+        let mut w = TsWriter::new(track);
+        let mut out = Vec::new();
+        for (i, part) in samples.chunks(per_part).enumerate() {
+            let here: Vec<(Ticks, Bytes)> =
+                tags.iter().filter(|(p, _, _)| *p == i).map(|(_, pts, tag)| (*pts, tag.clone())).collect();
+            out.extend(concat(&w.write(part, &here)));
+        }
+        out
+    }
+
+    fn run_tool(program: &str, args: &[&str], input: &[u8]) -> (String, String) {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} could not start ({e}); run scripts/setup.sh"));
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            // The tool may stop reading early; a broken pipe then is not the test's concern.
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("tool runs");
+        writer.join().expect("writer");
+        assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The streams ffprobe reports (JSON, so that a program's copy of each is not counted
+    /// again) and what it wrote to stderr.
+    fn ffprobe(input: &[u8], args: &[&str]) -> (Vec<serde_json::Value>, String) {
+        let program = std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into());
+        let args = [&["-v", "error"], args, &["-of", "json", "-"]].concat();
+        let (out, err) = run_tool(&program, &args, input);
+        let json: serde_json::Value = serde_json::from_str(&out).expect("ffprobe JSON");
+        (json["streams"].as_array().cloned().unwrap_or_default(), err)
+    }
+
+    fn mux_js(input: &[u8]) -> serde_json::Value {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        assert!(dir.join("node_modules/mux.js").exists(), "run scripts/setup.sh first (npm package mux.js is missing)");
+        let script = dir.join("ts-id3.mjs");
+        let (out, err) = run_tool("node", &[script.to_str().expect("path")], input);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ts-id3.mjs printed no JSON ({e}): {out}{err}"))
+    }
+
+    #[test]
+    fn ffprobe_reads_video_parts() {
+        let (track, samples) = video_fixture();
+        // Parts of 4 pictures (not aligned with the 15-picture GOPs), one tag on the way.
+        let ts = write_parts(&track, &samples, 4, &[(2, 30_000, id3_txxx("mid"))]);
+        let (streams, err) = ffprobe(
+            &ts,
+            &["-count_frames", "-show_entries", "stream=codec_name,codec_tag_string,nb_read_frames,width,height"],
+        );
+        assert!(err.is_empty(), "ffprobe complained: {err}");
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        let video = &streams[0];
+        assert_eq!(
+            (&video["codec_name"], &video["width"], &video["height"], &video["nb_read_frames"]),
+            (&"h264".into(), &320.into(), &180.into(), &"60".into()),
+        );
+        assert_eq!((&streams[1]["codec_name"], &streams[1]["codec_tag_string"]), (&"timed_id3".into(), &"ID3 ".into()));
+    }
+
+    #[test]
+    fn ffprobe_reads_audio_parts() {
+        let (track, samples) = audio_fixture();
+        let ts = write_parts(&track, &samples, 10, &[]);
+        let (streams, err) = ffprobe(
+            &ts,
+            &[
+                "-count_frames",
+                "-select_streams",
+                "a",
+                "-show_entries",
+                "stream=codec_name,profile,sample_rate,channels,nb_read_frames",
+            ],
+        );
+        assert!(err.is_empty(), "ffprobe complained: {err}");
+        assert_eq!(streams.len(), 1, "{streams:?}");
+        let a = &streams[0];
+        assert_eq!(
+            (&a["codec_name"], &a["profile"], &a["sample_rate"], &a["channels"], &a["nb_read_frames"]),
+            (&"aac".into(), &"LC".into(), &"48000".into(), &2.into(), &samples.len().to_string().into()),
+        );
+    }
+
+    #[test]
+    fn mux_js_reads_id3_and_timing() {
+        let (track, samples) = video_fixture();
+        let tag = id3_txxx("{\"event\":\"ad-break\",\"id\":7}");
+        let mut w = TsWriter::new(&track);
+        let mut ts = Vec::new();
+        // Two parts; the tag belongs to the second and lands before its first sample at or after 45 000.
+        ts.extend(concat(&w.write(&samples[..10], &[])));
+        ts.extend(concat(&w.write(&samples[10..20], &[(45_000, tag.clone())])));
+        let json = mux_js(&ts);
+
+        assert_eq!(json["pmt"]["video"], ES_PID);
+        assert_eq!(json["pmt"]["timedMetadata"], serde_json::json!([ID3_PID]));
+        let id3 = json["id3"].as_array().expect("id3");
+        assert_eq!(id3.len(), 1, "{json}");
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id3[0]["data"], hex, "the tag exactly");
+        assert_eq!(id3[0]["pts"], 45_000);
+        assert_eq!(id3[0]["frames"][0]["id"], "TXXX");
+        assert_eq!(id3[0]["frames"][0]["description"], "");
+        assert_eq!(id3[0]["frames"][0]["value"], "{\"event\":\"ad-break\",\"id\":7}");
+
+        let video = json["video"].as_array().expect("video");
+        let timing: Vec<(i64, i64)> =
+            video.iter().map(|v| (v["pts"].as_i64().expect("pts"), v["dts"].as_i64().expect("dts"))).collect();
+        let expected: Vec<(i64, i64)> = samples[..20].iter().map(|s| (s.pts, s.dts)).collect();
+        assert_eq!(timing, expected);
+        assert!(json["logs"].as_array().expect("logs").is_empty(), "mux.js logged: {}", json["logs"]);
+
+        let (track, samples) = audio_fixture();
+        let json = mux_js(&write_parts(&track, &samples[..12], 5, &[]));
+        assert_eq!(json["pmt"]["audio"], ES_PID);
+        let audio: Vec<i64> =
+            json["audio"].as_array().expect("audio").iter().map(|a| a["pts"].as_i64().unwrap()).collect();
+        assert_eq!(audio, samples[..12].iter().map(|s| s.pts).collect::<Vec<_>>());
+    }
 }
