@@ -35,7 +35,9 @@ publisher=$!
 host=$(hostname -I 2>/dev/null | awk '{print $1}')
 cat <<MSG
 
-ladderd is running with its demo channel.
+ladderd is running with its demo channel. Open this first:
+  Preview:  http://${host:-127.0.0.1}:8080/preview/demo
+            (a player page: latency, rendition, and timed metadata as overlays)
   Play:     http://${host:-127.0.0.1}:8080/live/demo/master.m3u8
             (Safari, VLC, ffplay, or any hls.js page; the first segments appear after ~4 s)
   Metrics:  http://127.0.0.1:9090/metrics

@@ -18,13 +18,15 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # Build: FFmpeg headers/libraries for ffmpeg-sys-next, clang for its bindgen step.
 for p in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev \
          libswscale-dev libswresample-dev libavutil-dev ffmpeg; do want "$p"; done
+# The preview player's hls.js comes from the npm registry (web/package-lock.json), so npm is
+# needed to run the demo too, not only for tests. Node.js may come from elsewhere than Debian's
+# packages; only install it when absent.
+command -v node >/dev/null 2>&1 || want nodejs
+command -v npm >/dev/null 2>&1 || want npm
 if [ "$runtime_only" -eq 0 ]; then
   # Tests: a real browser and a second, independent HLS client; benches: GNU time and curl.
   for p in time curl chromium gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
            gstreamer1.0-plugins-bad gstreamer1.0-libav; do want "$p"; done
-  # Node.js may come from elsewhere than Debian's packages; only install it when absent.
-  command -v node >/dev/null 2>&1 || want nodejs
-  command -v npm >/dev/null 2>&1 || want npm
   # An independent playlist parser (Python's m3u8) for the playlist tests.
   python3 -m pip --version >/dev/null 2>&1 || want python3-pip
 fi
@@ -46,6 +48,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
+# (Re)installs an npm project whenever its lock file is newer than what npm last installed.
+npm_ci() {
+  if [ ! -f "$1/node_modules/.package-lock.json" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
+    echo "setup: installing npm packages in $1"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+# hls.js for the /preview/ player page, pinned by web/package-lock.json (http.player_js names it).
+npm_ci web
+
 if [ "$runtime_only" -eq 0 ]; then
   if ! command -v cargo-nextest >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest"
@@ -58,9 +71,5 @@ if [ "$runtime_only" -eq 0 ]; then
       || python3 -m pip install --quiet --user --break-system-packages m3u8==6.0.0
   fi
   # Browser-side test tools come from the npm registry, pinned by tests/browser/package-lock.json.
-  # (Re)installed whenever the lock file is newer than what npm last installed.
-  if [ ! -f tests/browser/node_modules/.package-lock.json ] \
-     || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
-    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-  fi
+  npm_ci tests/browser
 fi

@@ -914,7 +914,8 @@ impl RenditionPublisher {
                 discontinuity: log.discontinuity_next,
                 parts: log.open_parts.clone(),
             }),
-            preload_hint: (!log.ended).then(|| format!("{}.{}.{}", log.next_msn, log.open_parts.len(), self.extension())),
+            preload_hint: (!log.ended)
+                .then(|| format!("{}.{}.{}", log.next_msn, log.open_parts.len(), self.extension())),
             rendition_reports: h
                 .variants
                 .iter()

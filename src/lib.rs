@@ -67,8 +67,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
 
     let mut tasks = JoinSet::new();
     tasks.spawn(ingest::rtmp::serve(rtmp, channels.clone(), config.rtmp.clone(), metrics.clone(), shutdown.clone()));
-    let origin =
-        Arc::new(Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), shutdown.clone()));
+    let origin = Arc::new(
+        Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), shutdown.clone())
+            .with_preview(origin::Preview::load(&config.http)),
+    );
     tasks.spawn(http::serve(
         http,
         "origin",

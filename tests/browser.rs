@@ -159,3 +159,90 @@ fn hls_js_low_latency_mode_plays_every_rendition_from_parts() {
         .expect("daemon stops")
         .expect("join");
 }
+
+/// The preview page (`/preview/{channel}`) plays the channel with hls.js from this origin and
+/// turns a coupon posted to the metadata API into a card over the video. The screenshot stays in
+/// target/preview-coupon.png for a person to look at.
+#[test]
+fn the_preview_page_plays_and_shows_a_posted_coupon_over_the_video() {
+    init_tracing();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    let player_js = root.join("web/node_modules/hls.js/dist/hls.min.js");
+    assert!(
+        player_js.exists() && dir.join("node_modules/playwright-core").exists(),
+        "run scripts/setup.sh first (npm packages for the preview page or the browser test are missing)"
+    );
+    let screenshot = root.join("target/preview-coupon.png");
+    let _ = std::fs::remove_file(&screenshot);
+    std::fs::create_dir_all(root.join("target")).expect("target/");
+
+    const TOKEN: &str = "preview-test-token";
+    let mut config = config(LADDER, 1.0);
+    config.admin.token = Some(TOKEN.into());
+    config.http.player_js = player_js;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = CancellationToken::new();
+    let daemon = rt.block_on(ladderd::start(config, shutdown.clone())).expect("daemon starts");
+    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
+    let waiter = rt.spawn(daemon.wait());
+
+    let page = http_get(http, "/preview/shop");
+    assert_eq!((page.status, page.header("cache-control")), (200, Some("no-cache")), "{}", page.text());
+    let js = http_get(http, "/preview/hls.min.js");
+    assert_eq!(js.status, 200, "the daemon serves hls.js from http.player_js: {}", js.text());
+    assert_eq!(js.header("cache-control"), Some("public, max-age=86400"));
+    assert_eq!(http_get(http, "/preview/nope").status, 404);
+
+    let publisher = publish(rtmp, "shop-key", "640x360", 25, &["-g", "30", "-keyint_min", "30"]);
+    eventually(Duration::from_secs(20), "the master playlist", || {
+        (http_get(http, "/live/shop/master.m3u8").status == 200).then_some(())
+    });
+    let mut page = Command::new("node")
+        .arg(dir.join("preview.mjs"))
+        .arg(format!("http://{http}/preview/shop"))
+        .arg(&screenshot)
+        .arg("15")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node must be installed (scripts/setup.sh)");
+
+    // The page reports once a card is on screen (or gives up); until then, post the coupon once
+    // a second, so one lands after the player has started whenever that is.
+    let coupon = br#"{"type":"coupon","code":"SAVE20","discount":"20%"}"#;
+    let mut posted = 0;
+    for _ in 0..30 {
+        if page.try_wait().expect("preview.mjs").is_some() {
+            break;
+        }
+        let r = http_post(admin, "/api/v1/channels/shop/metadata", TOKEN, coupon);
+        assert_eq!(r.status, 204, "the metadata API accepts the coupon: {}", r.text());
+        posted += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = wait_with_timeout(page, Duration::from_secs(60));
+    assert!(out.status.success(), "preview.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("preview.mjs prints JSON");
+    eprintln!("preview after {posted} posts: {report}");
+
+    assert_eq!(report["played"], true, "the preview page plays the channel: {report}");
+    assert!(
+        report["metadata"].as_u64().unwrap_or(0) > 0,
+        "hls.js reported no timed metadata (FRAG_PARSING_METADATA) after {posted} posts: {report}"
+    );
+    let cards = report["cards"].as_array().expect("cards");
+    let coupon = cards.iter().find(|c| c["type"] == "coupon").unwrap_or_else(|| panic!("a coupon card: {report}"));
+    let text = coupon["text"].as_str().unwrap_or("");
+    assert!(text.contains("SAVE20") && text.contains("20%"), "the card shows code and discount: {report}");
+
+    let png = std::fs::read(&screenshot).expect("preview.mjs writes the screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is a PNG");
+    assert!(png.len() > 20_000, "a screenshot of a page with video is more than {} bytes", png.len());
+
+    let _ = wait_with_timeout(publisher, Duration::from_secs(40));
+    shutdown.cancel();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
+        .expect("daemon stops")
+        .expect("join");
+}

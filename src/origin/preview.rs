@@ -31,9 +31,10 @@ const CACHE_PLAYER: &str = "public, max-age=86400";
 /// A 404 may turn into a page once the configuration changes.
 const CACHE_MISS: &str = "no-store";
 /// The page needs its own inline script and style, hls.js from here, `blob:` for the MediaSource
-/// and hls.js's worker, and the playlists and segments from this origin; nothing else.
+/// and hls.js's worker, `data:` for the empty WebVTT track hls.js gives metadata cues, and the
+/// playlists and segments from this origin; nothing else.
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
-    media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'";
+    media-src 'self' blob: data:; worker-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'";
 
 /// The preview page and the hls.js it loads.
 #[derive(Debug, Clone, Default)]
@@ -134,7 +135,7 @@ mod tests {
         (Response::from_parts(parts, ()), body.collect().await.expect("body").to_bytes())
     }
 
-    fn header<'a>(r: &'a Response<()>, name: header::HeaderName) -> &'a str {
+    fn header(r: &Response<()>, name: header::HeaderName) -> &str {
         r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
