@@ -484,6 +484,8 @@ impl Session {
                 max_frame_rate: ctx.config.transcode.max_frame_rate,
                 encoder_threads: ctx.config.transcode.encoder_threads,
                 hardware: ctx.config.transcode.hardware,
+                encoders: Vec::new(),
+                decoder: Default::default(),
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };

@@ -58,6 +58,43 @@ pub struct TranscodeSpec {
     pub max_frame_rate: f64,
     pub encoder_threads: usize,
     pub hardware: Hardware,
+    /// The encoder of each rung (`rungs[i]` → `encoders[i]`); a rung without an entry uses libx264.
+    pub encoders: Vec<EncoderChoice>,
+    pub decoder: DecoderChoice,
+}
+
+/// The decoder a channel's source runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderChoice {
+    /// FFmpeg's h264 decoder.
+    #[default]
+    Cpu,
+    /// NVDEC through `h264_cuvid` on the given GPU, pictures handed back in system memory.
+    Nvdec { gpu: u32 },
+}
+
+/// The encoder a rung runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderChoice {
+    /// libx264.
+    X264,
+    /// `h264_nvenc` on the given GPU, fed system-memory frames (NVENC uploads them itself).
+    Nvenc { gpu: u32 },
+    /// libx264 that reports an encoder error after this many pictures, as a failing GPU encoder
+    /// would: exercises the mid-stream move to the CPU.
+    #[cfg(test)]
+    FailAfter { pictures: usize },
+}
+
+impl EncoderChoice {
+    fn is_hardware(self) -> bool {
+        match self {
+            EncoderChoice::X264 => false,
+            EncoderChoice::Nvenc { .. } => true,
+            #[cfg(test)]
+            EncoderChoice::FailAfter { .. } => true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +165,23 @@ impl Transcoder {
             "transcode backends chosen"
         );
 
-        let decoder = open_decoder(&channel, &spec.source)?;
+        let mut decoder_choice = spec.decoder;
+        let decoder = match open_decoder(&channel, decoder_choice, &spec.source) {
+            Ok(d) => d,
+            Err(e) if decoder_choice != DecoderChoice::Cpu => {
+                tracing::warn!(channel = %channel, error = %e, "NVDEC did not open; decoding on the CPU");
+                metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]).inc();
+                decoder_choice = DecoderChoice::Cpu;
+                open_decoder(&channel, decoder_choice, &spec.source)?
+            }
+            Err(e) => return Err(e),
+        };
         let mut feeds = Vec::new();
         let mut rungs = Vec::new();
         for (rung, sink) in spec.rungs.iter().zip(sinks) {
             let (tx, rx) = mpsc::sync_channel(RUNG_QUEUE);
-            let worker = RungWorker::new(&spec, rung.clone(), &metrics);
+            let mut worker = RungWorker::new(&spec, rung.clone(), &metrics);
+            worker.choice = spec.encoders.get(rungs.len()).copied().unwrap_or(EncoderChoice::X264);
             let handle = std::thread::Builder::new()
                 .name(format!("rung-{}-{}", channel, rung.name))
                 .spawn(move || worker.run(rx, sink))
@@ -152,6 +200,10 @@ impl Transcoder {
         let worker = DecodeWorker {
             channel: channel.clone(),
             decoder,
+            decoder_choice,
+            source: spec.source.clone(),
+            wait_for_keyframe: false,
+            decoder_fallbacks: metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]),
             clock: SegmentClock::new(spec.segment_target, spec.alignment),
             min_frame_gap: (f64::from(TIMESCALE) / spec.max_frame_rate).round() as Ticks,
             pending: BTreeMap::new(),
@@ -215,23 +267,47 @@ fn join(channel: &str, thread: &str, h: JoinHandle<Result<(), TranscodeError>>) 
     h.join().unwrap_or_else(|_| Err(TranscodeError::Panicked { channel: channel.into(), thread: thread.into() }))
 }
 
-fn open_decoder(channel: &str, source: &VideoParams) -> Result<ffmpeg::decoder::Video, TranscodeError> {
+fn open_decoder(
+    channel: &str,
+    choice: DecoderChoice,
+    source: &VideoParams,
+) -> Result<ffmpeg::decoder::Video, TranscodeError> {
     let err = |what, source| TranscodeError::Decoder { channel: channel.into(), what, source };
-    let codec =
-        ffmpeg::decoder::find(codec::Id::H264).ok_or_else(|| err("find h264", ffmpeg::Error::DecoderNotFound))?;
+    let codec = match choice {
+        DecoderChoice::Cpu => ffmpeg::decoder::find(codec::Id::H264),
+        DecoderChoice::Nvdec { .. } => ffmpeg::decoder::find_by_name("h264_cuvid"),
+    }
+    .ok_or_else(|| err("find the h264 decoder", ffmpeg::Error::DecoderNotFound))?;
     let mut ctx = codec::Context::new_with_codec(codec);
     ffi::set_extradata(&mut ctx, &source.avcc)
         .map_err(|source| TranscodeError::Ffi { channel: channel.into(), source })?;
-    // Slice threads add no delay; frame threads would hold back one picture per thread.
-    ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() });
+    let mut opts = Dictionary::new();
+    match choice {
+        // Slice threads add no delay; frame threads would hold back one picture per thread.
+        DecoderChoice::Cpu => {
+            ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() })
+        }
+        // cuvid options (libavcodec/cuviddec.c): which GPU, and no extra output surfaces queued
+        // beyond what decoding needs, which would add latency.
+        DecoderChoice::Nvdec { gpu } => {
+            opts.set("gpu", &gpu.to_string());
+            opts.set("surfaces", "8");
+        }
+    }
     let mut decoder = ctx.decoder();
     decoder.set_packet_time_base(Rational(1, TIMESCALE as i32));
-    decoder.open_as(codec).and_then(|o| o.video()).map_err(|e| err("open h264 decoder", e))
+    decoder.open_as_with(codec, opts).and_then(|o| o.video()).map_err(|e| err("open the h264 decoder", e))
 }
 
 /// The decode thread's state.
 struct DecodeWorker {
     channel: String,
+    /// Where decoding runs now; NVDEC that fails mid-stream is replaced by the CPU decoder.
+    decoder_choice: DecoderChoice,
+    source: VideoParams,
+    /// After a move to the CPU decoder, packets up to the next keyframe cannot be decoded.
+    wait_for_keyframe: bool,
+    decoder_fallbacks: IntCounter,
     decoder: ffmpeg::decoder::Video,
     clock: SegmentClock,
     /// Pictures closer together than this are dropped (the `max_frame_rate` cap).
@@ -256,6 +332,12 @@ impl DecodeWorker {
     }
 
     fn decode(&mut self, sample: Sample, at: SystemTime) {
+        if self.wait_for_keyframe {
+            if !sample.keyframe {
+                return;
+            }
+            self.wait_for_keyframe = false;
+        }
         self.pending.insert(sample.pts, (at, sample.keyframe));
         while self.pending.len() > PENDING_LIMIT {
             self.pending.pop_first();
@@ -277,8 +359,27 @@ impl DecodeWorker {
             for f in &self.feeds {
                 f.decode_drops.inc();
             }
+            if self.decoder_choice != DecoderChoice::Cpu {
+                self.move_to_cpu();
+                return;
+            }
         }
         self.receive();
+    }
+
+    /// NVDEC failed: decode on the CPU from the next source keyframe. The pictures in between are
+    /// lost; the segment clock is unchanged, so cuts stay aligned.
+    fn move_to_cpu(&mut self) {
+        match open_decoder(&self.channel, DecoderChoice::Cpu, &self.source) {
+            Ok(d) => {
+                tracing::warn!(channel = %self.channel, "NVDEC failed; decoding on the CPU from the next keyframe");
+                self.decoder = d;
+                self.decoder_choice = DecoderChoice::Cpu;
+                self.wait_for_keyframe = true;
+                self.decoder_fallbacks.inc();
+            }
+            Err(e) => tracing::error!(channel = %self.channel, error = %e, "cannot open the CPU decoder"),
+        }
     }
 
     fn drain(&mut self) {
@@ -297,6 +398,9 @@ impl DecodeWorker {
                     tracing::warn!(channel = %self.channel, error = %e, "decoder error");
                     for f in &self.feeds {
                         f.decode_drops.inc();
+                    }
+                    if self.decoder_choice != DecoderChoice::Cpu {
+                        self.move_to_cpu();
                     }
                     return;
                 }
@@ -385,13 +489,19 @@ struct RungWorker {
     preset: String,
     threads: usize,
     max_frame_rate: f64,
+    /// Where the rung starts; a hardware encoder that fails moves it to libx264.
+    choice: EncoderChoice,
     encoded: IntCounter,
     failures: IntCounter,
+    fallbacks: IntCounter,
 }
 
 /// The open encoder of a rung, with what must be matched to its output packets.
 struct Encoding {
     encoder: ffmpeg::encoder::Video,
+    choice: EncoderChoice,
+    /// Pictures sent so far.
+    sent: usize,
     /// Pts of the pictures forced to IDR that have not come out yet.
     cuts: VecDeque<Ticks>,
     /// Ingest time by pts of the pictures inside the encoder.
@@ -408,6 +518,8 @@ impl RungWorker {
             preset: spec.x264_preset.clone(),
             threads: spec.encoder_threads,
             max_frame_rate: spec.max_frame_rate,
+            choice: EncoderChoice::X264,
+            fallbacks: metrics.pipeline_errors.with_label_values(&[&spec.channel, "encoder_fallback"]),
         }
     }
 
@@ -432,6 +544,8 @@ impl RungWorker {
     fn encode_all(&self, rx: Receiver<Arc<Picture>>, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
         let mut scaler: Option<(scaling::Context, (Pixel, u32, u32))> = None;
         let mut encoding: Option<Encoding> = None;
+        let mut choice = self.choice;
+        let mut waiting_for_cut = false;
         for picture in rx {
             let src = picture.frame.frame();
             let input = (src.format(), src.width(), src.height());
@@ -455,7 +569,22 @@ impl RungWorker {
             out.set_kind(if picture.segment_start { picture::Type::I } else { picture::Type::None });
 
             if encoding.is_none() {
-                let e = self.open_encoder(picture.frame_rate)?;
+                if waiting_for_cut && !picture.segment_start {
+                    // After a hardware encoder failed: the CPU encoder starts on the next segment,
+                    // so that its first picture is an IDR on the shared cut.
+                    continue;
+                }
+                waiting_for_cut = false;
+                let e = match self.open_encoder(choice, picture.frame_rate) {
+                    Ok(e) => e,
+                    Err(err) if choice.is_hardware() => {
+                        tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "hardware encoder did not open; this rung runs on libx264");
+                        self.fallbacks.inc();
+                        choice = EncoderChoice::X264;
+                        self.open_encoder(choice, picture.frame_rate)?
+                    }
+                    Err(err) => return Err(err),
+                };
                 let params =
                     avc::params_from_annexb(&ffi::extradata(&e)).map_err(|source| TranscodeError::EncoderParams {
                         channel: self.channel.clone(),
@@ -463,21 +592,56 @@ impl RungWorker {
                         source,
                     })?;
                 sink.params(params);
-                encoding = Some(Encoding { encoder: e, cuts: VecDeque::new(), ingest: BTreeMap::new() });
+                encoding =
+                    Some(Encoding { encoder: e, choice, sent: 0, cuts: VecDeque::new(), ingest: BTreeMap::new() });
             }
             let Some(enc) = encoding.as_mut() else { continue };
             if picture.segment_start {
                 enc.cuts.push_back(picture.pts);
             }
             enc.ingest.insert(picture.pts, picture.ingest_time);
-            enc.encoder.send_frame(&out).map_err(|e| self.encoder_error("send a picture", e))?;
-            self.receive(enc, sink)?;
+            let sent = self.send(enc, &out).and_then(|()| self.receive(enc, sink));
+            match sent {
+                Ok(()) => {}
+                Err(err) if enc.choice.is_hardware() => {
+                    // A GPU encoder that fails mid-stream (Xid error, lost device, session limit)
+                    // is replaced by libx264 from the next segment: this rendition gets a new init
+                    // segment and a discontinuity there, and its segments stay aligned.
+                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "hardware encoder failed; moving this rung to libx264 at the next segment");
+                    self.fallbacks.inc();
+                    encoding = None;
+                    choice = EncoderChoice::X264;
+                    waiting_for_cut = true;
+                }
+                Err(err) => return Err(err),
+            }
         }
         if let Some(enc) = encoding.as_mut() {
-            enc.encoder.send_eof().map_err(|e| self.encoder_error("flush", e))?;
-            self.receive(enc, sink)?;
+            let flushed = enc
+                .encoder
+                .send_eof()
+                .map_err(|e| self.encoder_error("flush", e))
+                .and_then(|()| self.receive(enc, sink));
+            match flushed {
+                // The last pictures of a failing GPU encoder are lost; the publish is over anyway.
+                Err(e) if enc.choice.is_hardware() => {
+                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %e, "hardware encoder failed while flushing");
+                }
+                other => other?,
+            }
         }
         Ok(())
+    }
+
+    fn send(&self, enc: &mut Encoding, picture: &frame::Video) -> Result<(), TranscodeError> {
+        enc.sent += 1;
+        #[cfg(test)]
+        if let EncoderChoice::FailAfter { pictures } = enc.choice
+            && enc.sent > pictures
+        {
+            return Err(self.encoder_error("send a picture", ffmpeg::Error::External));
+        }
+        enc.encoder.send_frame(picture).map_err(|e| self.encoder_error("send a picture", e))
     }
 
     fn receive(&self, enc: &mut Encoding, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
@@ -514,13 +678,21 @@ impl RungWorker {
         }
     }
 
-    fn open_encoder(&self, source_rate: Option<f64>) -> Result<ffmpeg::encoder::Video, TranscodeError> {
-        let codec = ffmpeg::encoder::find_by_name("libx264")
-            .ok_or_else(|| self.encoder_error("find libx264", ffmpeg::Error::EncoderNotFound))?;
+    fn open_encoder(
+        &self,
+        choice: EncoderChoice,
+        source_rate: Option<f64>,
+    ) -> Result<ffmpeg::encoder::Video, TranscodeError> {
+        let name = match choice {
+            EncoderChoice::Nvenc { .. } => "h264_nvenc",
+            _ => "libx264",
+        };
+        let codec = ffmpeg::encoder::find_by_name(name)
+            .ok_or_else(|| self.encoder_error("find the encoder", ffmpeg::Error::EncoderNotFound))?;
         let mut enc = codec::Context::new_with_codec(codec)
             .encoder()
             .video()
-            .map_err(|e| self.encoder_error("allocate libx264", e))?;
+            .map_err(|e| self.encoder_error("allocate the encoder", e))?;
         let fps = source_rate.unwrap_or(DEFAULT_FRAME_RATE).min(self.max_frame_rate);
         enc.set_width(self.rung.width);
         enc.set_height(self.rung.height);
@@ -534,21 +706,40 @@ impl RungWorker {
         enc.set_bit_rate(bitrate);
         enc.set_max_bit_rate(bitrate);
         let mut opts = Dictionary::new();
-        opts.set("preset", &self.preset);
-        // zerolatency: no B-frames, no lookahead, sliced threads — a picture in, a packet out.
-        opts.set("tune", "zerolatency");
-        opts.set("profile", "high");
         // A one-second VBV keeps every segment near the declared bitrate (HLS BANDWIDTH).
         opts.set("bufsize", &bitrate.to_string());
-        // Keyframes only where the segment clock forces them: no periodic or scene-cut IDRs, so
-        // every rung's IDRs fall on the same timestamps.
-        opts.set("x264-params", "keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0");
+        opts.set("profile", "high");
+        // Keyframes only where the segment clock forces them (pict_type I → IDR), so every
+        // rung's IDRs fall on the same timestamps.
         opts.set("forced-idr", "1");
-        if self.threads > 0 {
-            opts.set("threads", &self.threads.to_string());
+        match choice {
+            EncoderChoice::Nvenc { gpu } => {
+                // FFmpeg's nvenc options (libavcodec/nvenc_h264.c): the fastest preset with
+                // low-latency tuning, constant bitrate, no B-frames, no lookahead and no output
+                // delay, so a picture in gives a packet out; GOP "infinite" (-1 is not accepted,
+                // a very large value is) with IDRs only where forced.
+                opts.set("preset", "p2");
+                opts.set("tune", "ll");
+                opts.set("rc", "cbr");
+                opts.set("bf", "0");
+                opts.set("rc-lookahead", "0");
+                opts.set("delay", "0");
+                opts.set("zerolatency", "1");
+                opts.set("g", "100000");
+                opts.set("gpu", &gpu.to_string());
+            }
+            _ => {
+                opts.set("preset", &self.preset);
+                // zerolatency: no B-frames, no lookahead, sliced threads — a picture in, a packet out.
+                opts.set("tune", "zerolatency");
+                opts.set("x264-params", "keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0");
+                if self.threads > 0 {
+                    opts.set("threads", &self.threads.to_string());
+                }
+            }
         }
-        let enc = enc.open_as_with(codec, opts).map_err(|e| self.encoder_error("open libx264", e))?;
-        tracing::debug!(channel = %self.channel, rung = %self.rung.name, width = self.rung.width, height = self.rung.height, fps, "encoder opened");
+        let enc = enc.open_as_with(codec, opts).map_err(|e| self.encoder_error("open the encoder", e))?;
+        tracing::debug!(channel = %self.channel, rung = %self.rung.name, encoder = name, width = self.rung.width, height = self.rung.height, fps, "encoder opened");
         Ok(enc)
     }
 
@@ -576,6 +767,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         params: Vec<VideoParams>,
+        /// How many packets had come when each `params` call came.
+        params_at: Vec<usize>,
         packets: Vec<Sample>,
         finished: bool,
     }
@@ -585,7 +778,10 @@ mod tests {
 
     impl RenditionSink for FakeSink {
         fn params(&mut self, params: VideoParams) {
-            self.0.lock().expect("lock").params.push(params);
+            let mut seen = self.0.lock().expect("lock");
+            let at = seen.packets.len();
+            seen.params_at.push(at);
+            seen.params.push(params);
         }
         fn packet(&mut self, packet: EncodedPacket) {
             std::thread::sleep(self.1);
@@ -659,6 +855,8 @@ mod tests {
             max_frame_rate,
             encoder_threads: 1,
             hardware: Hardware::Cpu,
+            encoders: Vec::new(),
+            decoder: DecoderChoice::Cpu,
         }
     }
 
@@ -784,6 +982,82 @@ mod tests {
         assert!(kept < n && skipped > 0, "kept {kept} of {n}");
         assert_eq!(kept + skipped, n);
         assert_eq!(metrics.frames_dropped.with_label_values(&["test", "240p", "lagging"]).get(), 0);
+    }
+
+    /// Packages `packets` (one encoder's run) and checks with ffprobe that every picture decodes.
+    fn decodes(params: &VideoParams, packets: &[Sample]) -> usize {
+        use crate::package::fmp4::TrackParams;
+        use crate::package::segmenter::Segmenter;
+        let mut s = Segmenter::new(TrackParams::Video(params.clone()));
+        let mut file = s.init_segment().expect("init").to_vec();
+        for p in packets {
+            let packet = EncodedPacket { sample: p.clone(), ingest_time: SystemTime::now() };
+            if let Some(seg) = s.push(packet) {
+                file.extend(seg.fragment.chunks.iter().flat_map(|c| c.iter().copied()));
+            }
+        }
+        if let Some(seg) = s.finish() {
+            file.extend(seg.fragment.chunks.iter().flat_map(|c| c.iter().copied()));
+        }
+        let mut child = Command::new(std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into()))
+            .args(["-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ffprobe");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &file));
+        let out = child.wait_with_output().expect("ffprobe");
+        let _ = writer.join();
+        assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("frame count")
+    }
+
+    #[test]
+    fn a_gpu_encoder_failing_mid_stream_moves_its_rung_to_libx264_at_the_next_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 3);
+        let metrics = Arc::new(Metrics::new());
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        // Rung 0's "GPU" encoder fails on its 41st picture (pts 120 000, in the second segment).
+        s.encoders = vec![EncoderChoice::FailAfter { pictures: 40 }, EncoderChoice::X264];
+        let seen = run(s, samples, metrics.clone());
+        let failed = seen[0].lock().expect("lock");
+        let healthy = seen[1].lock().expect("lock");
+        assert_eq!(cuts(&healthy), vec![0, 90_000, 180_000]);
+        assert_eq!(cuts(&failed), cuts(&healthy), "every segment still starts in the rung that failed, aligned");
+        assert_eq!(failed.params.len(), 2, "libx264's own parameter sets after the move");
+        let moved_at = failed.params_at[1];
+        assert_eq!(failed.packets[moved_at].pts, 180_000, "the CPU encoder starts on the next cut");
+        assert!(failed.packets[moved_at].keyframe);
+        // What each encoder made decodes on its own parameter sets.
+        assert_eq!(decodes(&failed.params[0], &failed.packets[..moved_at]), moved_at);
+        assert_eq!(decodes(&failed.params[1], &failed.packets[moved_at..]), failed.packets.len() - moved_at);
+        assert_eq!(moved_at, 40, "the pictures the failing encoder had made");
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encode"]).get(), 0, "the rung did not fail");
+    }
+
+    #[test]
+    fn nvdec_and_nvenc_that_do_not_open_here_fall_back_to_the_cpu_and_say_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 2);
+        let n = samples.len();
+        let metrics = Arc::new(Metrics::new());
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        // This machine has no NVIDIA driver: h264_cuvid and h264_nvenc are in Debian's FFmpeg
+        // but fail to open (they cannot load libcuda), as on a GPU host whose GPU went away.
+        s.decoder = DecoderChoice::Nvdec { gpu: 0 };
+        s.encoders = vec![EncoderChoice::Nvenc { gpu: 0 }, EncoderChoice::X264];
+        let seen = run(s, samples, metrics.clone());
+        for rung in &seen {
+            let rung = rung.lock().expect("lock");
+            assert_eq!(rung.packets.len(), n, "every picture encoded on the CPU");
+            assert_eq!(cuts(&rung), vec![0, 90_000]);
+        }
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "decoder_fallback"]).get(), 1);
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
     }
 
     #[test]
