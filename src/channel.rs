@@ -14,12 +14,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Hardware;
 use crate::config::{ChannelConfig, Config, Container};
+use crate::gpu;
 use crate::ingest::{Publish, PublishGate, Refusal};
 use crate::media::{
     Alignment, Arrival, AudioParams, EncodedPacket, MediaPacket, RenditionSink, Sample, SegmentClock, Ticks,
     VideoParams, secs_to_ticks, ticks_to_secs,
 };
+use crate::metrics::BackendSeries;
 use crate::metrics::Metrics;
 use crate::origin::content_type;
 use crate::package::fmp4::TrackParams;
@@ -30,7 +33,10 @@ use crate::package::playlist::{
 };
 use crate::package::segmenter::{self as segmenter, Metadata, Part, Segment, Segmenter};
 use crate::store::{Cacheability, ChannelObjects, Object, Progress, Store};
+use crate::transcode::backend::{self, Backend, FallbackReason, NoHardware, NvidiaOffer, StagePlan, Unavailable};
 use crate::transcode::ladder;
+use crate::transcode::pipeline::{DecoderChoice, EncoderChoice};
+use crate::transcode::placement::{GpuState, Placement, Placer, Rejected, SessionGuard};
 use crate::transcode::{TranscodeSpec, Transcoder};
 
 /// Name of the audio rendition (rung names may not use it).
@@ -54,6 +60,8 @@ pub struct Channels {
     metrics: Arc<Metrics>,
     channels: HashMap<String, Arc<ChannelState>>,
     draining: AtomicBool,
+    /// NVENC sessions per GPU, shared by every channel of the daemon.
+    placer: Placer,
 }
 
 struct ChannelState {
@@ -68,6 +76,8 @@ struct ChannelState {
     /// Id of the latest timed metadata on the board (in `History`); rendition publishers compare
     /// it with what they have taken, so that checking for news costs no lock.
     metadata_latest: Arc<AtomicU32>,
+    /// The `ladderd_backend_info` series this channel set last.
+    backend_series: Mutex<Vec<BackendSeries>>,
 }
 
 /// Posted metadata the channel thread has not stamped yet; more than a few means it is stuck.
@@ -90,11 +100,13 @@ impl Channels {
                     history: Arc::new(Mutex::new(History::default())),
                     posted_metadata: Mutex::new(VecDeque::new()),
                     metadata_latest: Arc::new(AtomicU32::new(0)),
+                    backend_series: Mutex::new(Vec::new()),
                 };
                 (c.name.clone(), Arc::new(state))
             })
             .collect();
-        Self { config, store, metrics, channels, draining: AtomicBool::new(false) }
+        let placer = Placer::with_gauge(config.transcode.max_sessions_per_gpu, metrics.gpu_nvenc_sessions.clone());
+        Self { config, store, metrics, channels, draining: AtomicBool::new(false), placer }
     }
 
     /// Refuses new publishes and ends the live ones; returns once every channel has flushed its
@@ -165,6 +177,7 @@ impl PublishGate for Channels {
 
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
         let ctx = PublishContext {
+            placer: self.placer.clone(),
             state: state.clone(),
             config: self.config.clone(),
             objects: self.store.channel(name),
@@ -200,6 +213,7 @@ impl PublishGate for Channels {
 }
 
 struct PublishContext {
+    placer: Placer,
     state: Arc<ChannelState>,
     config: Arc<Config>,
     objects: Arc<ChannelObjects>,
@@ -300,6 +314,77 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     }
 }
 
+/// Where a session's stages run: places the channel on a GPU (or not), applies `on_gpu_full`,
+/// chooses each stage's backend, logs refusals, and exports `ladderd_backend_info`. Returns the
+/// ladder plan without the rungs `drop_top_rung` left out.
+fn place(
+    ctx: &PublishContext,
+    mut plan: ladder::Plan,
+) -> Result<(ladder::Plan, StagePlan, Option<SessionGuard>), SessionError> {
+    let name = &ctx.state.config.name;
+    let transcode = &ctx.config.transcode;
+    let hardware = transcode.hardware_for(&ctx.state.config.ladder);
+    let mut placement = if hardware == Hardware::Cpu || plan.encoded.is_empty() {
+        Placement::cpu(plan.encoded.len(), None)
+    } else {
+        let probe = gpu::probe_cached();
+        let gpus: Vec<GpuState> = probe
+            .gpus
+            .iter()
+            .map(|g| GpuState {
+                index: g.index,
+                nvenc_sessions_used: g.encoder_sessions.unwrap_or(0),
+                nvenc_sessions_ours: ctx.placer.held(g.index),
+                encoder_utilization: g.encoder_utilization.unwrap_or(0),
+                memory_free: g.memory_total_bytes.unwrap_or(0).saturating_sub(g.memory_used_bytes.unwrap_or(0)),
+                has_nvenc: g.nvenc_h264.is_ok(),
+                has_nvdec: g.nvdec_h264.is_ok(),
+            })
+            .collect();
+        let mut placement =
+            ctx.placer.place(name, plan.encoded.len(), &gpus, &transcode.gpus, transcode.on_gpu_full)?;
+        if gpus.is_empty() && placement.reason.is_none() {
+            placement.reason =
+                probe.driver.as_ref().err().map(|e| Unavailable::new(FallbackReason::NoDriver, e.clone()));
+        }
+        placement
+    };
+    let offer = if hardware == Hardware::Cpu {
+        // Not consulted: `cpu` puts every stage on the CPU without probing.
+        let no = || Err("transcode.hardware is cpu".to_string());
+        NvidiaOffer { decode: no(), scale: no(), encode: no() }
+    } else {
+        gpu::probe_cached().nvidia_offer(placement.gpu)
+    };
+    let stages = backend::choose_placed(hardware, &offer, &mut placement)?;
+    if !stages.refused.is_empty() {
+        let reasons: Vec<String> = stages.refused.iter().map(ToString::to_string).collect();
+        tracing::warn!(channel = %name, refused = %reasons.join("; "), "hardware backends refused; those stages run on the CPU");
+    }
+    let dropped: Vec<String> =
+        plan.encoded.iter().enumerate().filter(|(i, _)| !placement.keeps(*i)).map(|(_, r)| r.name.clone()).collect();
+    if !dropped.is_empty() {
+        tracing::warn!(channel = %name, rungs = %dropped.join(", "), "GPU full (on_gpu_full: drop_top_rung): rungs left out");
+        let keep: Vec<bool> = (0..plan.encoded.len()).map(|i| placement.keeps(i)).collect();
+        let mut k = keep.iter();
+        plan.encoded.retain(|_| k.next().copied().unwrap_or(true));
+        plan.skipped.extend(dropped.into_iter().map(|n| (n, "GPU full".to_string())));
+    }
+    tracing::info!(
+        channel = %name,
+        decode = stages.decode.name(),
+        scale = stages.scale.name(),
+        encode = stages.encode.name(),
+        gpu = ?stages.gpu,
+        "transcode backends chosen"
+    );
+    let mut previous = lock(&ctx.state.backend_series);
+    let names = plan.encoded.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    *previous = stages.export(&ctx.metrics, name, &names, &previous);
+    drop(previous);
+    Ok((plan, stages, placement.sessions.take()))
+}
+
 /// Stamps the metadata posted through the API with `pts`, the next video frame to be packaged.
 fn stamp_posted_metadata(ctx: &PublishContext, pts: Ticks) {
     let posted: Vec<(Bytes, SystemTime)> = lock(&ctx.state.posted_metadata).drain(..).collect();
@@ -352,6 +437,10 @@ enum SessionError {
     KeyframesTooFarApart { secs: f64, target: f64 },
     #[error("audio went on for {secs:.1} s without video; segments cannot be cut")]
     NoVideo { secs: f64 },
+    #[error("{0}")]
+    NoHardware(#[from] NoHardware),
+    #[error("{0}")]
+    GpuFull(#[from] Rejected),
 }
 
 impl SessionError {
@@ -359,7 +448,7 @@ impl SessionError {
     fn stage(&self) -> &'static str {
         match self {
             SessionError::Transcode(_) => "transcode",
-            SessionError::NothingToEncode { .. } => "start",
+            SessionError::NothingToEncode { .. } | SessionError::NoHardware(_) | SessionError::GpuFull(_) => "start",
             SessionError::KeyframesTooFarApart { .. } | SessionError::NoVideo { .. } => "ingest",
         }
     }
@@ -371,6 +460,8 @@ const MAX_SEGMENT_TARGETS: i64 = 5;
 
 /// The stages of one publish (or of one stretch of it with unchanged stream parameters).
 struct Session {
+    /// NVENC sessions held on a GPU while this session's encoders run.
+    _sessions: Option<SessionGuard>,
     /// The parameters this session was started with; a change restarts it.
     source: VideoParams,
     audio_params: Option<AudioParams>,
@@ -418,6 +509,7 @@ impl Session {
                 height: source.height,
             });
         }
+        let (plan, stages, sessions) = place(ctx, plan)?;
         let alignment = if plan.passthrough.is_some() { Alignment::SourceKeyframes } else { Alignment::Cadence };
         let target = secs_to_ticks(ctx.config.hls.segment_duration);
 
@@ -483,13 +575,24 @@ impl Session {
                 x264_preset: ctx.config.transcode.x264_preset.clone(),
                 max_frame_rate: ctx.config.transcode.max_frame_rate,
                 encoder_threads: ctx.config.transcode.encoder_threads,
-                hardware: ctx.config.transcode.hardware,
-                encoders: Vec::new(),
-                decoder: Default::default(),
+                hardware: ctx.config.transcode.hardware_for(ladder_name),
+                encoders: plan
+                    .encoded
+                    .iter()
+                    .map(|_| match (stages.encode, stages.gpu) {
+                        (Backend::Nvidia, Some(gpu)) => EncoderChoice::Nvenc { gpu },
+                        _ => EncoderChoice::X264,
+                    })
+                    .collect(),
+                decoder: match (stages.decode, stages.gpu) {
+                    (Backend::Nvidia, Some(gpu)) => DecoderChoice::Nvdec { gpu },
+                    _ => DecoderChoice::Cpu,
+                },
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };
         Ok(Session {
+            _sessions: sessions,
             source,
             audio_params,
             history: ctx.state.history.clone(),

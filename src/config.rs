@@ -201,6 +201,20 @@ pub enum Hardware {
 pub struct TranscodeConfig {
     #[serde(default)]
     pub hardware: Hardware,
+    /// `hardware` for the channels of one ladder, by ladder name (e.g. keep a 4K ladder on NVIDIA
+    /// and a small one on the CPU).
+    #[serde(default)]
+    pub ladder_hardware: BTreeMap<String, Hardware>,
+    /// The GPUs ladderd may use: `all` or a list of CUDA device ordinals such as `[0, 2]` (what
+    /// FFmpeg's `gpu` option takes; nvidia-smi's order only with `CUDA_DEVICE_ORDER=PCI_BUS_ID`).
+    #[serde(default)]
+    pub gpus: GpuSelection,
+    /// NVENC sessions (one per encoded rung) ladderd may hold on one GPU.
+    #[serde(default = "default_max_sessions_per_gpu")]
+    pub max_sessions_per_gpu: u32,
+    /// What a channel gets when no allowed GPU has a session free for each of its rungs.
+    #[serde(default)]
+    pub on_gpu_full: OnGpuFull,
     /// libx264 preset for CPU-encoded rungs.
     #[serde(default = "default_x264_preset")]
     pub x264_preset: String,
@@ -219,12 +233,94 @@ impl Default for TranscodeConfig {
     fn default() -> Self {
         Self {
             hardware: Hardware::Auto,
+            ladder_hardware: BTreeMap::new(),
+            gpus: GpuSelection::All,
+            max_sessions_per_gpu: default_max_sessions_per_gpu(),
+            on_gpu_full: OnGpuFull::Cpu,
             x264_preset: default_x264_preset(),
             max_frame_rate: default_max_frame_rate(),
             audio_bitrate: default_audio_bitrate(),
             encoder_threads: default_encoder_threads(),
         }
     }
+}
+
+impl TranscodeConfig {
+    /// `hardware` for the channels of `ladder`: its `ladder_hardware` entry, else `hardware`.
+    pub fn hardware_for(&self, ladder: &str) -> Hardware {
+        self.ladder_hardware.get(ladder).copied().unwrap_or(self.hardware)
+    }
+}
+
+/// The GPUs ladderd may place channels on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GpuSelection {
+    /// Every GPU NVML reports.
+    #[default]
+    All,
+    /// Only these CUDA device ordinals (GPUs kept for other work are left out).
+    Only(Vec<u32>),
+}
+
+impl GpuSelection {
+    pub fn allows(&self, index: u32) -> bool {
+        match self {
+            GpuSelection::All => true,
+            GpuSelection::Only(ids) => ids.contains(&index),
+        }
+    }
+}
+
+/// `gpus: all` or `gpus: [0, 1]`. Written by hand because an untagged enum would turn every
+/// mistake into serde's "did not match any variant", losing what was expected.
+impl<'de> Deserialize<'de> for GpuSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = GpuSelection;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"all\" or a list of GPU indices")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<GpuSelection, E> {
+                if v == "all" {
+                    Ok(GpuSelection::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<GpuSelection, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<u32>()? {
+                    ids.push(id);
+                }
+                Ok(GpuSelection::Only(ids))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// What a channel gets when every allowed GPU is short of NVENC sessions for its rungs.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGpuFull {
+    /// Decode and encode the whole channel on the CPU.
+    #[default]
+    Cpu,
+    /// Leave out the largest rungs, one at a time, until the rest fit on a GPU; when not even one
+    /// rung fits, as `cpu`.
+    DropTopRung,
+    /// Refuse the publish.
+    Reject,
+}
+
+/// Datacenter GPUs have no driver limit on NVENC sessions: what runs out is encoder throughput,
+/// which NVML's encoder utilization shows. 32 sessions is eight channels of a four-rung
+/// 1080p/720p/480p/360p ladder (about 14 1080p streams' worth of pixels), so one GPU cannot take
+/// every channel of a busy host before encoder utilization steers placement elsewhere. GeForce
+/// drivers cap sessions per system far lower (5 or 8, by driver), so set it to that there.
+fn default_max_sessions_per_gpu() -> u32 {
+    32
 }
 
 fn default_x264_preset() -> String {
@@ -405,6 +501,24 @@ impl Config {
         }
         if !(8_000..=512_000).contains(&self.transcode.audio_bitrate) {
             bad("transcode.audio_bitrate".into(), "must be between 8000 and 512000".into());
+        }
+        if self.transcode.max_sessions_per_gpu == 0 {
+            bad("transcode.max_sessions_per_gpu".into(), "must be at least 1 (use hardware: cpu for no NVENC)".into());
+        }
+        if let GpuSelection::Only(ids) = &self.transcode.gpus {
+            if ids.is_empty() {
+                bad(
+                    "transcode.gpus".into(),
+                    "an empty list allows no GPU; write all, a list of indices, or hardware: cpu".into(),
+                );
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
+                bad("transcode.gpus".into(), format!("GPU {dup} is listed twice"));
+            }
+        }
+        for lname in self.transcode.ladder_hardware.keys().filter(|l| !self.ladders.contains_key(*l)) {
+            bad(format!("transcode.ladder_hardware.{lname}"), format!("no ladder named {lname:?}"));
         }
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             bad("log.level".into(), format!("{:?} is not a tracing filter", self.log.level));
@@ -746,6 +860,90 @@ channels:
             let errs: Vec<String> = parse(&text).unwrap_err().iter().map(|e| e.to_string()).collect();
             assert!(errs.len() == 1 && errs[0].contains(key) && errs[0].starts_with("test.yaml:4:"), "{bad}: {errs:?}");
         }
+    }
+
+    /// EXAMPLE with a `transcode:` line (line 6) holding `fields`.
+    fn with_transcode(fields: &str) -> String {
+        EXAMPLE.replace(
+            "hls:   { segment_duration: 2.0, window: 6 }",
+            &format!("hls:   {{ segment_duration: 2.0, window: 6 }}\ntranscode: {{ {fields} }}"),
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).unwrap_err().iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn gpu_placement_defaults() {
+        let t = parse(EXAMPLE).expect("valid").transcode;
+        assert_eq!(t.gpus, GpuSelection::All);
+        assert_eq!(t.max_sessions_per_gpu, 32);
+        assert_eq!(t.on_gpu_full, OnGpuFull::Cpu);
+        assert!(t.ladder_hardware.is_empty());
+        assert_eq!(t.hardware_for("default"), Hardware::Auto);
+    }
+
+    #[test]
+    fn gpu_placement_options_parse() {
+        let text = with_transcode(
+            "hardware: nvidia, gpus: [2, 0], max_sessions_per_gpu: 8, on_gpu_full: drop_top_rung, \
+             ladder_hardware: { default: cpu }",
+        );
+        let t = parse(&text).expect("valid").transcode;
+        assert_eq!(t.gpus, GpuSelection::Only(vec![2, 0]));
+        assert!(t.gpus.allows(2) && t.gpus.allows(0) && !t.gpus.allows(1));
+        assert_eq!(t.max_sessions_per_gpu, 8);
+        assert_eq!(t.on_gpu_full, OnGpuFull::DropTopRung);
+        assert_eq!(t.hardware_for("default"), Hardware::Cpu);
+        assert_eq!(t.hardware_for("other"), Hardware::Nvidia);
+
+        let t = parse(&with_transcode("gpus: all, on_gpu_full: reject")).expect("valid").transcode;
+        assert_eq!((t.gpus, t.on_gpu_full), (GpuSelection::All, OnGpuFull::Reject));
+        assert!(GpuSelection::All.allows(7));
+
+        let text = "transcode:\n  gpus:\n    - 1\n    - 3\nladders: { l: [{ name: a, width: 640, height: 360, video_bitrate: 500000 }] }\nchannels: []\n";
+        assert_eq!(parse(text).expect("valid").transcode.gpus, GpuSelection::Only(vec![1, 3]));
+    }
+
+    #[test]
+    fn gpu_placement_type_errors_have_line_and_column() {
+        for (fields, want) in [
+            ("gpus: some", "expected \"all\" or a list of GPU indices"),
+            ("gpus: [0, -1]", "gpus"),
+            ("gpus: 1", "expected \"all\" or a list of GPU indices"),
+            ("on_gpu_full: queue", "unknown variant `queue`"),
+            ("max_sessions_per_gpu: -4", "max_sessions_per_gpu"),
+            ("ladder_hardware: { default: gpu }", "unknown variant `gpu`"),
+            ("max_session_per_gpu: 4", "unknown field `max_session_per_gpu`"),
+        ] {
+            let errs = errors(&with_transcode(fields));
+            assert!(
+                errs.len() == 1 && errs[0].starts_with("test.yaml:6:") && errs[0].contains(want),
+                "{fields}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gpu_placement_rules() {
+        for (fields, want) in [
+            ("max_sessions_per_gpu: 0", "transcode.max_sessions_per_gpu: must be at least 1"),
+            ("gpus: []", "transcode.gpus: an empty list allows no GPU"),
+            ("gpus: [0, 1, 0]", "transcode.gpus: GPU 0 is listed twice"),
+            (
+                "ladder_hardware: { default: cpu, huge: nvidia }",
+                "transcode.ladder_hardware.huge: no ladder named \"huge\"",
+            ),
+        ] {
+            let errs = errors(&with_transcode(fields));
+            assert!(
+                errs.len() == 1 && errs[0].starts_with("test.yaml:6:") && errs[0].contains(want),
+                "{fields}: {errs:?}"
+            );
+        }
+        let text = format!("transcode:\n  ladder_hardware:\n    default: cpu\n    huge: nvidia\n{}", &EXAMPLE[1..]);
+        assert_eq!(errors(&text), vec!["test.yaml:4:5: transcode.ladder_hardware.huge: no ladder named \"huge\""]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod channel;
 pub mod config;
 pub mod ffi;
+pub mod gpu;
 pub mod http;
 pub mod ingest;
 pub mod media;

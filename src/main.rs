@@ -32,11 +32,19 @@ enum Command {
         /// The YAML configuration file.
         file: PathBuf,
     },
+    /// Show the NVIDIA GPUs, driver and engines (NVDEC, NVENC) this machine offers, and where each
+    /// transcode stage would run under `transcode.hardware: auto`. Exits 0 with or without a GPU.
+    Probe {
+        /// Print the probe as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Probe { json } => probe(json),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -81,6 +89,42 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `ladderd probe`: what this machine offers and what `auto` would make of it. A machine without
+/// a GPU is a valid answer, not a failure, so only an output error gives a non-zero status.
+fn probe(json: bool) -> ExitCode {
+    use ladderd::config::Hardware;
+    use ladderd::transcode::backend::{self, Stage};
+
+    let probe = ladderd::gpu::probe();
+    if json {
+        return match serde_json::to_string_pretty(&probe) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot write the probe as JSON: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    print!("{probe}");
+    println!();
+    println!("transcode.hardware: auto");
+    match backend::choose(Hardware::Auto, &probe.nvidia_offer(None)) {
+        Ok(plan) => {
+            for stage in Stage::ALL {
+                let why =
+                    plan.refused.iter().find(|r| r.stage == stage).map(|r| format!("nvidia refused: {}", r.reason));
+                let line = format!("  {:<8}{:<8}{}", stage.name(), plan.backend(stage).name(), why.unwrap_or_default());
+                println!("{}", line.trim_end());
+            }
+        }
+        Err(e) => println!("  no plan: {e}"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat, level: &str) {

@@ -6,6 +6,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::transcode::backend::FallbackReason;
+
 pub struct Metrics {
     registry: Registry,
     /// Bytes of RTMP payload received, per channel.
@@ -40,6 +42,29 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Pipeline errors that ended a publish, per channel and stage.
     pub pipeline_errors: IntCounterVec,
+    /// 1 for the backend (`cpu`, `nvidia`) each stage of each rung of a channel runs on; decode,
+    /// done once per channel, has an empty `rung`. A combination no longer in use is set to 0
+    /// rather than removed, so "this rung left NVENC" reads as a change of value, not as a series
+    /// that stopped (which looks like a scrape gap). Bounded: channels and rungs come from the
+    /// configuration, stages and backends from fixed lists. Set it with [`Metrics::set_backend_info`].
+    pub backend_info: IntGaugeVec,
+    /// Stages that run on the CPU although NVIDIA was asked for (`auto`, `nvidia`), one per stage
+    /// and plan, by reason (`no_driver`, `no_nvenc`, `no_nvdec`, `gpu_full`, `gpu_error`,
+    /// `not_built`; every one exported from the start, at 0).
+    pub backend_fallbacks: IntCounterVec,
+    /// NVENC sessions ladderd holds, per GPU (CUDA device ordinal).
+    pub gpu_nvenc_sessions: IntGaugeVec,
+}
+
+/// One `ladderd_backend_info` series of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSeries {
+    /// The rung's name; empty for decode, which feeds every rung.
+    pub rung: String,
+    /// `decode`, `scale` or `encode`.
+    pub stage: &'static str,
+    /// `cpu` or `nvidia`.
+    pub backend: &'static str,
 }
 
 impl Metrics {
@@ -94,7 +119,28 @@ impl Metrics {
         .expect("static metric");
         registry.register(Box::new(held_requests.clone())).expect("metric registered once");
 
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let backend_info = gauge_vec(
+            "backend_info",
+            "1 for the backend each stage of a rung runs on, 0 for one it no longer does",
+            &["channel", "rung", "stage", "backend"],
+        );
+        let gpu_nvenc_sessions = gauge_vec("gpu_nvenc_sessions", "NVENC sessions ladderd holds, per GPU", &["gpu"]);
+
         let r = &registry;
+        let backend_fallbacks = counter(
+            r,
+            "backend_fallbacks_total",
+            "Stages run on the CPU although NVIDIA was asked for, by reason",
+            &["reason"],
+        );
+        for reason in FallbackReason::ALL {
+            backend_fallbacks.with_label_values(&[reason.as_str()]);
+        }
         Self {
             ingest_bytes: counter(r, "ingest_bytes_total", "RTMP media payload bytes received", &["channel"]),
             publishes: counter(r, "publishes_total", "Publishes accepted", &["channel"]),
@@ -132,6 +178,9 @@ impl Metrics {
                 &["listener", "class"],
             ),
             pipeline_errors: counter(r, "pipeline_errors_total", "Errors that ended a publish", &["channel", "stage"]),
+            backend_info,
+            backend_fallbacks,
+            gpu_nvenc_sessions,
             registry,
         }
     }
@@ -149,6 +198,15 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+
+    /// Moves `channel`'s `backend_info` from `previous` to `current`: every series of `previous`
+    /// goes to 0, then every series of `current` to 1 (so one in both stays 1). `current` empty
+    /// zeroes the channel, for when it stops.
+    pub fn set_backend_info(&self, channel: &str, previous: &[BackendSeries], current: &[BackendSeries]) {
+        for (series, value) in previous.iter().map(|s| (s, 0)).chain(current.iter().map(|s| (s, 1))) {
+            self.backend_info.with_label_values(&[channel, &series.rung, series.stage, series.backend]).set(value);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -165,5 +223,39 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(rung: &str, stage: &'static str, backend: &'static str) -> BackendSeries {
+        BackendSeries { rung: rung.into(), stage, backend }
+    }
+
+    #[test]
+    fn backend_info_moves_from_the_old_backend_to_the_new() {
+        let m = Metrics::new();
+        let gpu = [series("", "decode", "nvidia"), series("720p", "encode", "nvidia")];
+        m.set_backend_info("demo", &[], &gpu);
+        let cpu = [series("", "decode", "nvidia"), series("720p", "encode", "cpu")];
+        m.set_backend_info("demo", &gpu, &cpu);
+        let get = |rung, stage, backend| m.backend_info.with_label_values(&["demo", rung, stage, backend]).get();
+        assert_eq!(
+            (get("", "decode", "nvidia"), get("720p", "encode", "nvidia"), get("720p", "encode", "cpu")),
+            (1, 0, 1)
+        );
+        m.set_backend_info("demo", &cpu, &[]);
+        assert_eq!((get("", "decode", "nvidia"), get("720p", "encode", "cpu")), (0, 0));
+    }
+
+    #[test]
+    fn every_fallback_reason_is_exported_from_the_start() {
+        let text = String::from_utf8(Metrics::new().render()).expect("utf-8");
+        for reason in FallbackReason::ALL {
+            let line = format!("ladderd_backend_fallbacks_total{{reason=\"{}\"}} 0", reason.as_str());
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 }

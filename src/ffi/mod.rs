@@ -3,6 +3,8 @@
 //! Every unsafe block does one operation and says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod hw;
+
 use std::sync::Once;
 
 use ffmpeg_next as ffmpeg;

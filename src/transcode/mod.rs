@@ -3,5 +3,6 @@
 pub mod backend;
 pub mod ladder;
 pub mod pipeline;
+pub mod placement;
 
 pub use pipeline::{TranscodeError, TranscodeSpec, Transcoder};

@@ -30,7 +30,6 @@ use crate::config::Hardware;
 use crate::ffi::{self, SharedFrame};
 use crate::media::{Alignment, EncodedPacket, RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks, VideoParams, avc};
 use crate::metrics::Metrics;
-use crate::transcode::backend::{self, NoHardware, NvidiaOffer, StagePlan};
 use crate::transcode::ladder::Rung;
 
 /// Source packets queued for the decoder. When full, the channel thread waits, and behind it
@@ -99,8 +98,6 @@ impl EncoderChoice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
-    #[error("channel {channel}: {source}")]
-    Backend { channel: String, source: NoHardware },
     #[error("channel {channel}: {what}: {source}")]
     Decoder { channel: String, what: &'static str, source: ffmpeg::Error },
     #[error("channel {channel}, rung {rung}: {what}: {source}")]
@@ -135,7 +132,6 @@ struct Picture {
 /// A running transcode.
 pub struct Transcoder {
     channel: String,
-    plan: StagePlan,
     input: Option<SyncSender<DecodeInput>>,
     decoder: Option<JoinHandle<Result<(), TranscodeError>>>,
     rungs: Vec<(String, JoinHandle<Result<(), TranscodeError>>)>,
@@ -150,21 +146,8 @@ impl Transcoder {
     ) -> Result<Self, TranscodeError> {
         ffi::init();
         let channel = spec.channel.clone();
-        let plan = backend::choose(spec.hardware, &NvidiaOffer::probe())
-            .map_err(|source| TranscodeError::Backend { channel: channel.clone(), source })?;
-        if !plan.refused.is_empty() {
-            let reasons: Vec<String> = plan.refused.iter().map(ToString::to_string).collect();
-            tracing::warn!(channel = %channel, refused = %reasons.join("; "), "hardware backends refused; those stages run on the CPU");
-        }
-        tracing::info!(
-            channel = %channel,
-            decode = plan.decode.name(),
-            scale = plan.scale.name(),
-            encode = plan.encode.name(),
-            rungs = spec.rungs.len(),
-            "transcode backends chosen"
-        );
-
+        // Which backend each stage runs on was chosen (and logged) by the channel; a GPU decoder or
+        // encoder that does not open here falls back below, and says so.
         let mut decoder_choice = spec.decoder;
         let decoder = match open_decoder(&channel, decoder_choice, &spec.source) {
             Ok(d) => d,
@@ -218,12 +201,7 @@ impl Transcoder {
                 Ok(())
             })
             .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
-        Ok(Self { channel, plan, input: Some(input), decoder: Some(decoder), rungs })
-    }
-
-    /// Where each stage runs.
-    pub fn plan(&self) -> &StagePlan {
-        &self.plan
+        Ok(Self { channel, input: Some(input), decoder: Some(decoder), rungs })
     }
 
     /// One source access unit, in decode order. Blocks while the decoder's queue is full.
@@ -1058,15 +1036,5 @@ mod tests {
         }
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "decoder_fallback"]).get(), 1);
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
-    }
-
-    #[test]
-    fn nvidia_only_is_refused_here_with_the_reason() {
-        let params = VideoParams { avcc: Bytes::new(), width: 320, height: 240, codec: "avc1.64000D".into() };
-        let mut s = spec(params, Alignment::Cadence, 60.0);
-        s.hardware = Hardware::Nvidia;
-        let err = Transcoder::start(s, Vec::new(), Arc::new(Metrics::new())).err().expect("refused");
-        let msg = err.to_string();
-        assert!(msg.contains("transcode.hardware is nvidia") && msg.contains("decode on nvidia"), "{msg}");
     }
 }
