@@ -47,9 +47,6 @@ const INGEST_QUEUE: usize = 512;
 /// Segments kept in the store after they leave the playlist, for players that fetched the
 /// playlist just before.
 const GRACE_SEGMENTS: usize = 2;
-/// Recent segments whose parts stay in the store. The playlist lists parts for the last three
-/// target durations (RFC 8216bis §6.2.2); one more covers players holding the previous playlist.
-const PART_SEGMENTS: usize = 4;
 /// Store key of a rendition playlist's delta update (`_HLS_skip=YES`), next to `index.m3u8`.
 pub const DELTA_PLAYLIST: &str = "index.m3u8#skip";
 
@@ -229,6 +226,12 @@ fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
         ctx.metrics.pipeline_errors.with_label_values(&[&name, "panic"]).inc();
         tracing::error!(channel = %name, "channel pipeline panicked; publish ended");
         ctx.kick.cancel();
+        // The loop did not get to free the channel: do it, unless a new publish already has it.
+        let mut live = lock(&ctx.state.live);
+        if live.as_ref().is_some_and(|t| t.is_cancelled()) {
+            *live = None;
+            ctx.metrics.channel_live.with_label_values(&[&name]).set(0);
+        }
     }
     tracing::info!(channel = %name, "publish ended");
 }
@@ -304,6 +307,8 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     // this thread flushes.
     ctx.kick.cancel();
     drop(rx);
+    // Posts not yet stamped belong to this publish, not to the next one.
+    lock(&ctx.state.posted_metadata).clear();
     *lock(&ctx.state.live) = None;
     ctx.metrics.channel_live.with_label_values(&[name]).set(0);
     if dropped_before_start > 0 {
@@ -460,8 +465,6 @@ const MAX_SEGMENT_TARGETS: i64 = 5;
 
 /// The stages of one publish (or of one stretch of it with unchanged stream parameters).
 struct Session {
-    /// NVENC sessions held on a GPU while this session's encoders run.
-    _sessions: Option<SessionGuard>,
     /// The parameters this session was started with; a change restarts it.
     source: VideoParams,
     audio_params: Option<AudioParams>,
@@ -471,6 +474,9 @@ struct Session {
     transcoder: Option<Transcoder>,
     passthrough: Option<(RenditionPublisher, SegmentClock)>,
     audio: Option<AudioTrack>,
+    /// NVENC sessions held on a GPU while this session's encoders run; last, so that it is
+    /// dropped after the transcoder.
+    _sessions: Option<SessionGuard>,
 }
 
 struct AudioTrack {
@@ -519,16 +525,25 @@ impl Session {
             video.push((p.clone(), None));
         }
         video.extend(plan.encoded.iter().map(|r| (r.name.clone(), Some(r.bitrate))));
-        let renditions = video.iter().map(|(n, _)| n.clone()).chain(audio.iter().map(|_| AUDIO.to_string()));
+        let renditions: Vec<String> =
+            video.iter().map(|(n, _)| n.clone()).chain(audio.iter().map(|_| AUDIO.to_string())).collect();
         // Wall-clock time of pts 0, so that EXT-X-PROGRAM-DATE-TIME = anchor + pts.
         let anchor = first_arrival - Duration::from_secs_f64(ticks_to_secs(first_pts.max(0)));
         let audio_params = audio.clone();
         {
             let mut h = lock(&ctx.state.history);
-            h.begin_publish(renditions.collect(), &ctx.objects, &ctx.config);
+            h.begin_publish(renditions.clone(), &ctx.objects, &ctx.config);
             h.variants = video.clone();
             h.audio = audio.as_ref().map(|_| AUDIO.to_string());
         }
+        // Renditions of an earlier session that this one does not have (a source that got
+        // smaller, a rung that failed) are ended, so that no player waits on them.
+        let stale: Vec<String> = lock(&ctx.state.history)
+            .renditions
+            .iter()
+            .filter(|(name, log)| !log.ended && !renditions.contains(name))
+            .map(|(name, _)| name.clone())
+            .collect();
         let publisher = |rendition: &str| RenditionPublisher {
             channel: name.clone(),
             rendition: rendition.to_string(),
@@ -542,8 +557,12 @@ impl Session {
             metadata_latest: ctx.state.metadata_latest.clone(),
             metadata_seen: ctx.state.metadata_latest.load(Ordering::Acquire),
             container: ctx.config.container(&ctx.state.config),
+            finished: false,
         };
 
+        for name in &stale {
+            publisher(name).end();
+        }
         let passthrough = plan.passthrough.as_ref().map(|p| {
             let mut publisher = publisher(p);
             publisher.start_track(TrackParams::Video(source.clone()));
@@ -707,7 +726,8 @@ struct BoardEntry {
 struct RenditionLog {
     segments: VecDeque<LoggedSegment>,
     /// Names of objects that left the playlist but stay a little longer in the store.
-    leaving: VecDeque<(String, Option<String>)>,
+    /// (segment, init segment if no remaining segment uses it, the segment's parts).
+    leaving: VecDeque<(String, Option<String>, Vec<String>)>,
     /// Media sequence number of `segments[0]` (or of the next segment when empty).
     media_sequence: u64,
     next_msn: u64,
@@ -720,8 +740,6 @@ struct RenditionLog {
     /// Parts of the segment being built (its number is `next_msn`), and its start time.
     open_parts: Vec<PlaylistPart>,
     open_pdt: Option<SystemTime>,
-    /// Part object names of recent segments, oldest first, removed once out of the playlist.
-    stored_parts: VecDeque<Vec<String>>,
     /// Facts for the master playlist.
     width: u32,
     height: u32,
@@ -773,7 +791,6 @@ impl History {
                 init_uri: None,
                 open_parts: Vec::new(),
                 open_pdt: None,
-                stored_parts: VecDeque::new(),
                 width: 0,
                 height: 0,
                 codec: String::new(),
@@ -786,7 +803,7 @@ impl History {
             log.discontinuity_next = !log.segments.is_empty();
             log.ended = false;
         }
-        // Renditions the new publish does not have (a smaller source) stay ended.
+        // Renditions the new publish does not have are ended by the session that starts it.
         let _ = objects;
     }
 }
@@ -815,6 +832,21 @@ struct RenditionPublisher {
     metadata_latest: Arc<AtomicU32>,
     metadata_seen: u32,
     container: Container,
+    /// `end` ran (or began): the drop guard below has nothing to do.
+    finished: bool,
+}
+
+impl Drop for RenditionPublisher {
+    /// A publisher dropped without `end` — the channel thread panicked — still ends its playlist,
+    /// so that players and blocked requests are not left waiting for parts that never come. What
+    /// the segmenter holds is dropped unflushed: flushing is what may have panicked.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.segmenter = None;
+            self.close_playlist();
+        }
+    }
 }
 
 impl RenditionPublisher {
@@ -947,12 +979,6 @@ impl RenditionPublisher {
         log.target_duration = log.target_duration.max(duration.round() as u64);
         let parts = std::mem::take(&mut log.open_parts);
         log.open_pdt = None;
-        log.stored_parts.push_back(parts.iter().map(|p| p.uri.clone()).collect());
-        while log.stored_parts.len() > PART_SEGMENTS {
-            for name in log.stored_parts.pop_front().unwrap_or_default() {
-                self.objects.remove(&format!("{}/{}", self.rendition, name));
-            }
-        }
         log.segments.push_back(LoggedSegment {
             uri,
             map_uri,
@@ -969,13 +995,23 @@ impl RenditionPublisher {
                 log.discontinuity_sequence += 1;
             }
             let init_still_used = log.segments.iter().any(|s| s.map_uri == old.map_uri);
-            log.leaving.push_back((old.uri, (!init_still_used).then_some(old.map_uri)));
+            // Parts leave with their segment: they share its buffers, so keeping them costs no
+            // memory, and whatever the playlist lists (RFC 8216bis §6.2.2) is always there.
+            let parts = old.parts.into_iter().map(|p| p.uri).collect();
+            log.leaving.push_back((
+                old.uri,
+                (!init_still_used && !old.map_uri.is_empty()).then_some(old.map_uri),
+                parts,
+            ));
         }
         while log.leaving.len() > GRACE_SEGMENTS {
-            if let Some((uri, init)) = log.leaving.pop_front() {
+            if let Some((uri, init, parts)) = log.leaving.pop_front() {
                 self.objects.remove(&format!("{}/{}", self.rendition, uri));
                 if let Some(init) = init {
                     self.objects.remove(&format!("{}/{}", self.rendition, init));
+                }
+                for part in parts {
+                    self.objects.remove(&format!("{}/{}", self.rendition, part));
                 }
             }
         }
@@ -1058,9 +1094,15 @@ impl RenditionPublisher {
     }
 
     fn end(&mut self) {
+        self.finished = true;
         if let Some(mut s) = self.segmenter.take() {
             self.publish_output(s.finish_parts());
         }
+        self.close_playlist();
+    }
+
+    /// Ends the playlist (ENDLIST, no preload hint) unless another session follows at once.
+    fn close_playlist(&mut self) {
         let mut h = lock(&self.history);
         if h.restarting {
             return;
@@ -1083,14 +1125,15 @@ impl RenditionSink for RenditionPublisher {
             tracing::warn!(channel = %self.channel, rendition = %self.rendition, "packet before stream parameters; dropped");
             return;
         };
-        let latest = self.metadata_latest.load(Ordering::Acquire);
-        if latest != self.metadata_seen {
+        if self.metadata_latest.load(Ordering::Acquire) != self.metadata_seen {
+            // The board, not the counter, says what there is: the counter is set after the entry
+            // is on the board, so an entry may already be there while the counter lags.
             let h = lock(&self.history);
-            for e in h.board.entries.iter().filter(|e| id_after(e.metadata.id, self.metadata_seen)) {
+            let seen = self.metadata_seen;
+            for e in h.board.entries.iter().filter(|e| id_after(e.metadata.id, seen)) {
                 segmenter.add_metadata(e.metadata.clone());
+                self.metadata_seen = e.metadata.id;
             }
-            drop(h);
-            self.metadata_seen = latest;
         }
         let out = segmenter.push_parts(packet);
         self.publish_output(out);

@@ -716,6 +716,15 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
         assert!(p.hints.is_empty() && !text.contains("#EXT-X-PRELOAD-HINT"), "no preload hint after the end:\n{text}");
         assert!(p.open.is_empty(), "no unfinished segment after the end:\n{text}");
         check_playlist(&p, &text, &siblings_of(&master, &format!("{rendition}/index.m3u8")));
+        // Every part the playlist lists can be fetched (RFC 8216bis §6.2.2).
+        for uri in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
+            .filter_map(|l| l.split("URI=\"").nth(1).and_then(|rest| rest.split('"').next()))
+        {
+            let r = http_get(http, &format!("/live/ll/{rendition}/{uri}"));
+            assert_eq!(r.status, 200, "{rendition}/{uri} is listed, so it must be there");
+        }
     }
 
     if let Some(gst) = gst.0.take() {
