@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod origin;
 pub mod package;
 pub mod store;
+pub mod systemd;
 pub mod transcode;
 
 use std::net::SocketAddr;

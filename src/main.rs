@@ -141,9 +141,24 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let daemon = ladderd::start(config, shutdown.clone()).await?;
+        // Every listener is bound: tell systemd (Type=notify), and keep its watchdog fed while
+        // the runtime is alive.
+        if let Err(e) = ladderd::systemd::notify("READY=1") {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+        if let Some(every) = ladderd::systemd::watchdog_interval() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let _ = ladderd::systemd::notify("WATCHDOG=1");
+                }
+            });
+        }
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: ending publishes and flushing playlists");
+            let _ = ladderd::systemd::notify("STOPPING=1");
             shutdown.cancel();
         });
         daemon.wait().await;
