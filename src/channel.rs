@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +78,14 @@ struct ChannelState {
     metadata_latest: Arc<AtomicU32>,
     /// The `ladderd_backend_info` series this channel set last.
     backend_series: Mutex<Vec<BackendSeries>>,
+    /// Who is publishing and since when; meaningful only while `live` is set.
+    publisher: Mutex<Option<PublisherStatus>>,
+    /// The source of the current publish's latest session; cleared when a publish begins.
+    source: Mutex<Option<SourceStatus>>,
+    /// The stage plan of the latest session, kept after it ends so that fallbacks stay visible.
+    backend: Mutex<Option<BackendStatus>>,
+    /// The two latest samples of `ladderd_ingest_bytes_total` (older first), for the ingest rate.
+    ingest_samples: Mutex<[Option<(Instant, u64)>; 2]>,
 }
 
 /// Posted metadata the channel thread has not stamped yet; more than a few means it is stuck.
@@ -98,6 +109,10 @@ impl Channels {
                     posted_metadata: Mutex::new(VecDeque::new()),
                     metadata_latest: Arc::new(AtomicU32::new(0)),
                     backend_series: Mutex::new(Vec::new()),
+                    publisher: Mutex::new(None),
+                    source: Mutex::new(None),
+                    backend: Mutex::new(None),
+                    ingest_samples: Mutex::new([None, None]),
                 };
                 (c.name.clone(), Arc::new(state))
             })
@@ -147,7 +162,189 @@ impl Channels {
     }
 }
 
-/// Why timed metadata was not accepted.
+/// Samples of the ingest byte counter further apart than this give no rate: it would no longer
+/// describe the last few seconds.
+const INGEST_RATE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Read-only status for the admin API, and the disconnect it offers.
+impl Channels {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Sends the live publisher of `channel` away: its connection is closed, and the channel
+    /// flushes and ends its playlists as when a publisher leaves.
+    pub fn disconnect(&self, channel: &str) -> Result<(), PostError> {
+        let state = self.channels.get(channel).ok_or(PostError::UnknownChannel)?;
+        let live = lock(&state.live);
+        let kick = live.as_ref().ok_or(PostError::NotLive)?;
+        kick.cancel();
+        tracing::info!(channel, "publisher disconnected through the admin API");
+        Ok(())
+    }
+
+    /// Records a sample of every channel's `ladderd_ingest_bytes_total`; the ingest rate in
+    /// [`Channels::status`] is the rate between the two latest samples.
+    pub fn sample_ingest(&self, now: Instant) {
+        for (name, state) in &self.channels {
+            let bytes = self.metrics.ingest_bytes.with_label_values(&[name]).get();
+            let mut samples = lock(&state.ingest_samples);
+            *samples = [samples[1], Some((now, bytes))];
+        }
+    }
+
+    /// Every configured channel's status, in configuration order.
+    pub fn statuses(&self) -> Vec<ChannelStatus> {
+        self.config.channels.iter().filter_map(|c| self.status(&c.name)).collect()
+    }
+
+    /// The status of `channel`; `None` when no such channel is configured.
+    pub fn status(&self, channel: &str) -> Option<ChannelStatus> {
+        let state = self.channels.get(channel)?;
+        let (live, publisher, source) = {
+            let live = lock(&state.live);
+            match live.as_ref() {
+                Some(_) => (true, lock(&state.publisher).clone(), lock(&state.source).clone()),
+                None => (false, None, None),
+            }
+        };
+        let bytes_total = self.metrics.ingest_bytes.with_label_values(&[channel]).get();
+        let bitrate_bps = match *lock(&state.ingest_samples) {
+            [Some((t0, b0)), Some((t1, b1))]
+                if t1 > t0 && Instant::now().saturating_duration_since(t1) <= INGEST_RATE_MAX_AGE =>
+            {
+                Some((b1.saturating_sub(b0) as f64 * 8.0 / (t1 - t0).as_secs_f64()).round() as u64)
+            }
+            _ => None,
+        };
+        let h = lock(&state.history);
+        // Variants highest first, then audio, then renditions only earlier publishes had.
+        let order: Vec<&String> = h.variants.iter().map(|(n, _)| n).chain(h.audio.iter()).collect();
+        let rest = h.renditions.keys().filter(|n| !order.contains(n));
+        let renditions = order
+            .iter()
+            .copied()
+            .chain(rest)
+            .filter_map(|name| {
+                let log = h.renditions.get(name)?;
+                Some(RenditionStatus {
+                    name: name.clone(),
+                    width: log.width,
+                    height: log.height,
+                    codec: log.codec.clone(),
+                    bandwidth: measured(log).map(|(peak, _)| peak),
+                    frame_rate: (log.frame_rate > 0.0).then_some(log.frame_rate),
+                    last_msn: log.segments.back().and_then(|_| log.next_msn.checked_sub(1)),
+                    segments_in_window: log.segments.len(),
+                    ended: log.ended,
+                })
+            })
+            .collect();
+        drop(h);
+        Some(ChannelStatus {
+            name: channel.to_string(),
+            live,
+            publisher,
+            source,
+            ingest: IngestStatus { bytes_total, bitrate_bps },
+            renditions,
+            backend: lock(&state.backend).clone(),
+        })
+    }
+}
+
+/// One channel as `GET /api/v1/channels/{name}` shows it (see `docs/api.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelStatus {
+    pub name: String,
+    pub live: bool,
+    pub publisher: Option<PublisherStatus>,
+    pub source: Option<SourceStatus>,
+    pub ingest: IngestStatus,
+    pub renditions: Vec<RenditionStatus>,
+    pub backend: Option<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PublisherStatus {
+    /// The publisher's address, `ip:port`.
+    pub peer: String,
+    /// When the publish began, RFC 3339 UTC.
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub width: u32,
+    pub height: u32,
+    pub codec: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_codec: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestStatus {
+    pub bytes_total: u64,
+    pub bitrate_bps: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RenditionStatus {
+    pub name: String,
+    /// 0 for the audio rendition.
+    pub width: u32,
+    pub height: u32,
+    pub codec: String,
+    /// Peak bits per second over the playlist window, as measured for the master playlist.
+    pub bandwidth: Option<u64>,
+    pub frame_rate: Option<f64>,
+    /// Media sequence number of the latest complete segment.
+    pub last_msn: Option<u64>,
+    pub segments_in_window: usize,
+    pub ended: bool,
+}
+
+/// A serializable copy of a session's [`StagePlan`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    pub decode: &'static str,
+    pub scale: &'static str,
+    pub encode: &'static str,
+    pub gpu: Option<u32>,
+    pub refused: Vec<RefusedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedStatus {
+    pub stage: &'static str,
+    pub backend: &'static str,
+    /// The fixed cause, as in `ladderd_backend_fallbacks_total{reason}`.
+    pub cause: &'static str,
+    pub reason: String,
+}
+
+impl BackendStatus {
+    fn of(plan: &StagePlan) -> Self {
+        Self {
+            decode: plan.decode.name(),
+            scale: plan.scale.name(),
+            encode: plan.encode.name(),
+            gpu: plan.gpu,
+            refused: plan
+                .refused
+                .iter()
+                .map(|r| RefusedStatus {
+                    stage: r.stage.name(),
+                    backend: r.backend.name(),
+                    cause: r.cause.as_str(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Why timed metadata (or a disconnect) was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PostError {
     UnknownChannel,
@@ -170,6 +367,10 @@ impl PublishGate for Channels {
         }
         let kick = CancellationToken::new();
         *live = Some(kick.clone());
+        // Set under `live` so that a status read never pairs this publish with the last one's facts.
+        let since = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        *lock(&state.publisher) = Some(PublisherStatus { peer: peer.to_string(), since });
+        *lock(&state.source) = None;
         drop(live);
 
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
@@ -362,6 +563,7 @@ fn place(
         gpu::probe_cached().nvidia_offer(placement.gpu)
     };
     let stages = backend::choose_placed(hardware, &offer, &mut placement)?;
+    *lock(&ctx.state.backend) = Some(BackendStatus::of(&stages));
     if !stages.refused.is_empty() {
         let reasons: Vec<String> = stages.refused.iter().map(ToString::to_string).collect();
         tracing::warn!(channel = %name, refused = %reasons.join("; "), "hardware backends refused; those stages run on the CPU");
@@ -515,6 +717,12 @@ impl Session {
                 height: source.height,
             });
         }
+        *lock(&ctx.state.source) = Some(SourceStatus {
+            width: source.width,
+            height: source.height,
+            codec: source.codec.clone(),
+            audio_codec: audio.as_ref().map(|a| a.codec.clone()),
+        });
         let (plan, stages, sessions) = place(ctx, plan)?;
         let alignment = if plan.passthrough.is_some() { Alignment::SourceKeyframes } else { Alignment::Cadence };
         let target = secs_to_ticks(ctx.config.hls.segment_duration);

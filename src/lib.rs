@@ -33,6 +33,9 @@ use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::store::Store;
 
+/// How often the ingest byte counters are sampled; the admin API's ingest rate spans one interval.
+const INGEST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -83,6 +86,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         shutdown.clone(),
     ));
     let admin_svc = Arc::new(Admin::new(metrics.clone(), channels.clone(), &config));
+    // `/readyz` waits for the GPU probe, which can take seconds (driver load, NVML), so that a
+    // publish admitted once ready is not held up by it.
+    let probed = admin_svc.clone();
+    tokio::task::spawn_blocking(move || {
+        gpu::probe_cached();
+        probed.mark_gpu_probed();
+    });
+    // Samples for the ingest rate the admin API reports.
+    let (sampled, stop) = (channels.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(INGEST_SAMPLE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => sampled.sample_ingest(std::time::Instant::now()),
+            }
+        }
+    });
     tasks.spawn(http::serve(
         admin,
         "admin",

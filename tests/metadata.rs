@@ -123,6 +123,20 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     }
     let text = http_get(admin, "/metrics").text();
     assert!(text.contains("ladderd_metadata_latency_seconds_count{channel=\"shop\"}"), "metric present");
+
+    // The channel status says what is live and where each stage runs.
+    assert_eq!(http_get(admin, "/readyz").status, 200);
+    let status = http_get_auth(admin, "/api/v1/channels/shop", TOKEN);
+    assert_eq!(status.status, 200, "{}", status.text());
+    let status: serde_json::Value = serde_json::from_slice(&status.body).expect("JSON");
+    assert_eq!(status["live"], true, "{status}");
+    assert_eq!((status["source"]["width"].as_u64(), status["source"]["height"].as_u64()), (Some(640), Some(360)));
+    assert_eq!(status["backend"]["encode"], "cpu", "{status}");
+    let renditions: Vec<&str> =
+        status["renditions"].as_array().expect("renditions").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(renditions.contains(&"360p") && renditions.contains(&"audio"), "{status}");
+    assert_eq!(http_get_auth(admin, "/api/v1/channels/nope", TOKEN).status, 404);
+    assert_eq!(http_get_auth(admin, "/api/v1/channels/shop", "wrong").status, 403);
     assert!(metrics.metadata_latency.with_label_values(&["shop"]).get_sample_count() >= 5);
 
     let _ = wait_with_timeout(publisher, Duration::from_secs(40));

@@ -13,7 +13,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::auth::{self, Credentials};
 use super::rate::Admission;
 use super::{Admin, error};
 use crate::channel::PostError;
@@ -47,22 +46,8 @@ impl Admin {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(expected) = self.token.as_deref() else {
-            return error(
-                StatusCode::FORBIDDEN,
-                "api_disabled",
-                "the admin API is disabled; set admin.token in the configuration to enable it",
-            );
-        };
-        match auth::check(req.headers(), expected) {
-            Credentials::Valid => {}
-            Credentials::Missing => {
-                let mut resp =
-                    error(StatusCode::UNAUTHORIZED, "unauthorized", "send the header 'Authorization: Bearer <token>'");
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return resp;
-            }
-            Credentials::Wrong => return error(StatusCode::FORBIDDEN, "forbidden", "the bearer token is not valid"),
+        if let Some(refused) = self.refusal(req.headers()) {
+            return refused;
         }
         if req.method() != Method::POST {
             let mut resp = error(

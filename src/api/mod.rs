@@ -1,15 +1,18 @@
-//! The admin listener: `/metrics` for Prometheus, `/healthz` for liveness checks, and the
-//! timed-metadata API (`POST /api/v1/channels/{channel}/metadata`, see `docs/api.md`).
+//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for liveness and
+//! readiness checks, channel status and disconnect (`/api/v1/channels[/{channel}]`), and the
+//! timed-metadata API (`POST /api/v1/channels/{channel}/metadata`); see `docs/api.md`.
 
 mod auth;
+mod channels;
 mod metadata;
 mod rate;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::channel::Channels;
@@ -23,6 +26,8 @@ pub struct Admin {
     /// `admin.token`; `None` disables the API.
     token: Option<String>,
     limits: rate::ChannelLimits,
+    /// The startup GPU probe has returned, so placing a channel no longer waits on it.
+    gpu_probed: AtomicBool,
 }
 
 impl Admin {
@@ -32,7 +37,54 @@ impl Admin {
             config.admin.metadata_rate,
             config.admin.metadata_burst,
         );
-        Self { metrics, channels, token: config.admin.token.clone(), limits }
+        Self { metrics, channels, token: config.admin.token.clone(), limits, gpu_probed: AtomicBool::new(false) }
+    }
+
+    /// Marks the startup GPU probe as done; `/readyz` answers 503 until then.
+    pub fn mark_gpu_probed(&self) {
+        self.gpu_probed.store(true, Ordering::Release);
+    }
+
+    /// Checks the bearer token of an API request: the response refusing it, or `None` to go on.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response<Body>> {
+        let Some(expected) = self.token.as_deref() else {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "api_disabled",
+                "the admin API is disabled; set admin.token in the configuration to enable it",
+            ));
+        };
+        match auth::check(headers, expected) {
+            auth::Credentials::Valid => None,
+            auth::Credentials::Missing => {
+                let mut resp =
+                    error(StatusCode::UNAUTHORIZED, "unauthorized", "send the header 'Authorization: Bearer <token>'");
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(resp)
+            }
+            auth::Credentials::Wrong => {
+                Some(error(StatusCode::FORBIDDEN, "forbidden", "the bearer token is not valid"))
+            }
+        }
+    }
+
+    /// `/readyz`: ready once the GPU probe is done, until shutdown begins. That the listener
+    /// answers at all shows the listeners are bound.
+    fn readyz(&self) -> Response<Body> {
+        let reason = if self.channels.is_draining() {
+            Some("draining")
+        } else if !self.gpu_probed.load(Ordering::Acquire) {
+            Some("gpu_probe_pending")
+        } else {
+            None
+        };
+        match reason {
+            None => text(StatusCode::OK, "application/json", r#"{"status":"ready"}"#.into()),
+            Some(reason) => {
+                let body = serde_json::json!({ "status": "not_ready", "reason": reason }).to_string();
+                text(StatusCode::SERVICE_UNAVAILABLE, "application/json", body.into())
+            }
+        }
     }
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
@@ -64,6 +116,9 @@ impl Admin {
             let channel = channel.to_owned();
             return self.post_metadata(req, &channel, now).await;
         }
+        if let Some(target) = channels::target_of(path) {
+            return self.channels_api(req.method(), req.headers(), target);
+        }
         if path.starts_with("/api/") {
             return error(StatusCode::NOT_FOUND, "not_found", "no such API endpoint");
         }
@@ -79,6 +134,7 @@ impl Admin {
                 text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render().into())
             }
             "/healthz" => text(StatusCode::OK, "application/json", r#"{"status":"ok"}"#.into()),
+            "/readyz" => self.readyz(),
             _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
         }
     }

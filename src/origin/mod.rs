@@ -10,6 +10,11 @@
 //! durations. Every waiter woken by one update reads the same immutable stored object, so their
 //! responses are identical bytes and a CDN may collapse them.
 //!
+//! Every stored object carries validators: a strong `ETag` (a digest of its bytes) and
+//! `Last-Modified` (when it was stored), so caches revalidate with `If-None-Match` or
+//! `If-Modified-Since` and get a 304 (RFC 9110 §13.1, §15.4.5). Init and media segments and parts
+//! answer single byte ranges (RFC 9110 §14), sliced from the stored chunks without copying.
+//!
 //! `GET /preview/{channel}` is a player page for people checking a channel ([`preview`]).
 
 mod preview;
@@ -19,10 +24,14 @@ pub use preview::Preview;
 use prometheus::IntGauge;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +47,13 @@ const CACHE_LIVE: &str = "public, max-age=1";
 const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `Cache-Control` for 404s: a name may appear a moment later (next segment), so do not cache.
 const CACHE_MISS: &str = "no-store";
+/// `Cache-Control` for 404s under a configured channel that is not live: a player polling for
+/// the stream to start would otherwise reach the origin through the CDN on every attempt, and two
+/// seconds is short enough that the stream is picked up promptly once the publisher starts.
+const CACHE_NOT_LIVE: &str = "public, max-age=2";
+/// Response headers a player on another origin may read besides the CORS-safelisted ones
+/// (Fetch standard §3.2.6): hls.js and others read ranges and validators.
+const EXPOSE_HEADERS: &str = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
 /// `Cache-Control` for 400s and 503s of LL-HLS requests: a request that is too far ahead now, or
 /// that timed out, names a state the stream will reach shortly, and the very same URL must then
 /// get the playlist. Many CDNs cache error statuses for a while unless told not to.
@@ -45,6 +61,8 @@ const CACHE_RETRY: &str = "no-store";
 
 /// The media playlist of a rendition, as the packager names it.
 const MEDIA_PLAYLIST: &str = "index.m3u8";
+/// The master playlist of a channel; the packager stores it once the channel is live.
+const MASTER_PLAYLIST: &str = "master.m3u8";
 /// Suffix of the stored delta update of a media playlist (`_HLS_skip`, RFC 8216bis §6.2.5.1).
 const DELTA_SUFFIX: &str = "#skip";
 
@@ -137,6 +155,82 @@ impl BadDirective {
     }
 }
 
+/// The request fields that make answering a stored object conditional or partial, copied out of
+/// the request so that a held request does not borrow it.
+#[derive(Debug, Default, Clone)]
+struct Conditions {
+    /// Every `If-None-Match` field line: the field is a list and may be split (RFC 9110 §5.3).
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+    range: Option<HeaderValue>,
+    if_range: Option<HeaderValue>,
+}
+
+impl Conditions {
+    fn of(headers: &HeaderMap) -> Self {
+        // The other fields hold a single member; more than one line makes them invalid, and an
+        // invalid one is ignored (RFC 9110 §13.1.3, §13.1.5, §14.2).
+        let single = |name: header::HeaderName| {
+            let mut lines = headers.get_all(name).into_iter();
+            match (lines.next(), lines.next()) {
+                (Some(v), None) => Some(v.clone()),
+                _ => None,
+            }
+        };
+        Self {
+            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
+            if_modified_since: single(header::IF_MODIFIED_SINCE),
+            range: single(header::RANGE),
+            if_range: single(header::IF_RANGE),
+        }
+    }
+
+    /// Whether a GET or HEAD of `object` is answered 304 (RFC 9110 §13.2.2 steps 3 and 4).
+    fn not_modified(&self, object: &Object, etag: &str) -> bool {
+        if !self.if_none_match.is_empty() {
+            return self.if_none_match.iter().filter_map(|v| v.to_str().ok()).any(|v| none_match(v, etag));
+        }
+        let Some(since) = self.if_modified_since.as_ref().and_then(|v| v.to_str().ok()).and_then(parse_http_date)
+        else {
+            return false;
+        };
+        let stored = unix_seconds(object.stored_at);
+        match object.cache {
+            Cacheability::Immutable => stored <= since,
+            // `Last-Modified` has one-second resolution and a playlist changes several times a
+            // second, so a playlist stored within the very second the client names may differ
+            // from the copy it has: only a later second proves it unchanged.
+            Cacheability::Live => stored < since,
+        }
+    }
+
+    /// The part of an object of `len` bytes a GET asks for (RFC 9110 §14.2). `If-Range` that does
+    /// not match means the whole object (RFC 9110 §13.1.5).
+    fn range(&self, object: &Object, etag: &str, len: u64) -> Ranged {
+        let Some(range) = self.range.as_ref().and_then(|v| v.to_str().ok()) else {
+            return Ranged::Whole;
+        };
+        if let Some(validator) = &self.if_range
+            && !validator.to_str().is_ok_and(|v| if_range_matches(v, object, etag))
+        {
+            return Ranged::Whole;
+        }
+        byte_range(range, len)
+    }
+}
+
+/// What a `Range` request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ranged {
+    /// 200 with all of it: no range, a range this origin ignores, or several ranges (RFC 9110
+    /// §14.2 lets a server ignore `Range`; serving whole segments spares a multipart body).
+    Whole,
+    /// 206 with bytes `first..=last`.
+    Bytes { first: u64, last: u64 },
+    /// 416: no byte of the object is in the range.
+    Unsatisfiable,
+}
+
 /// How a hold ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hold {
@@ -187,14 +281,15 @@ impl Origin {
     pub fn handle<'a, B>(&'a self, req: &Request<B>) -> impl Future<Output = Response<Body>> + Send + use<'a, B> {
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let conditions = Conditions::of(req.headers());
         async move {
-            let resp = self.route(method, uri).await;
+            let resp = self.route(method, uri, &conditions).await;
             self.metrics.http_requests.with_label_values(&["origin", status_class(resp.status().as_u16())]).inc();
             resp
         }
     }
 
-    async fn route(&self, method: Method, uri: Uri) -> Response<Body> {
+    async fn route(&self, method: Method, uri: Uri, conditions: &Conditions) -> Response<Body> {
         let head = match method {
             Method::GET => false,
             Method::HEAD => true,
@@ -222,16 +317,16 @@ impl Origin {
         };
         let (rendition, file) = name.split_once('/').unwrap_or(("", name));
         if !rendition.is_empty() && file == MEDIA_PLAYLIST {
-            return self.media_playlist(&objects, rendition, name, uri.query(), head).await;
+            return self.media_playlist(&objects, rendition, name, uri.query(), head, conditions).await;
         }
         if let Some(object) = objects.get(name) {
-            return serve(&object, head, None);
+            return serve(&object, head, None, conditions);
         }
         match part_name(file) {
             Some((msn, part)) if !rendition.is_empty() && !file.contains('/') => {
-                self.hinted_part(&objects, rendition, name, msn, part, head).await
+                self.hinted_part(&objects, rendition, name, msn, part, head, conditions).await
             }
-            _ => not_found(),
+            _ => missing(&objects),
         }
     }
 
@@ -243,6 +338,7 @@ impl Origin {
         name: &str,
         query: Option<&str>,
         head: bool,
+        conditions: &Conditions,
     ) -> Response<Body> {
         let directives = match directives(query) {
             Ok(d) => d,
@@ -253,7 +349,9 @@ impl Origin {
         // clients accept (an `_HLS_skip` answer without `EXT-X-SKIP` skipped nothing).
         let current =
             || if directives.skip { objects.get(&delta).or_else(|| objects.get(name)) } else { objects.get(name) };
-        let answer = |cache: Option<&HeaderValue>| current().map_or_else(not_found, |o| serve(&o, head, cache));
+        let answer = |cache: Option<&HeaderValue>| {
+            current().map_or_else(|| missing(objects), |o| serve(&o, head, cache, conditions))
+        };
 
         let Some(msn) = directives.msn else {
             return answer(None);
@@ -307,6 +405,7 @@ impl Origin {
     /// next part of the segment being built, or the first of the following segment when this one
     /// may have ended) is held until it is published; anything else is not found (RFC 8216bis
     /// §6.2.6: a server should answer 404 for a missing resource no preload hint names).
+    #[allow(clippy::too_many_arguments)] // The request's parts, each named, read better than a struct of them.
     async fn hinted_part(
         &self,
         objects: &ChannelObjects,
@@ -315,25 +414,27 @@ impl Origin {
         msn: u64,
         part: u64,
         head: bool,
+        conditions: &Conditions,
     ) -> Response<Body> {
+        let answer = || objects.get(name).map_or_else(|| missing(objects), |o| serve(&o, head, None, conditions));
         let Some(mut progress) = objects.watch(rendition) else {
-            return not_found();
+            return missing(objects);
         };
         let now = *progress.borrow_and_update();
         let hinted =
             !now.ended && ((msn == now.msn && part == now.parts) || (msn == now.msn.wrapping_add(1) && part == 0));
         // Published between the first look and the subscription, or never coming: look again.
         if !hinted {
-            return objects.get(name).map_or_else(not_found, |o| serve(&o, head, None));
+            return answer();
         }
         if let Some(object) = objects.get(name) {
-            return serve(&object, head, None);
+            return serve(&object, head, None, conditions);
         }
         // Stop once progress has passed the part: then it is either stored or will never be
         // (the segment ended with fewer parts).
         let passed = |p: &Progress| p.ended || p.msn > msn || (p.msn == msn && p.parts > part);
         match self.hold(&mut progress, passed).await {
-            Hold::Reached => objects.get(name).map_or_else(not_found, |o| serve(&o, head, None)),
+            Hold::Reached => answer(),
             Hold::TimedOut => unavailable("the hinted part did not arrive in time\n"),
             Hold::ShuttingDown => unavailable("shutting down\n"),
         }
@@ -435,23 +536,236 @@ impl WithHeader for Response<Body> {
     }
 }
 
-/// A stored object; `cache` overrides the `Cache-Control` its cacheability implies.
-fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>) -> Response<Body> {
+/// A stored object; `cache` overrides the `Cache-Control` its cacheability implies. GET and HEAD
+/// get the same headers, except that `Range` is for GET alone (RFC 9110 §14.2).
+fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>, conditions: &Conditions) -> Response<Body> {
     let cache = cache.cloned().unwrap_or_else(|| {
         HeaderValue::from_static(match object.cache {
             Cacheability::Live => CACHE_LIVE,
             Cacheability::Immutable => CACHE_IMMUTABLE,
         })
     });
-    let len = object.len();
-    let body = if head { Body::empty() } else { Body::from_chunks(object.chunks.iter().cloned()) };
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(object.content_type));
+    let etag = entity_tag(object);
+    let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, cache);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    insert_text(&mut h, header::ETAG, &etag);
+    insert_text(&mut h, header::LAST_MODIFIED, &http_date(object.stored_at));
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
+    // RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that caches update (here
+    // Cache-Control, ETag, Last-Modified) and no content.
+    if conditions.not_modified(object, &etag) {
+        return response(StatusCode::NOT_MODIFIED, h, Body::empty());
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(object.content_type));
+    let len = object.len() as u64;
+    // Playlists change under their name: a client joining ranges of two versions would get
+    // neither, so they are always whole (RFC 9110 §14.2 lets a server ignore Range).
+    let ranged = object.cache == Cacheability::Immutable;
+    if ranged {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    let range = if ranged && !head { conditions.range(object, &etag, len) } else { Ranged::Whole };
+    match range {
+        Ranged::Whole => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            let body = if head { Body::empty() } else { Body::from_chunks(object.chunks.iter().cloned()) };
+            response(StatusCode::OK, h, body)
+        }
+        Ranged::Bytes { first, last } => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+            insert_text(&mut h, header::CONTENT_RANGE, &format!("bytes {first}-{last}/{len}"));
+            response(StatusCode::PARTIAL_CONTENT, h, Body::from_chunks(slice_chunks(&object.chunks, first, last + 1)))
+        }
+        Ranged::Unsatisfiable => {
+            // RFC 9110 §15.5.17: the 416 names the current length.
+            let mut resp = plain(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n", CACHE_MISS);
+            insert_text(resp.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{len}"));
+            resp
+        }
+    }
+}
+
+fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
     resp
+}
+
+/// The bytes `start..end` of an object, as slices of its chunks: only the chunks at either end
+/// are cut, and cutting a `Bytes` shares its buffer.
+fn slice_chunks(chunks: &[Bytes], start: u64, end: u64) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for chunk in chunks {
+        let (from, to) = (offset, offset + chunk.len() as u64);
+        offset = to;
+        if to <= start {
+            continue;
+        }
+        if from >= end {
+            break;
+        }
+        let cut_from = (start.saturating_sub(from)) as usize;
+        let cut_to = (end.min(to) - from) as usize;
+        out.push(if cut_from == 0 && cut_to == chunk.len() { chunk.clone() } else { chunk.slice(cut_from..cut_to) });
+    }
+    out
+}
+
+/// A `Range` value against an object of `len` bytes (RFC 9110 §14.1.1, §14.1.2).
+fn byte_range(value: &str, len: u64) -> Ranged {
+    let Some((unit, set)) = value.split_once('=') else {
+        return Ranged::Whole;
+    };
+    // Range units are case-insensitive (RFC 9110 §14.1); any other unit is ignored (§14.2).
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Ranged::Whole;
+    }
+    // A list (RFC 9110 §5.6.1): empty members and whitespace around commas are allowed.
+    let mut specs = set.split(',').map(|s| s.trim_matches([' ', '\t'])).filter(|s| !s.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return Ranged::Whole;
+    };
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ranged::Whole;
+    };
+    // A position too large for u64 is still a valid one, and lies past any object's end.
+    let position = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+    };
+    match (position(first), position(last)) {
+        // suffix-range: the last `n` bytes; none of zero bytes satisfies (RFC 9110 §14.1.1).
+        (None, Some(n)) if first.is_empty() => {
+            if n == 0 || len == 0 {
+                Ranged::Unsatisfiable
+            } else {
+                Ranged::Bytes { first: len.saturating_sub(n), last: len - 1 }
+            }
+        }
+        (Some(first), None) if last.is_empty() => {
+            if first >= len {
+                Ranged::Unsatisfiable
+            } else {
+                Ranged::Bytes { first, last: len - 1 }
+            }
+        }
+        // An int-range whose last position is before its first is invalid: ignored.
+        (Some(first), Some(last)) if first <= last => {
+            if first >= len {
+                Ranged::Unsatisfiable
+            } else {
+                Ranged::Bytes { first, last: last.min(len - 1) }
+            }
+        }
+        _ => Ranged::Whole,
+    }
+}
+
+/// The strong entity-tag of an object (RFC 9110 §8.8.3): its length and the digest of its bytes,
+/// so it changes whenever the bytes do.
+fn entity_tag(object: &Object) -> String {
+    format!("\"{:x}-{:016x}\"", object.len(), object.digest)
+}
+
+/// Whether an `If-None-Match` value matches `etag` by the weak comparison (RFC 9110 §13.1.2,
+/// §8.8.3.2): `*`, or any listed tag whose opaque part equals ours, `W/` or not.
+fn none_match(value: &str, etag: &str) -> bool {
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return false;
+        }
+        if rest.starts_with('*') {
+            return true;
+        }
+        let Some((_weak, tag, after)) = split_entity_tag(rest) else {
+            // Not an entity-tag list: the condition is ignored rather than guessed at.
+            return false;
+        };
+        if tag == etag {
+            return true;
+        }
+        rest = after;
+    }
+}
+
+/// The first entity-tag of `s` (RFC 9110 §8.8.3): whether it is weak, the opaque-tag with its
+/// quotes, and what follows it.
+fn split_entity_tag(s: &str) -> Option<(bool, &str, &str)> {
+    let (weak, s) = match s.strip_prefix("W/") {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let end = s.strip_prefix('"')?.find('"')? + 1;
+    Some((weak, &s[..=end], &s[end + 1..]))
+}
+
+/// Whether `If-Range` lets a range be served (RFC 9110 §13.1.5): a strong entity-tag equal to
+/// ours, or exactly the object's `Last-Modified`. That date is a strong validator here because
+/// only immutable objects, whose names are never reused, answer ranges.
+fn if_range_matches(value: &str, object: &Object, etag: &str) -> bool {
+    let value = value.trim_matches([' ', '\t']);
+    if value.starts_with('"') || value.starts_with("W/") {
+        return matches!(split_entity_tag(value), Some((false, tag, "")) if tag == etag);
+    }
+    object.cache == Cacheability::Immutable && parse_http_date(value) == Some(unix_seconds(object.stored_at))
+}
+
+/// IMF-fixdate (RFC 9110 §5.6.7), the only form an HTTP date may be sent in.
+const IMF_FIXDATE: &[BorrowedFormatItem<'_>] =
+    format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
+
+fn http_date(at: SystemTime) -> String {
+    OffsetDateTime::from(at).format(IMF_FIXDATE).unwrap_or_default()
+}
+
+fn unix_seconds(at: SystemTime) -> i64 {
+    OffsetDateTime::from(at).unix_timestamp()
+}
+
+/// An HTTP-date in any of its three forms, which a recipient must all accept (RFC 9110 §5.6.7):
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`, `Sun Nov  6 08:49:37 1994`.
+/// Seconds since the Unix epoch; `None` for anything else.
+fn parse_http_date(value: &str) -> Option<i64> {
+    let fields: Vec<&str> = value.split([' ', ',', '-']).filter(|f| !f.is_empty()).collect();
+    let (day, month, year, clock) = match fields[..] {
+        [_weekday, day, month, year, clock, "GMT"] => (day, month, year, clock),
+        [_weekday, month, day, clock, year] => (day, month, year, clock),
+        _ => return None,
+    };
+    let number = |s: &str, digits: std::ops::RangeInclusive<usize>| {
+        (digits.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<u16>().ok()).flatten()
+    };
+    let mut year = i32::from(number(year, 2..=4)?);
+    if year < 100 {
+        // rfc850-date: a two-digit year more than 50 years ahead is in the previous century.
+        let now = OffsetDateTime::now_utc().year();
+        year += now - now % 100;
+        if year > now + 50 {
+            year -= 100;
+        }
+    }
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| *m == month)?;
+    let month = time::Month::try_from(u8::try_from(month + 1).ok()?).ok()?;
+    let day = u8::try_from(number(day, 1..=2)?).ok()?;
+    let mut clock = clock.split(':');
+    let (Some(h), Some(m), Some(sec), None) = (clock.next(), clock.next(), clock.next(), clock.next()) else {
+        return None;
+    };
+    let part = |s: &str| number(s, 2..=2).and_then(|n| u8::try_from(n).ok());
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    let time = time::Time::from_hms(part(h)?, part(m)?, part(sec)?).ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc().unix_timestamp())
+}
+
+fn insert_text(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str, cache: &'static str) -> Response<Body> {
@@ -461,11 +775,22 @@ fn plain(status: StatusCode, text: &'static str, cache: &'static str) -> Respons
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
     resp
 }
 
 fn not_found() -> Response<Body> {
     plain(StatusCode::NOT_FOUND, "not found\n", CACHE_MISS)
+}
+
+/// A name not in a configured channel's store: briefly cacheable while the channel is not live
+/// (no master playlist), uncached otherwise since the name may appear with the next part.
+fn missing(objects: &ChannelObjects) -> Response<Body> {
+    if objects.get(MASTER_PLAYLIST).is_some() {
+        not_found()
+    } else {
+        plain(StatusCode::NOT_FOUND, "channel is not live\n", CACHE_NOT_LIVE)
+    }
 }
 
 fn bad_request(why: BadDirective) -> Response<Body> {
@@ -517,6 +842,7 @@ mod tests {
     const CACHE_BLOCKING: &str = "public, max-age=2";
 
     struct Fixture {
+        store: Arc<Store>,
         origin: Arc<Origin>,
         channel: Arc<ChannelObjects>,
         shutdown: CancellationToken,
@@ -554,12 +880,35 @@ mod tests {
         put_part(&channel, 5, 1, b"part 5.1");
         publish(&channel, b"playlist v1", b"delta v1", Progress { msn: 5, parts: 2, ended: false });
         let shutdown = CancellationToken::new();
-        let origin = Arc::new(Origin::new(store, Arc::new(Metrics::new()), TARGETS, shutdown.clone()));
-        Fixture { origin, channel, shutdown }
+        let origin = Arc::new(Origin::new(store.clone(), Arc::new(Metrics::new()), TARGETS, shutdown.clone()));
+        Fixture { store, origin, channel, shutdown }
     }
 
     async fn get(o: &Origin, method: Method, path: &str) -> Response<Body> {
-        o.handle(&Request::builder().method(method).uri(path).body(()).expect("request")).await
+        get_with(o, method, path, &[]).await
+    }
+
+    async fn get_with(
+        o: &Origin,
+        method: Method,
+        path: &str,
+        headers: &[(header::HeaderName, &str)],
+    ) -> Response<Body> {
+        let mut req = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            req = req.header(name, *value);
+        }
+        o.handle(&req.body(()).expect("request")).await
+    }
+
+    /// A segment of three chunks, `0123` `4567` `89ab`, stored as `720p/2.m4s`.
+    fn put_chunked_segment(ch: &ChannelObjects) {
+        let chunks = [&b"0123"[..], b"4567", b"89ab"].map(Bytes::from_static).to_vec();
+        ch.put("720p/2.m4s", Object::new(chunks, content_type("2.m4s"), Cacheability::Immutable));
+    }
+
+    fn header(r: &Response<Body>, name: header::HeaderName) -> &str {
+        r.headers().get(&name).map_or("", |v| v.to_str().expect("text"))
     }
 
     /// Starts a GET that may be held; the returned task yields the response.
@@ -888,6 +1237,346 @@ mod tests {
         assert_eq!(body(r).await, "audio playlist");
         let r = get(&f.origin, Method::GET, "/live/demo/video/index.m3u8?_HLS_msn=1").await;
         assert_eq!(r.status(), 404);
+    }
+
+    #[test]
+    fn http_dates_in_all_three_forms() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(at), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(SystemTime::UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        for form in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(parse_http_date(form), Some(784_111_777), "{form}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 8:49 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn objects_carry_a_strong_etag_and_last_modified() {
+        let f = fixture();
+        let stored = f.channel.get("720p/1.m4s").expect("stored");
+        let r = get(&f.origin, Method::GET, "/live/demo/720p/1.m4s").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, header::ETAG), format!("\"8-{:016x}\"", stored.digest));
+        assert_eq!(header(&r, header::LAST_MODIFIED), http_date(stored.stored_at));
+        assert!(header(&r, header::LAST_MODIFIED).ends_with(" GMT"));
+        assert_eq!(header(&r, header::ACCEPT_RANGES), "bytes");
+        // The same bytes stored again are the same representation; other bytes are not.
+        put_part(&f.channel, 7, 0, b"moofmdat");
+        let again = get(&f.origin, Method::GET, "/live/demo/720p/7.0.m4s").await;
+        assert_eq!(header(&again, header::ETAG), header(&r, header::ETAG));
+        let playlist = get(&f.origin, Method::GET, "/live/demo/720p/index.m3u8").await;
+        assert_ne!(header(&playlist, header::ETAG), header(&r, header::ETAG));
+        assert_eq!(header(&playlist, header::ACCEPT_RANGES), "", "playlists are served whole");
+    }
+
+    #[tokio::test]
+    async fn if_none_match_round_trip_is_304_without_content() {
+        let f = fixture();
+        for path in ["/live/demo/720p/1.m4s", "/live/demo/master.m3u8"] {
+            let first = get(&f.origin, Method::GET, path).await;
+            let etag = header(&first, header::ETAG).to_owned();
+            for value in [etag.clone(), format!("W/{etag}"), format!("\"other\", {etag}"), "*".to_owned()] {
+                let r = get_with(&f.origin, Method::GET, path, &[(header::IF_NONE_MATCH, &value)]).await;
+                assert_eq!(r.status(), 304, "{path} {value}");
+                assert_eq!(header(&r, header::ETAG), etag);
+                assert_eq!(header(&r, header::CACHE_CONTROL), header(&first, header::CACHE_CONTROL));
+                assert_eq!(header(&r, header::LAST_MODIFIED), header(&first, header::LAST_MODIFIED));
+                assert_eq!(header(&r, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+                assert!(r.headers().get(header::CONTENT_LENGTH).is_none());
+                assert!(r.headers().get(header::CONTENT_TYPE).is_none());
+                assert!(body(r).await.is_empty());
+            }
+            // A list split over two field lines.
+            let r = get_with(
+                &f.origin,
+                Method::GET,
+                path,
+                &[(header::IF_NONE_MATCH, "\"a,b\""), (header::IF_NONE_MATCH, &etag)],
+            )
+            .await;
+            assert_eq!(r.status(), 304, "{path}");
+            for value in ["\"other\"", "W/\"other\", \"a,b\"", "garbage"] {
+                let r = get_with(&f.origin, Method::GET, path, &[(header::IF_NONE_MATCH, value)]).await;
+                assert_eq!(r.status(), 200, "{path} {value}");
+                assert_eq!(header(&r, header::ETAG), etag);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn if_modified_since_is_304_unless_if_none_match_is_present() {
+        let f = fixture();
+        let stored = f.channel.get("720p/1.m4s").expect("stored");
+        let path = "/live/demo/720p/1.m4s";
+        let at = http_date(stored.stored_at);
+        let earlier = http_date(stored.stored_at - Duration::from_secs(2));
+        let r = get_with(&f.origin, Method::GET, path, &[(header::IF_MODIFIED_SINCE, &at)]).await;
+        assert_eq!(r.status(), 304);
+        assert_eq!(header(&r, header::CACHE_CONTROL), CACHE_IMMUTABLE);
+        assert_eq!(header(&r, header::LAST_MODIFIED), at);
+        for headers in [
+            vec![(header::IF_MODIFIED_SINCE, earlier.as_str())],
+            vec![(header::IF_MODIFIED_SINCE, "not a date")],
+            // If-None-Match decides alone when present (RFC 9110 §13.1.3).
+            vec![(header::IF_NONE_MATCH, "\"other\""), (header::IF_MODIFIED_SINCE, at.as_str())],
+        ] {
+            let r = get_with(&f.origin, Method::GET, path, &headers).await;
+            assert_eq!(r.status(), 200, "{headers:?}");
+            assert_eq!(body(r).await, "moofmdat");
+        }
+        // A playlist may have changed within the second its Last-Modified names.
+        let playlist = f.channel.get("720p/index.m3u8").expect("stored");
+        let same_second = http_date(playlist.stored_at);
+        let next_second = http_date(playlist.stored_at + Duration::from_secs(1));
+        let ask = |since: String| {
+            let o = f.origin.clone();
+            async move {
+                get_with(&o, Method::GET, "/live/demo/720p/index.m3u8", &[(header::IF_MODIFIED_SINCE, &since)])
+                    .await
+                    .status()
+            }
+        };
+        assert_eq!(ask(same_second).await, 200);
+        assert_eq!(ask(next_second).await, 304);
+    }
+
+    #[tokio::test]
+    async fn blocking_reloads_revalidate_against_the_playlist_they_wait_for() {
+        let f = fixture();
+        let v1 = get(&f.origin, Method::GET, "/live/demo/720p/index.m3u8").await;
+        let etag = header(&v1, header::ETAG).to_owned();
+        let path = "/live/demo/720p/index.m3u8?_HLS_msn=4";
+        let r = get_with(&f.origin, Method::GET, path, &[(header::IF_NONE_MATCH, &etag)]).await;
+        assert_eq!(r.status(), 304);
+        assert_eq!(header(&r, header::CACHE_CONTROL), CACHE_BLOCKING);
+        let held = {
+            let (o, etag) = (f.origin.clone(), etag.clone());
+            tokio::spawn(async move {
+                let path = "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=2";
+                get_with(&o, Method::GET, path, &[(header::IF_NONE_MATCH, &etag)]).await
+            })
+        };
+        settle().await;
+        assert_eq!(f.origin.waiting(), 1);
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        let r = held.await.expect("task");
+        assert_eq!(r.status(), 200);
+        assert_ne!(header(&r, header::ETAG), etag);
+        assert_eq!(body(r).await, "playlist v2");
+    }
+
+    #[tokio::test]
+    async fn single_byte_ranges_are_206_sliced_from_the_chunks() {
+        let f = fixture();
+        put_chunked_segment(&f.channel);
+        let full = get(&f.origin, Method::GET, "/live/demo/720p/2.m4s").await;
+        let etag = header(&full, header::ETAG).to_owned();
+        for (range, content_range, want) in [
+            ("bytes=0-0", "bytes 0-0/12", "0"),
+            ("bytes=0-3", "bytes 0-3/12", "0123"),
+            ("bytes=3-9", "bytes 3-9/12", "3456789"),
+            ("bytes=4-7", "bytes 4-7/12", "4567"),
+            ("bytes=-5", "bytes 7-11/12", "789ab"),
+            ("bytes=-100", "bytes 0-11/12", "0123456789ab"),
+            ("bytes=10-", "bytes 10-11/12", "ab"),
+            ("bytes=8-1000", "bytes 8-11/12", "89ab"),
+            ("BYTES=1-2", "bytes 1-2/12", "12"),
+            ("bytes=1-2, ", "bytes 1-2/12", "12"),
+        ] {
+            let r = get_with(&f.origin, Method::GET, "/live/demo/720p/2.m4s", &[(header::RANGE, range)]).await;
+            assert_eq!(r.status(), 206, "{range}");
+            assert_eq!(header(&r, header::CONTENT_RANGE), content_range, "{range}");
+            assert_eq!(header(&r, header::CONTENT_LENGTH), want.len().to_string(), "{range}");
+            assert_eq!(header(&r, header::CONTENT_TYPE), "video/iso.segment");
+            assert_eq!(header(&r, header::CACHE_CONTROL), CACHE_IMMUTABLE);
+            assert_eq!(header(&r, header::ETAG), etag);
+            assert_eq!(header(&r, header::ACCEPT_RANGES), "bytes");
+            assert_eq!(body(r).await, want, "{range}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_shares_the_stored_buffers() {
+        static SEGMENT: [u8; 12] = *b"0123456789ab";
+        let chunks = vec![Bytes::from_static(&SEGMENT[..4]), Bytes::from_static(&SEGMENT[4..])];
+        let f = fixture();
+        f.channel.put("720p/3.m4s", Object::new(chunks, content_type("3.m4s"), Cacheability::Immutable));
+        let r = get_with(&f.origin, Method::GET, "/live/demo/720p/3.m4s", &[(header::RANGE, "bytes=2-9")]).await;
+        let mut body = r.into_body();
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.expect("infallible").into_data() else { continue };
+            frames.push(data);
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].as_ptr(), SEGMENT[2..].as_ptr());
+        assert_eq!(frames[1].as_ptr(), SEGMENT[4..].as_ptr());
+        assert_eq!(frames.concat(), b"23456789");
+    }
+
+    #[tokio::test]
+    async fn ranges_that_cannot_be_served_as_asked() {
+        let f = fixture();
+        put_chunked_segment(&f.channel);
+        let path = "/live/demo/720p/2.m4s";
+        for range in ["bytes=12-", "bytes=12-20", "bytes=-0"] {
+            let r = get_with(&f.origin, Method::GET, path, &[(header::RANGE, range)]).await;
+            assert_eq!(r.status(), 416, "{range}");
+            assert_eq!(header(&r, header::CONTENT_RANGE), "bytes */12", "{range}");
+            assert_eq!(header(&r, header::CACHE_CONTROL), CACHE_MISS);
+        }
+        // Several ranges, invalid ones and other units: the whole segment.
+        for range in ["bytes=0-1,4-5", "bytes=0-1, 20-30", "bytes=5-2", "bytes=a-b", "bytes=1", "items=0-1", "0-1"] {
+            let r = get_with(&f.origin, Method::GET, path, &[(header::RANGE, range)]).await;
+            assert_eq!(r.status(), 200, "{range}");
+            assert_eq!(header(&r, header::CONTENT_LENGTH), "12", "{range}");
+            assert!(r.headers().get(header::CONTENT_RANGE).is_none());
+            assert_eq!(body(r).await, "0123456789ab", "{range}");
+        }
+        // Playlists are always whole.
+        let r = get_with(&f.origin, Method::GET, "/live/demo/720p/index.m3u8", &[(header::RANGE, "bytes=0-3")]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(body(r).await, "playlist v1");
+    }
+
+    #[tokio::test]
+    async fn if_range_gates_the_range_on_the_validator() {
+        let f = fixture();
+        put_chunked_segment(&f.channel);
+        let path = "/live/demo/720p/2.m4s";
+        let full = get(&f.origin, Method::GET, path).await;
+        let etag = header(&full, header::ETAG).to_owned();
+        let modified = header(&full, header::LAST_MODIFIED).to_owned();
+        let ranged = |if_range: String| {
+            let o = f.origin.clone();
+            async move {
+                get_with(&o, Method::GET, path, &[(header::RANGE, "bytes=4-7"), (header::IF_RANGE, &if_range)]).await
+            }
+        };
+        for matching in [etag.clone(), modified] {
+            let r = ranged(matching.clone()).await;
+            assert_eq!(r.status(), 206, "{matching}");
+            assert_eq!(body(r).await, "4567");
+        }
+        for other in ["\"other\"".to_owned(), format!("W/{etag}"), "Thu, 01 Jan 1970 00:00:00 GMT".to_owned()] {
+            let r = ranged(other.clone()).await;
+            assert_eq!(r.status(), 200, "{other}");
+            assert_eq!(header(&r, header::CONTENT_LENGTH), "12");
+            assert_eq!(body(r).await, "0123456789ab", "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn init_segments_and_held_parts_take_ranges() {
+        let f = fixture();
+        f.channel.put("720p/init-0.mp4", object(b"ftypmoov", "init-0.mp4", Cacheability::Immutable));
+        let r = get_with(&f.origin, Method::GET, "/live/demo/720p/init-0.mp4", &[(header::RANGE, "bytes=4-")]).await;
+        assert_eq!(r.status(), 206);
+        assert_eq!(header(&r, header::CONTENT_TYPE), "video/mp4");
+        assert_eq!(header(&r, header::CONTENT_RANGE), "bytes 4-7/8");
+        assert_eq!(body(r).await, "moov");
+        let held = {
+            let o = f.origin.clone();
+            tokio::spawn(async move {
+                get_with(&o, Method::GET, "/live/demo/720p/5.2.m4s", &[(header::RANGE, "bytes=-3")]).await
+            })
+        };
+        settle().await;
+        assert_eq!(f.origin.waiting(), 1);
+        put_part(&f.channel, 5, 2, b"part 5.2");
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        let r = held.await.expect("task");
+        assert_eq!(r.status(), 206);
+        assert_eq!(header(&r, header::CONTENT_RANGE), "bytes 5-7/8");
+        assert_eq!(body(r).await, "5.2");
+    }
+
+    #[tokio::test]
+    async fn head_has_the_headers_of_get() {
+        let f = fixture();
+        for path in ["/live/demo/720p/1.m4s", "/live/demo/720p/index.m3u8", "/live/demo/master.m3u8"] {
+            let g = get(&f.origin, Method::GET, path).await;
+            let h = get(&f.origin, Method::HEAD, path).await;
+            assert_eq!(h.status(), 200);
+            assert_eq!(h.headers(), g.headers(), "{path}");
+            assert!(http_body::Body::is_end_stream(h.body()));
+            let etag = header(&g, header::ETAG).to_owned();
+            let h = get_with(&f.origin, Method::HEAD, path, &[(header::IF_NONE_MATCH, &etag)]).await;
+            assert_eq!(h.status(), 304, "{path}");
+        }
+        // Range is defined for GET alone (RFC 9110 §14.2): HEAD describes the whole segment.
+        let h = get_with(&f.origin, Method::HEAD, "/live/demo/720p/1.m4s", &[(header::RANGE, "bytes=0-1")]).await;
+        assert_eq!(h.status(), 200);
+        assert_eq!(header(&h, header::CONTENT_LENGTH), "8");
+    }
+
+    #[tokio::test]
+    async fn a_configured_channel_that_is_not_live_is_a_briefly_cached_404() {
+        let f = fixture();
+        f.store.channel("idle");
+        let starting = f.store.channel("starting");
+        starting.put("720p/init-0.mp4", object(b"ftypmoov", "init-0.mp4", Cacheability::Immutable));
+        starting.set_progress("720p", Progress { msn: 0, parts: 0, ended: false });
+        for path in [
+            "/live/idle/master.m3u8",
+            "/live/idle/720p/index.m3u8",
+            "/live/idle/720p/index.m3u8?_HLS_msn=3",
+            "/live/idle/720p/0.0.m4s",
+            "/live/starting/master.m3u8",
+            "/live/starting/720p/index.m3u8",
+            "/live/starting/720p/9.m4s",
+        ] {
+            let r = get(&f.origin, Method::GET, path).await;
+            assert_eq!(r.status(), 404, "{path}");
+            assert_eq!(header(&r, header::CACHE_CONTROL), "public, max-age=2", "{path}");
+            assert_eq!(header(&r, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+        }
+        for path in ["/live/unknown/master.m3u8", "/live/unknown/720p/index.m3u8", "/live/demo/720p/9.m4s"] {
+            let r = get(&f.origin, Method::GET, path).await;
+            assert_eq!(r.status(), 404, "{path}");
+            assert_eq!(header(&r, header::CACHE_CONTROL), "no-store", "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cors_exposes_validators_and_ranges_and_preflight_allows_them() {
+        let f = fixture();
+        let expose = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
+        let segment = "/live/demo/720p/1.m4s";
+        let etag = header(&get(&f.origin, Method::GET, segment).await, header::ETAG).to_owned();
+        for r in [
+            get(&f.origin, Method::GET, segment).await,
+            get_with(&f.origin, Method::GET, segment, &[(header::RANGE, "bytes=0-1")]).await,
+            get_with(&f.origin, Method::GET, segment, &[(header::IF_NONE_MATCH, &etag)]).await,
+            get_with(&f.origin, Method::GET, segment, &[(header::RANGE, "bytes=99-")]).await,
+            get(&f.origin, Method::GET, "/live/demo/nothing.m4s").await,
+        ] {
+            assert_eq!(header(&r, header::ACCESS_CONTROL_EXPOSE_HEADERS), expose, "{}", r.status());
+            assert_eq!(header(&r, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+        }
+        let r = get_with(
+            &f.origin,
+            Method::OPTIONS,
+            segment,
+            &[
+                (header::ORIGIN, "https://player.example"),
+                (header::ACCESS_CONTROL_REQUEST_METHOD, "GET"),
+                (header::ACCESS_CONTROL_REQUEST_HEADERS, "range, if-none-match"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), 204);
+        assert_eq!(header(&r, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+        assert_eq!(header(&r, header::ACCESS_CONTROL_ALLOW_METHODS), "GET, HEAD, OPTIONS");
+        assert_eq!(header(&r, header::ACCESS_CONTROL_ALLOW_HEADERS), "*");
     }
 
     #[test]
