@@ -140,6 +140,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ladderd-io").build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        let signals = watch_signals();
         let daemon = ladderd::start(config, shutdown.clone()).await?;
         // Every listener is bound: tell systemd (Type=notify), and keep its watchdog fed while
         // the runtime is alive.
@@ -156,7 +157,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             });
         }
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.await;
             tracing::info!("shutting down: ending publishes and flushing playlists");
             let _ = ladderd::systemd::notify("STOPPING=1");
             shutdown.cancel();
@@ -166,18 +167,24 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Watches SIGTERM and Ctrl-C. Registered before READY=1 is sent, so that a stop systemd sends
+/// right after it is a drain, not the default disposition's immediate death.
+fn watch_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT; only Ctrl-C stops the daemon");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -94,15 +94,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
-    let headers =
-        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
-    HttpResponse { status, headers, body: raw[split + 4..].to_vec() }
+    read_response(s)
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, panicking with `what` after `limit`.
@@ -219,15 +211,7 @@ pub fn http_post(addr: SocketAddr, path: &str, token: &str, body: &[u8]) -> Http
     )
     .expect("send request");
     s.write_all(body).expect("send body");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
-    let headers =
-        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
-    HttpResponse { status, headers, body: raw[split + 4..].to_vec() }
+    read_response(s)
 }
 
 /// A plain HTTP/1.1 GET with a bearer token.
@@ -236,6 +220,11 @@ pub fn http_get_auth(addr: SocketAddr, path: &str, token: &str) -> HttpResponse 
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
         .expect("send request");
+    read_response(s)
+}
+
+/// Reads a whole HTTP/1.1 response from a connection the server closes after it.
+fn read_response(mut s: TcpStream) -> HttpResponse {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
