@@ -117,8 +117,10 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
             let wall = hits[0]["wall"].as_f64().expect("program date time");
             let off = wall - posted[i];
             // Stamped on the next frame to reach the packager: within a part (0.2 s) of the post,
-            // plus the time the post took to arrive.
-            assert!((-50.0..=400.0).contains(&off), "payload {i} in {kind} at {off:.0} ms from its post");
+            // plus the time the post took to arrive. Program date times run on the media clock
+            // from the first frame's arrival, so a publisher whose frames arrive late (a loaded
+            // machine) dates them a little before their arrival: hence the part's margin below too.
+            assert!((-250.0..=400.0).contains(&off), "payload {i} in {kind} at {off:.0} ms from its post");
         }
     }
     let text = http_get(admin, "/metrics").text();
