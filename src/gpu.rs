@@ -389,6 +389,5 @@ GPU 0           NVIDIA H100 80GB HBM3 (GPU-00000000-1111-2222-3333-444444444444)
             let why = probe.driver.as_ref().err().cloned().unwrap_or_else(|| "the NVIDIA driver lists no GPUs".into());
             assert_eq!(offer, NvidiaOffer { decode: Err(why.clone()), scale: Err(why.clone()), encode: Err(why) });
         }
-        assert!(std::ptr::eq(probe_cached(), probe_cached()));
     }
 }

@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
-use super::{Admin, error, text};
+use super::{Admin, error, no_content, text, unknown_channel};
 use crate::channel::PostError;
 use crate::http::Body;
 
@@ -63,12 +63,7 @@ impl Admin {
                 None => unknown_channel(channel),
             },
             Target::Disconnect(channel) => match self.channels.disconnect(channel) {
-                Ok(()) => {
-                    let mut resp = Response::new(Body::empty());
-                    *resp.status_mut() = StatusCode::NO_CONTENT;
-                    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    resp
-                }
+                Ok(()) => no_content(),
                 Err(PostError::UnknownChannel) => unknown_channel(channel),
                 Err(PostError::NotLive) => error(
                     StatusCode::CONFLICT,
@@ -85,10 +80,6 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
         Ok(body) => text(StatusCode::OK, "application/json", body.into()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("cannot encode the status: {e}")),
     }
-}
-
-fn unknown_channel(channel: &str) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, "unknown_channel", &format!("no channel named {channel:?} is configured"))
 }
 
 #[cfg(test)]

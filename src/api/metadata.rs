@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::rate::Admission;
-use super::{Admin, error};
+use super::{Admin, error, no_content, unknown_channel};
 use crate::channel::PostError;
 use crate::http::Body;
 
@@ -87,12 +87,7 @@ impl Admin {
             None => return unknown_channel(channel),
         }
         match self.channels.post_metadata(channel, payload) {
-            Ok(()) => {
-                let mut resp = Response::new(Body::empty());
-                *resp.status_mut() = StatusCode::NO_CONTENT;
-                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                resp
-            }
+            Ok(()) => no_content(),
             Err(PostError::UnknownChannel) => unknown_channel(channel),
             Err(PostError::NotLive) => error(
                 StatusCode::CONFLICT,
@@ -126,10 +121,6 @@ where
         return Err(PayloadError::NotUtf8);
     }
     Ok(payload)
-}
-
-fn unknown_channel(channel: &str) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, "unknown_channel", &format!("no channel named {channel:?} is configured"))
 }
 
 fn rate_limited(channel: &str, wait: Duration) -> Response<Body> {

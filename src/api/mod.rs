@@ -148,6 +148,19 @@ fn text(status: StatusCode, content_type: &'static str, body: Body) -> Response<
     resp
 }
 
+/// 404 for a channel name that is not configured.
+fn unknown_channel(channel: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "unknown_channel", &format!("no channel named {channel:?} is configured"))
+}
+
+/// 204: done, nothing to say, nothing to cache.
+fn no_content() -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// An API error: `{"error":"<code>","message":"<text>"}`.
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();

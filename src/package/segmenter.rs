@@ -448,10 +448,11 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    use mp4_atom::{Any, Codec, Decode, Encode, Moof, Moov, TrunEntry};
+    use mp4_atom::{Codec, Decode, Encode, Moof, TrunEntry};
 
     use super::*;
     use crate::media::{Sample, VideoParams};
+    use crate::package::fixture::read_fixture;
 
     fn video_track() -> TrackParams {
         TrackParams::Video(VideoParams {
@@ -779,51 +780,6 @@ mod tests {
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
-    /// A sample of a fixture file: (dts, pts, keyframe, payload) in the file's timescale.
-    type FixtureSample = (i64, i64, bool, Bytes);
-
-    /// The sample entry and the samples of a fragmented MP4 written by ffmpeg.
-    fn read_fixture(file: &'static [u8]) -> (Codec, Vec<FixtureSample>) {
-        let file = Bytes::from_static(file);
-        let mut buf: &[u8] = &file;
-        let mut codec = None;
-        let mut trex = None;
-        let mut samples = Vec::new();
-        while !buf.is_empty() {
-            let at = file.len() - buf.len();
-            match Any::decode(&mut buf).expect("box") {
-                Any::Moov(Moov { trak, mvex, .. }) => {
-                    codec = trak[0].mdia.minf.stbl.stsd.codecs.first().cloned();
-                    trex = mvex.and_then(|m| m.trex.first().cloned());
-                }
-                Any::Moof(moof) => {
-                    let trex = trex.clone().expect("trex before moof");
-                    for traf in &moof.traf {
-                        let mut dts = traf.tfdt.as_ref().expect("tfdt").base_media_decode_time as i64;
-                        for trun in &traf.trun {
-                            let mut pos = at + trun.data_offset.expect("data offset") as usize;
-                            for e in trun.samples.iter() {
-                                let size = e.size.or(traf.tfhd.default_sample_size).unwrap_or(trex.default_sample_size);
-                                let duration = e
-                                    .duration
-                                    .or(traf.tfhd.default_sample_duration)
-                                    .unwrap_or(trex.default_sample_duration);
-                                let flags =
-                                    e.flags.or(traf.tfhd.default_sample_flags).unwrap_or(trex.default_sample_flags);
-                                let data = file.slice(pos..pos + size as usize);
-                                samples.push((dts, dts + e.cts.unwrap_or(0), flags & 0x1_0000 == 0, data));
-                                pos += size as usize;
-                                dts += i64::from(duration);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        (codec.expect("a sample entry"), samples)
-    }
-
     fn record(avcc: &mp4_atom::Avcc) -> Bytes {
         let mut v = Vec::new();
         avcc.encode(&mut v).expect("avcC");
@@ -848,7 +804,7 @@ mod tests {
     #[test]
     fn real_h264_access_units_make_a_file_ffprobe_reads() {
         // x264, 320x180, 30 fps, 2 s, an IDR every 15 frames, 2 B-frames, 90 kHz timescale.
-        let (codec, samples) = read_fixture(include_bytes!("testdata/h264_320x180_30fps_2s.mp4"));
+        let (codec, _, samples) = read_fixture(include_bytes!("testdata/h264_320x180_30fps_2s.mp4"));
         let Codec::Avc1(avc1) = codec else { panic!("avc1 expected") };
         assert_eq!(samples.len(), 60);
         let track = TrackParams::Video(VideoParams {
@@ -887,7 +843,7 @@ mod tests {
     #[test]
     fn real_aac_frames_make_a_file_ffprobe_reads() {
         // ffmpeg's AAC encoder, 48 kHz stereo, 2 s.
-        let (codec, samples) = read_fixture(include_bytes!("testdata/aac_48k_stereo_2s.mp4"));
+        let (codec, _, samples) = read_fixture(include_bytes!("testdata/aac_48k_stereo_2s.mp4"));
         let Codec::Mp4a(mp4a) = codec else { panic!("mp4a expected") };
         let asc = mp4a.esds.es_desc.dec_config.dec_specific.expect("ASC").raw;
         let track = TrackParams::Audio(AudioParams {

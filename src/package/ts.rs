@@ -626,10 +626,11 @@ mod tests {
     use std::path::Path;
     use std::process::{Command, Stdio};
 
-    use mp4_atom::{Any, Codec, Decode, Encode, Moov};
+    use mp4_atom::{Codec, Encode};
 
     use super::*;
     use crate::media::{AudioParams, VideoParams};
+    use crate::package::fixture::read_fixture;
 
     /// The PAT and PMT packets as they go out in the first call (continuity counters 0).
     const PAT_PACKET: &str = "474000100000b00d0001c100000001f0002ab104b2";
@@ -1013,55 +1014,6 @@ mod tests {
             assert_eq!((p.stream_id, p.dts, p.pcr, p.random_access), (STREAM_ID_PRIVATE_1, None, None, false));
             assert!(p.data_alignment, "Apple's Timed Metadata for HLS: data_alignment_indicator 1");
         }
-    }
-
-    /// A sample of a fixture file: (dts, pts, keyframe, payload) in the file's timescale.
-    type FixtureSample = (i64, i64, bool, Bytes);
-
-    /// The sample entry, timescale and samples of a fragmented MP4 that ffmpeg wrote.
-    fn read_fixture(file: &'static [u8]) -> (Codec, u32, Vec<FixtureSample>) {
-        let file = Bytes::from_static(file);
-        let mut buf: &[u8] = &file;
-        let (mut codec, mut timescale, mut trex) = (None, 0, None);
-        let mut samples = Vec::new();
-        while !buf.is_empty() {
-            let at = file.len() - buf.len();
-            match Any::decode(&mut buf).expect("box") {
-                Any::Moov(Moov { trak, mvex, .. }) => {
-                    codec = trak[0].mdia.minf.stbl.stsd.codecs.first().cloned();
-                    timescale = trak[0].mdia.mdhd.timescale;
-                    trex = mvex.and_then(|m| m.trex.first().cloned());
-                }
-                Any::Moof(moof) => {
-                    let trex = trex.clone().expect("trex before moof");
-                    for traf in &moof.traf {
-                        let mut dts = traf.tfdt.as_ref().expect("tfdt").base_media_decode_time as i64;
-                        for trun in &traf.trun {
-                            let mut pos = at + trun.data_offset.expect("data offset") as usize;
-                            for e in trun.samples.iter() {
-                                let size = e.size.or(traf.tfhd.default_sample_size).unwrap_or(trex.default_sample_size);
-                                let duration = e
-                                    .duration
-                                    .or(traf.tfhd.default_sample_duration)
-                                    .unwrap_or(trex.default_sample_duration);
-                                let flags =
-                                    e.flags.or(traf.tfhd.default_sample_flags).unwrap_or(trex.default_sample_flags);
-                                samples.push((
-                                    dts,
-                                    dts + e.cts.unwrap_or(0),
-                                    flags & 0x1_0000 == 0,
-                                    file.slice(pos..pos + size as usize),
-                                ));
-                                pos += size as usize;
-                                dts += i64::from(duration);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        (codec.expect("a sample entry"), timescale, samples)
     }
 
     /// The video fixture as a track and 90 kHz samples.
