@@ -16,7 +16,7 @@ need_apt=()
 want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$1"); }
 
 # Build: FFmpeg headers/libraries for ffmpeg-sys-next, clang for its bindgen step.
-for p in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev \
+for p in pkg-config openssl clang libclang-dev libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev \
          libswscale-dev libswresample-dev libavutil-dev ffmpeg; do want "$p"; done
 # The preview player's hls.js comes from the npm registry (web/package-lock.json), so npm is
 # needed to run the demo too, not only for tests. Node.js may come from elsewhere than Debian's

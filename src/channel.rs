@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,17 +55,20 @@ pub const DELTA_PLAYLIST: &str = "index.m3u8#skip";
 
 /// Every configured channel, and the gate ingest asks about publishes.
 pub struct Channels {
-    config: Arc<Config>,
+    /// The configuration new publishes use; [`Channels::reload`] replaces it.
+    config: RwLock<Arc<Config>>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    channels: HashMap<String, Arc<ChannelState>>,
+    /// Configured channels, plus channels a reload removed while they were live (until their
+    /// publish ends and the next reload drops them).
+    channels: RwLock<HashMap<String, Arc<ChannelState>>>,
     draining: AtomicBool,
     /// NVENC sessions per GPU, shared by every channel of the daemon.
     placer: Placer,
 }
 
 struct ChannelState {
-    config: ChannelConfig,
+    name: String,
     /// The kick token of the live publish, if one is live.
     live: Mutex<Option<CancellationToken>>,
     /// The thread of the latest publish (it may still be flushing after the publisher left).
@@ -88,6 +91,41 @@ struct ChannelState {
     ingest_samples: Mutex<[Option<(Instant, u64)>; 2]>,
 }
 
+impl ChannelState {
+    fn new(name: &str, store: &Store, metrics: &Metrics) -> Arc<Self> {
+        // The origin tells a configured channel (404, briefly cached) from an unknown one by
+        // whether the store has it.
+        store.channel(name);
+        metrics.channel_live.with_label_values(&[name]).set(0);
+        Arc::new(Self {
+            name: name.to_owned(),
+            live: Mutex::new(None),
+            thread: Mutex::new(None),
+            history: Arc::new(Mutex::new(History::default())),
+            posted_metadata: Mutex::new(VecDeque::new()),
+            metadata_latest: Arc::new(AtomicU32::new(0)),
+            backend_series: Mutex::new(Vec::new()),
+            publisher: Mutex::new(None),
+            source: Mutex::new(None),
+            backend: Mutex::new(None),
+            ingest_samples: Mutex::new([None, None]),
+        })
+    }
+}
+
+/// What a configuration reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    /// Channels whose stream key, ladder or container changed; their next publish uses it.
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Removed channels whose publish goes on until the publisher leaves.
+    pub still_live: Vec<String>,
+    /// Changed settings that take a restart; their running values are kept.
+    pub restart_only: Vec<&'static str>,
+}
+
 /// Posted metadata the channel thread has not stamped yet; more than a few means it is stuck.
 const POSTED_METADATA_LIMIT: usize = 64;
 /// Stamped metadata kept for rendition publishers that have not taken it yet.
@@ -95,42 +133,114 @@ const BOARD_LIMIT: usize = 64;
 
 impl Channels {
     pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
-        let channels = config
-            .channels
-            .iter()
-            .map(|c| {
-                store.channel(&c.name);
-                metrics.channel_live.with_label_values(&[&c.name]).set(0);
-                let state = ChannelState {
-                    config: c.clone(),
-                    live: Mutex::new(None),
-                    thread: Mutex::new(None),
-                    history: Arc::new(Mutex::new(History::default())),
-                    posted_metadata: Mutex::new(VecDeque::new()),
-                    metadata_latest: Arc::new(AtomicU32::new(0)),
-                    backend_series: Mutex::new(Vec::new()),
-                    publisher: Mutex::new(None),
-                    source: Mutex::new(None),
-                    backend: Mutex::new(None),
-                    ingest_samples: Mutex::new([None, None]),
-                };
-                (c.name.clone(), Arc::new(state))
-            })
-            .collect();
+        let channels =
+            config.channels.iter().map(|c| (c.name.clone(), ChannelState::new(&c.name, &store, &metrics))).collect();
         let placer = Placer::with_gauge(config.transcode.max_sessions_per_gpu, metrics.gpu_nvenc_sessions.clone());
-        Self { config, store, metrics, channels, draining: AtomicBool::new(false), placer }
+        Self {
+            config: RwLock::new(config),
+            store,
+            metrics,
+            channels: RwLock::new(channels),
+            draining: AtomicBool::new(false),
+            placer,
+        }
+    }
+
+    /// The configuration in force: what new publishes, the admin API and the channel list use.
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.config).clone()
+    }
+
+    fn state(&self, channel: &str) -> Option<Arc<ChannelState>> {
+        read(&self.channels).get(channel).cloned()
+    }
+
+    fn all_states(&self) -> Vec<Arc<ChannelState>> {
+        read(&self.channels).values().cloned().collect()
+    }
+
+    /// Replaces the configuration that new publishes use (SIGHUP). Channels, stream keys,
+    /// ladders, `transcode` and the admin API's token and metadata limits take effect at once;
+    /// live publishes keep the configuration they started with until their publisher leaves. A
+    /// channel removed while live stays live until then. Settings that only a restart applies
+    /// (listeners, `hls`, `rtmp` limits, `log`, `http.player_js`) keep their running values and
+    /// are named in the returned summary.
+    pub fn reload(&self, new: Config) -> ReloadSummary {
+        let mut new = new;
+        let old = self.config();
+        let mut restart_only = Vec::new();
+        // Keep the running values of what a restart applies, so that what the daemon reports as
+        // its configuration is what it runs.
+        macro_rules! keep {
+            ($($field:ident).+, $name:expr) => {
+                if new.$($field).+ != old.$($field).+ {
+                    restart_only.push($name);
+                    new.$($field).+ = old.$($field).+.clone();
+                }
+            };
+        }
+        keep!(rtmp, "rtmp");
+        keep!(http, "http");
+        keep!(admin.listen, "admin.listen");
+        keep!(hls.segment_duration, "hls.segment_duration");
+        keep!(hls.part_duration, "hls.part_duration");
+        keep!(hls.window, "hls.window");
+        keep!(log, "log");
+        // New certificate paths apply (the daemon reads them); turning TLS on or off takes
+        // listeners, so a restart.
+        if new.tls.is_some() != old.tls.is_some() {
+            restart_only.push("tls");
+            new.tls = old.tls.clone();
+        }
+        keep!(transcode.max_sessions_per_gpu, "transcode.max_sessions_per_gpu");
+
+        let mut summary = ReloadSummary { restart_only, ..ReloadSummary::default() };
+        let new = Arc::new(new);
+        {
+            let mut channels = write(&self.channels);
+            for c in &new.channels {
+                match old.channel(&c.name) {
+                    None => summary.added.push(c.name.clone()),
+                    Some(before) if before != c => summary.changed.push(c.name.clone()),
+                    Some(_) => {}
+                }
+                channels
+                    .entry(c.name.clone())
+                    .or_insert_with(|| ChannelState::new(&c.name, &self.store, &self.metrics));
+            }
+            // Drop the channels no longer configured, unless a publish still runs on them.
+            let gone: Vec<String> = channels.keys().filter(|n| new.channel(n).is_none()).cloned().collect();
+            for name in gone {
+                // A channel thread still flushing after its publisher left keeps its own handle on
+                // the objects it writes; nothing can reach them once the store forgets the channel.
+                let idle = channels.get(&name).is_some_and(|s| lock(&s.live).is_none());
+                if old.channel(&name).is_some() {
+                    summary.removed.push(name.clone());
+                }
+                if idle {
+                    channels.remove(&name);
+                    self.store.remove_channel(&name);
+                    self.metrics.forget_channel(&name);
+                } else {
+                    summary.still_live.push(name);
+                }
+            }
+            *write(&self.config) = new;
+        }
+        summary
     }
 
     /// Refuses new publishes and ends the live ones; returns once every channel has flushed its
     /// last segment and ended its playlists.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        for state in self.channels.values() {
+        let states = self.all_states();
+        for state in &states {
             if let Some(kick) = lock(&state.live).as_ref() {
                 kick.cancel();
             }
         }
-        for state in self.channels.values() {
+        for state in &states {
             let handle = lock(&state.thread).take();
             if let Some(h) = handle {
                 let _ = h.join();
@@ -139,14 +249,14 @@ impl Channels {
     }
 
     pub fn is_live(&self, channel: &str) -> bool {
-        self.channels.get(channel).is_some_and(|s| lock(&s.live).is_some())
+        self.state(channel).is_some_and(|s| lock(&s.live).is_some())
     }
 
     /// Queues a timed-metadata payload (already validated: UTF-8, 1..=1024 bytes) for a live
     /// channel. It is stamped with the presentation time of the next video frame the channel
     /// packages and inserted in every rendition at that time.
     pub fn post_metadata(&self, channel: &str, payload: Bytes) -> Result<(), PostError> {
-        let state = self.channels.get(channel).ok_or(PostError::UnknownChannel)?;
+        let state = self.state(channel).ok_or(PostError::UnknownChannel)?;
         // Holding `live` while queueing keeps a publish from ending between the check and the push.
         let live = lock(&state.live);
         if live.is_none() {
@@ -175,7 +285,7 @@ impl Channels {
     /// Sends the live publisher of `channel` away: its connection is closed, and the channel
     /// flushes and ends its playlists as when a publisher leaves.
     pub fn disconnect(&self, channel: &str) -> Result<(), PostError> {
-        let state = self.channels.get(channel).ok_or(PostError::UnknownChannel)?;
+        let state = self.state(channel).ok_or(PostError::UnknownChannel)?;
         let live = lock(&state.live);
         let kick = live.as_ref().ok_or(PostError::NotLive)?;
         kick.cancel();
@@ -186,8 +296,8 @@ impl Channels {
     /// Records a sample of every channel's `ladderd_ingest_bytes_total`; the ingest rate in
     /// [`Channels::status`] is the rate between the two latest samples.
     pub fn sample_ingest(&self, now: Instant) {
-        for (name, state) in &self.channels {
-            let bytes = self.metrics.ingest_bytes.with_label_values(&[name]).get();
+        for state in self.all_states() {
+            let bytes = self.metrics.ingest_bytes.with_label_values(&[&state.name]).get();
             let mut samples = lock(&state.ingest_samples);
             *samples = [samples[1], Some((now, bytes))];
         }
@@ -195,12 +305,12 @@ impl Channels {
 
     /// Every configured channel's status, in configuration order.
     pub fn statuses(&self) -> Vec<ChannelStatus> {
-        self.config.channels.iter().filter_map(|c| self.status(&c.name)).collect()
+        self.config().channels.iter().filter_map(|c| self.status(&c.name)).collect()
     }
 
     /// The status of `channel`; `None` when no such channel is configured.
     pub fn status(&self, channel: &str) -> Option<ChannelStatus> {
-        let state = self.channels.get(channel)?;
+        let state = self.state(channel)?;
         let (live, publisher, source) = {
             let live = lock(&state.live);
             match live.as_ref() {
@@ -356,11 +466,13 @@ impl PublishGate for Channels {
         if self.draining.load(Ordering::SeqCst) {
             return Err(Refusal::Draining);
         }
-        if app != self.config.rtmp.app {
+        let config = self.config();
+        if app != config.rtmp.app {
             return Err(Refusal::BadApp);
         }
-        let name = &self.config.channel_by_key(stream_key).ok_or(Refusal::UnknownKey)?.name;
-        let state = self.channels.get(name).ok_or(Refusal::UnknownKey)?.clone();
+        let channel = config.channel_by_key(stream_key).ok_or(Refusal::UnknownKey)?.clone();
+        let name = &channel.name;
+        let state = self.state(name).ok_or(Refusal::UnknownKey)?;
         let mut live = lock(&state.live);
         if live.is_some() {
             return Err(Refusal::Busy);
@@ -377,7 +489,8 @@ impl PublishGate for Channels {
         let ctx = PublishContext {
             placer: self.placer.clone(),
             state: state.clone(),
-            config: self.config.clone(),
+            channel: channel.clone(),
+            config: config.clone(),
             objects: self.store.channel(name),
             metrics: self.metrics.clone(),
             kick: kick.clone(),
@@ -413,6 +526,9 @@ impl PublishGate for Channels {
 struct PublishContext {
     placer: Placer,
     state: Arc<ChannelState>,
+    /// The channel's configuration when the publish began; a reload applies to the next one.
+    channel: ChannelConfig,
+    /// The whole configuration when the publish began.
     config: Arc<Config>,
     objects: Arc<ChannelObjects>,
     metrics: Arc<Metrics>,
@@ -421,7 +537,7 @@ struct PublishContext {
 
 /// The channel thread of one publish: runs until the publisher leaves, then flushes.
 fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
-    let name = ctx.state.config.name.clone();
+    let name = ctx.channel.name.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish_loop(&ctx, rx)));
     if outcome.is_err() {
         ctx.metrics.pipeline_errors.with_label_values(&[&name, "panic"]).inc();
@@ -438,7 +554,7 @@ fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
 }
 
 fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
-    let name = &ctx.state.config.name;
+    let name = &ctx.channel.name;
     let mut video_params: Option<VideoParams> = None;
     let mut audio_params: Option<AudioParams> = None;
     let mut session: Option<Session> = None;
@@ -527,9 +643,9 @@ fn place(
     ctx: &PublishContext,
     mut plan: ladder::Plan,
 ) -> Result<(ladder::Plan, StagePlan, Option<SessionGuard>), SessionError> {
-    let name = &ctx.state.config.name;
+    let name = &ctx.channel.name;
     let transcode = &ctx.config.transcode;
-    let hardware = transcode.hardware_for(&ctx.state.config.ladder);
+    let hardware = transcode.hardware_for(&ctx.channel.ladder);
     let mut placement = if hardware == Hardware::Cpu || plan.encoded.is_empty() {
         Placement::cpu(plan.encoded.len(), None)
     } else {
@@ -605,7 +721,7 @@ fn put_on_board(ctx: &PublishContext, pts: Ticks, payload: &[u8], posted: System
     let tag = match id3::txxx_tag("", payload) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(channel = %ctx.state.config.name, error = %e, "timed metadata dropped");
+            tracing::warn!(channel = %ctx.channel.name, error = %e, "timed metadata dropped");
             return;
         }
     };
@@ -618,14 +734,14 @@ fn put_on_board(ctx: &PublishContext, pts: Ticks, payload: &[u8], posted: System
     }
     drop(h);
     ctx.state.metadata_latest.store(id, Ordering::Release);
-    tracing::debug!(channel = %ctx.state.config.name, id, pts, "timed metadata stamped");
+    tracing::debug!(channel = %ctx.channel.name, id, pts, "timed metadata stamped");
 }
 
 /// Ends the session without ending its playlists; the next keyframe starts a new one with the
 /// new parameters (a new ladder plan, new init segments, a discontinuity in every rendition).
 fn restart(ctx: &PublishContext, session: &mut Option<Session>, why: &str) {
     if let Some(s) = session.take() {
-        tracing::info!(channel = %ctx.state.config.name, reason = why, "restarting the ladder at the next keyframe");
+        tracing::info!(channel = %ctx.channel.name, reason = why, "restarting the ladder at the next keyframe");
         s.finish(true);
     }
 }
@@ -703,8 +819,8 @@ impl Session {
         first_pts: Ticks,
         first_arrival: SystemTime,
     ) -> Result<Session, SessionError> {
-        let name = &ctx.state.config.name;
-        let ladder_name = &ctx.state.config.ladder;
+        let name = &ctx.channel.name;
+        let ladder_name = &ctx.channel.ladder;
         let rungs = ctx.config.ladders.get(ladder_name).map(Vec::as_slice).unwrap_or_default();
         let plan = ladder::plan(rungs, source.width, source.height);
         for (rung, why) in &plan.skipped {
@@ -764,7 +880,7 @@ impl Session {
             anchor,
             metadata_latest: ctx.state.metadata_latest.clone(),
             metadata_seen: ctx.state.metadata_latest.load(Ordering::Acquire),
-            container: ctx.config.container(&ctx.state.config),
+            container: ctx.config.container(&ctx.channel),
             finished: false,
         };
 
@@ -1424,7 +1540,64 @@ fn measured(log: &RenditionLog) -> Option<(u64, u64)> {
     Some(playlist::measured_bandwidth(&segs))
 }
 
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // The guarded values are replaced whole, so a writer that panicked left a consistent one.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these locks is updated in single assignments; a panicking holder leaves it usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(extra: &str, channels: &[(&str, &str)]) -> Config {
+        let mut text = format!(
+            "{extra}\n\
+             ladders:\n  l:\n    - {{ name: a, width: 640, height: 360, video_bitrate: 500000 }}\n  m:\n    - {{ name: b, width: 320, height: 180, video_bitrate: 300000 }}\nchannels:\n"
+        );
+        for (name, ladder) in channels {
+            text.push_str(&format!("  - {{ name: {name}, stream_key: {name}-key, ladder: {ladder} }}\n"));
+        }
+        Config::parse(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn a_reload_applies_channels_at_once_and_keeps_what_takes_a_restart() {
+        let store = Arc::new(Store::new());
+        let metrics = Arc::new(Metrics::new());
+        let before = "http: { listen: \"127.0.0.1:8080\" }";
+        let channels = Channels::new(Arc::new(config(before, &[("x", "l"), ("y", "l")])), store.clone(), metrics);
+        assert!(store.get_channel("y").is_some());
+
+        let new = config(
+            "hls: { window: 9 }\nadmin: { listen: \"127.0.0.1:9999\", token: secret }\nhttp: { listen: \"127.0.0.1:8081\" }",
+            &[("x", "m"), ("z", "l")],
+        );
+        let summary = channels.reload(new);
+        assert_eq!(summary.added, ["z"]);
+        assert_eq!(summary.changed, ["x"]);
+        assert_eq!(summary.removed, ["y"]);
+        assert!(summary.still_live.is_empty());
+        assert_eq!(summary.restart_only, ["http", "admin.listen", "hls.window"]);
+
+        let now = channels.config();
+        assert_eq!(now.http.listen, "127.0.0.1:8080".parse().unwrap(), "listeners keep their running address");
+        assert_eq!(now.hls.window, crate::config::HlsConfig::default().window);
+        assert_eq!(now.admin.token.as_deref(), Some("secret"), "the admin token applies at once");
+        assert_eq!(now.channel("x").map(|c| c.ladder.as_str()), Some("m"));
+        assert!(store.get_channel("y").is_none(), "a removed idle channel is forgotten");
+        assert!(store.get_channel("z").is_some(), "an added channel is known to the origin");
+        assert!(channels.status("y").is_none() && channels.status("z").is_some_and(|s| !s.live));
+        let names: Vec<String> = channels.statuses().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["x", "z"]);
+    }
 }

@@ -25,14 +25,20 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Certificate and key for `http.tls_listen` and `rtmp.tls_listen`; read again on reload.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
     pub channels: Vec<ChannelConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RtmpConfig {
     pub listen: SocketAddr,
+    /// RTMPS (RTMP over TLS, `rtmps://host:port/APP/KEY`) ingest, with the `tls` certificate.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
     /// Connections open at once (publishers and half-open handshakes together).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -51,6 +57,7 @@ impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:1935".parse().expect("literal address"),
+            tls_listen: None,
             max_connections: default_max_connections(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
@@ -72,10 +79,14 @@ fn default_app() -> String {
     "live".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// HTTPS for the origin (HTTP/1.1 and HTTP/2 by ALPN), with the `tls` certificate. The
+    /// plain `listen` keeps serving.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
     /// hls.js for the `/preview/` player page, read once at startup; relative paths are from the
     /// working directory. A missing file only disables the player (with a warning).
     #[serde(default = "default_player_js")]
@@ -84,7 +95,11 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".parse().expect("literal address"), player_js: default_player_js() }
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("literal address"),
+            tls_listen: None,
+            player_js: default_player_js(),
+        }
     }
 }
 
@@ -344,7 +359,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
@@ -381,7 +396,15 @@ pub struct RungConfig {
     pub passthrough: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// PEM files: the certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     pub name: String,
@@ -528,6 +551,32 @@ impl Config {
         }
         if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
             bad("admin.listen".into(), "must differ from http.listen".into());
+        }
+        for (key, listen) in [("http.tls_listen", self.http.tls_listen), ("rtmp.tls_listen", self.rtmp.tls_listen)] {
+            let Some(listen) = listen else { continue };
+            if self.tls.is_none() {
+                bad(key.into(), "needs a tls section with cert_file and key_file".into());
+            }
+            let taken = [self.http.listen, self.admin.listen, self.rtmp.listen];
+            if listen.port() != 0 && taken.contains(&listen) {
+                bad(key.into(), format!("{listen} is already used by another listener"));
+            }
+        }
+        if self.http.tls_listen.is_some()
+            && self.http.tls_listen == self.rtmp.tls_listen
+            && self.http.tls_listen.is_some_and(|l| l.port() != 0)
+        {
+            bad("rtmp.tls_listen".into(), "must differ from http.tls_listen".into());
+        }
+        if let Some(tls) = &self.tls {
+            if self.http.tls_listen.is_none() && self.rtmp.tls_listen.is_none() {
+                bad("tls".into(), "no listener uses it; set http.tls_listen or rtmp.tls_listen".into());
+            }
+            for (key, path) in [("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
+                if path.as_os_str().is_empty() {
+                    bad(key.into(), "must be the path of a PEM file".into());
+                }
+            }
         }
         if let Some(token) = &self.admin.token
             && (token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()))
@@ -882,6 +931,32 @@ channels:
         assert_eq!(t.on_gpu_full, OnGpuFull::Cpu);
         assert!(t.ladder_hardware.is_empty());
         assert_eq!(t.hardware_for("default"), Hardware::Auto);
+    }
+
+    #[test]
+    fn tls_listeners_need_a_certificate_and_a_certificate_needs_a_listener() {
+        let base = "ladders: { l: [{ name: a, width: 640, height: 360, video_bitrate: 500000 }] }\nchannels: []\n";
+        let errs = |text: &str| -> Vec<String> { parse(text).unwrap_err().iter().map(|e| e.to_string()).collect() };
+
+        let e = errs(&format!("http: {{ listen: \"0.0.0.0:8080\", tls_listen: \"0.0.0.0:8443\" }}\n{base}"));
+        assert!(e.iter().any(|e| e.contains("http.tls_listen") && e.contains("needs a tls section")), "{e:?}");
+
+        let e = errs(&format!("tls: {{ cert_file: c.pem, key_file: k.pem }}\n{base}"));
+        assert!(e.iter().any(|e| e.contains("tls: no listener uses it")), "{e:?}");
+
+        let e = errs(&format!(
+            "tls: {{ cert_file: c.pem, key_file: k.pem }}\nrtmp: {{ listen: \"0.0.0.0:1935\", tls_listen: \"0.0.0.0:8080\" }}\n{base}"
+        ));
+        assert!(e.iter().any(|e| e.contains("rtmp.tls_listen") && e.contains("already used")), "{e:?}");
+
+        let ok = parse(&format!(
+            "tls: {{ cert_file: /etc/ladderd/fullchain.pem, key_file: /etc/ladderd/privkey.pem }}\n\
+             http: {{ listen: \"0.0.0.0:8080\", tls_listen: \"0.0.0.0:8443\" }}\n\
+             rtmp: {{ listen: \"0.0.0.0:1935\", tls_listen: \"0.0.0.0:1936\" }}\n{base}"
+        ))
+        .expect("valid");
+        assert_eq!(ok.rtmp.tls_listen, Some("0.0.0.0:1936".parse().unwrap()));
+        assert_eq!(ok.tls.expect("tls").cert_file, PathBuf::from("/etc/ladderd/fullchain.pem"));
     }
 
     #[test]

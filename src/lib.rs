@@ -16,6 +16,7 @@ pub mod origin;
 pub mod package;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 pub mod transcode;
 
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ const INGEST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_se
 pub enum RunError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running daemon.
@@ -47,8 +50,14 @@ pub struct Daemon {
     pub rtmp_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTPS origin, when `http.tls_listen` is set.
+    pub https_addr: Option<SocketAddr>,
+    /// RTMPS ingest, when `rtmp.tls_listen` is set.
+    pub rtmps_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub channels: Arc<Channels>,
+    admin: Arc<Admin>,
+    certificates: Option<Arc<tls::Certificates>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -56,35 +65,62 @@ pub struct Daemon {
 /// Binds every listener (so a port conflict fails here, before anything runs) and starts serving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon, RunError> {
     let config = Arc::new(config);
+    // Certificates first: a bad file should fail the start before any port is taken.
+    let certificates = config.tls.as_ref().map(tls::Certificates::load).transpose()?;
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| RunError::Bind { what, addr, source })
     };
+    let bind_tls = |what: &'static str, addr: Option<SocketAddr>| async move {
+        match addr {
+            Some(a) => bind(what, a).await.map(Some),
+            None => Ok(None),
+        }
+    };
     let rtmp = bind("rtmp", config.rtmp.listen).await?;
+    let rtmps = bind_tls("rtmps", config.rtmp.tls_listen).await?;
     let http = bind("http", config.http.listen).await?;
+    let https = bind_tls("https", config.http.tls_listen).await?;
     let admin = bind("admin", config.admin.listen).await?;
     let local = |l: &TcpListener, fallback: SocketAddr| l.local_addr().unwrap_or(fallback);
     let (rtmp_addr, http_addr, admin_addr) =
         (local(&rtmp, config.rtmp.listen), local(&http, config.http.listen), local(&admin, config.admin.listen));
+    let rtmps_addr = rtmps.as_ref().zip(config.rtmp.tls_listen).map(|(l, a)| local(l, a));
+    let https_addr = https.as_ref().zip(config.http.tls_listen).map(|(l, a)| local(l, a));
 
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::new());
     let channels = Arc::new(Channels::new(config.clone(), store.clone(), metrics.clone()));
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(ingest::rtmp::serve(rtmp, channels.clone(), config.rtmp.clone(), metrics.clone(), shutdown.clone()));
+    let rtmp_serve = |listener, tls| {
+        ingest::rtmp::serve(listener, tls, channels.clone(), config.rtmp.clone(), metrics.clone(), shutdown.clone())
+    };
+    tasks.spawn(rtmp_serve(rtmp, None));
+    if let (Some(listener), Some(certs)) = (rtmps, &certificates) {
+        // RTMP has no ALPN identifier; clients offer none.
+        tasks.spawn(rtmp_serve(listener, Some(certs.acceptor(&[]))));
+    }
     let origin = Arc::new(
         Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), shutdown.clone())
             .with_preview(origin::Preview::load(&config.http)),
     );
-    tasks.spawn(http::serve(
-        http,
-        "origin",
-        move |req| {
-            let origin = origin.clone();
-            async move { origin.handle(&req).await }
-        },
-        shutdown.clone(),
-    ));
+    let origin_serve = |listener, tls, name| {
+        let origin = origin.clone();
+        http::serve(
+            listener,
+            tls,
+            name,
+            move |req| {
+                let origin = origin.clone();
+                async move { origin.handle(&req).await }
+            },
+            shutdown.clone(),
+        )
+    };
+    tasks.spawn(origin_serve(http, None, "origin"));
+    if let (Some(listener), Some(certs)) = (https, &certificates) {
+        tasks.spawn(origin_serve(listener, Some(certs.acceptor(&http::ALPN)), "origin_tls"));
+    }
     let admin_svc = Arc::new(Admin::new(metrics.clone(), channels.clone(), &config));
     // `/readyz` waits for the GPU probe, which can take seconds (driver load, NVML), so that a
     // publish admitted once ready is not held up by it.
@@ -104,17 +140,43 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
             }
         }
     });
+    let served = admin_svc.clone();
     tasks.spawn(http::serve(
         admin,
+        None,
         "admin",
         move |req| {
-            let admin_svc = admin_svc.clone();
+            let admin_svc = served.clone();
             async move { admin_svc.handle(req).await }
         },
         shutdown.clone(),
     ));
-    tracing::info!(%rtmp_addr, %http_addr, %admin_addr, channels = config.channels.len(), "ladderd listening");
-    Ok(Daemon { rtmp_addr, http_addr, admin_addr, metrics, channels, shutdown, tasks })
+    tracing::info!(
+        %rtmp_addr, %http_addr, %admin_addr, rtmps_addr = ?rtmps_addr, https_addr = ?https_addr,
+        channels = config.channels.len(), "ladderd listening"
+    );
+    Ok(Daemon {
+        rtmp_addr,
+        http_addr,
+        admin_addr,
+        https_addr,
+        rtmps_addr,
+        metrics,
+        channels,
+        admin: admin_svc,
+        certificates,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Why a reload was refused; the configuration in force stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<config::ConfigError>),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 impl Daemon {
@@ -129,8 +191,49 @@ impl Daemon {
         tracing::info!("ladderd stopped");
     }
 
+    /// What applies a configuration read again from its file (SIGHUP); it outlives [`Daemon::wait`].
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            channels: self.channels.clone(),
+            admin: self.admin.clone(),
+            certificates: self.certificates.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Applies a new configuration to a running daemon.
+#[derive(Clone)]
+pub struct Reloader {
+    channels: Arc<Channels>,
+    admin: Arc<Admin>,
+    certificates: Option<Arc<tls::Certificates>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Applies the configuration in `path`: see [`Channels::reload`] for
+    /// what changes at once and what waits for the next publish or a restart. The certificate
+    /// files are read again too. Nothing changes unless everything loads.
+    pub fn reload(&self, path: &std::path::Path) -> Result<channel::ReloadSummary, ReloadError> {
+        let outcome = self.try_reload(path);
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.metrics.config_reloads.with_label_values(&[result]).inc();
+        outcome
+    }
+
+    fn try_reload(&self, path: &std::path::Path) -> Result<channel::ReloadSummary, ReloadError> {
+        let new = Config::load(path).map_err(ReloadError::Config)?;
+        if let (Some(certs), Some(tls)) = (&self.certificates, &new.tls) {
+            certs.reload(tls)?;
+        }
+        let summary = self.channels.reload(new);
+        self.admin.configure(&self.channels.config());
+        Ok(summary)
     }
 }
 

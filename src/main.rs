@@ -80,7 +80,7 @@ fn main() -> ExitCode {
                 None => cfg.log.format,
             };
             init_logging(format, &cfg.log.level);
-            match run(cfg) {
+            match run(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -136,12 +136,16 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ladderd-io").build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = watch_signals();
+        let hangups = watch_hangups();
         let daemon = ladderd::start(config, shutdown.clone()).await?;
+        if let Some(hangups) = hangups {
+            tokio::spawn(reload_on_hangup(hangups, daemon.reloader(), path));
+        }
         // Every listener is bound: tell systemd (Type=notify), and keep its watchdog fed while
         // the runtime is alive.
         if let Err(e) = ladderd::systemd::notify("READY=1") {
@@ -165,6 +169,56 @@ fn run(config: Config) -> anyhow::Result<()> {
         daemon.wait().await;
         Ok(())
     })
+}
+
+/// SIGHUP, watched from before READY=1 so that an early `systemctl reload` reloads instead of
+/// killing the daemon (SIGHUP's default disposition).
+fn watch_hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; configuration reload is unavailable");
+            None
+        }
+    }
+}
+
+/// Reloads the configuration file on every SIGHUP. A file that does not load changes nothing.
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, reloader: ladderd::Reloader, path: PathBuf) {
+    while hangups.recv().await.is_some() {
+        tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+        let _ = ladderd::systemd::notify(&ladderd::systemd::reloading_message());
+        // Reading files and joining nothing, but keep the file I/O off the async workers.
+        let (r, p) = (reloader.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || r.reload(&p)).await {
+            Ok(Ok(summary)) => {
+                tracing::info!(
+                    added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed,
+                    "configuration reloaded"
+                );
+                if !summary.still_live.is_empty() {
+                    tracing::info!(
+                        channels = ?summary.still_live,
+                        "removed channels stay live until their publisher leaves"
+                    );
+                }
+                if !summary.restart_only.is_empty() {
+                    tracing::warn!(
+                        settings = ?summary.restart_only,
+                        "these changed settings take effect only after a restart; their running values are kept"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("configuration reload refused, the running configuration stays: {line}");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "configuration reload failed"),
+        }
+        let _ = ladderd::systemd::notify("READY=1");
+    }
 }
 
 /// Watches SIGTERM and Ctrl-C. Registered before READY=1 is sent, so that a stop systemd sends

@@ -18,7 +18,7 @@ pub struct Metrics {
     pub publish_rejections: IntCounterVec,
     /// RTMP connections open now.
     pub rtmp_connections: IntGauge,
-    /// RTMP connections closed by the server, by reason (`limit`, `handshake_timeout`, `idle_timeout`, `protocol`, `panic`).
+    /// RTMP connections closed by the server, by reason (`limit`, `handshake_timeout`, `idle_timeout`, `protocol`, `tls`, `panic`).
     pub rtmp_connections_dropped: IntCounterVec,
     /// Channels with a live publisher (1) or not (0).
     pub channel_live: IntGaugeVec,
@@ -54,6 +54,8 @@ pub struct Metrics {
     pub backend_fallbacks: IntCounterVec,
     /// NVENC sessions ladderd holds, per GPU (CUDA device ordinal).
     pub gpu_nvenc_sessions: IntGaugeVec,
+    /// Configuration reloads (SIGHUP), by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
 }
 
 /// One `ladderd_backend_info` series of a channel.
@@ -181,6 +183,14 @@ impl Metrics {
             backend_info,
             backend_fallbacks,
             gpu_nvenc_sessions,
+            config_reloads: {
+                let c = counter(r, "config_reloads_total", "Configuration reloads, by result", &["result"]);
+                // Both results exist from the start, so an alert on `error` sees an increase.
+                for result in ["ok", "error"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             registry,
         }
     }
@@ -202,6 +212,12 @@ impl Metrics {
     /// Moves `channel`'s `backend_info` from `previous` to `current`: every series of `previous`
     /// goes to 0, then every series of `current` to 1 (so one in both stays 1). `current` empty
     /// zeroes the channel, for when it stops.
+    /// A reload removed `channel`: it no longer reports as a channel (live or not). Its counters
+    /// stay until the process restarts, as counters of past work.
+    pub fn forget_channel(&self, channel: &str) {
+        let _ = self.channel_live.remove_label_values(&[channel]);
+    }
+
     pub fn set_backend_info(&self, channel: &str, previous: &[BackendSeries], current: &[BackendSeries]) {
         for (series, value) in previous.iter().map(|s| (s, 0)).chain(current.iter().map(|s| (s, 1))) {
             self.backend_info.with_label_values(&[channel, &series.rung, series.stage, series.backend]).set(value);

@@ -148,6 +148,11 @@ impl Store {
         self.read().get(name).cloned()
     }
 
+    /// Forgets a channel that is no longer configured; its URLs become unknown (404 no-store).
+    pub fn remove_channel(&self, name: &str) {
+        self.channels.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ChannelObjects>>> {
         self.channels.read().unwrap_or_else(|p| p.into_inner())
     }

@@ -41,6 +41,14 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
+/// What to send when a reload begins: `RELOADING=1` with the monotonic time it began, as
+/// sd_notify(3) asks (systemd then waits for the next `READY=1`).
+pub fn reloading_message() -> String {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +74,18 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).expect("received");
         assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn reloading_carries_the_monotonic_clock() {
+        let before = std::fs::read_to_string("/proc/uptime").expect("uptime");
+        let msg = reloading_message();
+        let (first, second) = msg.split_once('\n').expect("two lines");
+        assert_eq!(first, "RELOADING=1");
+        let usec: u64 = second.strip_prefix("MONOTONIC_USEC=").expect("field").parse().expect("number");
+        // CLOCK_MONOTONIC does not count suspend, so it is at most the boot-time uptime.
+        let uptime: f64 = before.split_whitespace().next().expect("field").parse().expect("seconds");
+        assert!(usec > 0 && (usec as f64) / 1e6 <= uptime + 1.0, "{usec} µs vs uptime {uptime} s");
     }
 
     #[test]

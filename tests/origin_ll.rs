@@ -197,6 +197,7 @@ async fn serve() -> Served {
     let handler = origin.clone();
     let server = tokio::spawn(ladderd::http::serve(
         listener,
+        None,
         "origin",
         move |req| {
             let origin = handler.clone();

@@ -23,8 +23,6 @@ use crate::metrics::{Metrics, status_class};
 pub struct Admin {
     metrics: Arc<Metrics>,
     channels: Arc<Channels>,
-    /// `admin.token`; `None` disables the API.
-    token: Option<String>,
     limits: rate::ChannelLimits,
     /// The startup GPU probe has returned, so placing a channel no longer waits on it.
     gpu_probed: AtomicBool,
@@ -37,7 +35,17 @@ impl Admin {
             config.admin.metadata_rate,
             config.admin.metadata_burst,
         );
-        Self { metrics, channels, token: config.admin.token.clone(), limits, gpu_probed: AtomicBool::new(false) }
+        Self { metrics, channels, limits, gpu_probed: AtomicBool::new(false) }
+    }
+
+    /// Follows a reloaded configuration (the channels' is already in force): metadata limits for
+    /// the channels now configured. The token is read from the configuration on every request.
+    pub fn configure(&self, config: &Config) {
+        self.limits.configure(
+            config.channels.iter().map(|c| c.name.as_str()),
+            config.admin.metadata_rate,
+            config.admin.metadata_burst,
+        );
     }
 
     /// Marks the startup GPU probe as done; `/readyz` answers 503 until then.
@@ -47,7 +55,9 @@ impl Admin {
 
     /// Checks the bearer token of an API request: the response refusing it, or `None` to go on.
     fn refusal(&self, headers: &HeaderMap) -> Option<Response<Body>> {
-        let Some(expected) = self.token.as_deref() else {
+        // `admin.token`; none disables the API.
+        let config = self.channels.config();
+        let Some(expected) = config.admin.token.as_deref() else {
             return Some(error(
                 StatusCode::FORBIDDEN,
                 "api_disabled",

@@ -1,7 +1,7 @@
 //! Per-channel rate limiting of timed-metadata posts: a token bucket per configured channel.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 /// A token bucket: holds up to `capacity` tokens, refills at `rate` tokens per second, and a
@@ -39,10 +39,16 @@ impl TokenBucket {
     }
 }
 
-/// One bucket per configured channel, created up front: the set is fixed by configuration, so
-/// requests naming other channels never grow it.
+/// One bucket per configured channel, created up front: the set follows the configuration (see
+/// [`ChannelLimits::configure`]), so requests naming other channels never grow it.
 pub struct ChannelLimits {
-    buckets: HashMap<String, Mutex<TokenBucket>>,
+    buckets: RwLock<Buckets>,
+}
+
+struct Buckets {
+    rate: f64,
+    burst: u32,
+    by_channel: HashMap<String, Mutex<TokenBucket>>,
 }
 
 /// What the limiter decided for one post.
@@ -55,17 +61,40 @@ pub enum Admission {
 
 impl ChannelLimits {
     pub fn new<'a>(channels: impl IntoIterator<Item = &'a str>, rate: f64, burst: u32) -> Self {
-        let buckets = channels.into_iter().map(|c| (c.to_owned(), Mutex::new(TokenBucket::new(rate, burst)))).collect();
-        Self { buckets }
+        let limits = Self { buckets: RwLock::new(Buckets { rate, burst, by_channel: HashMap::new() }) };
+        limits.configure(channels, rate, burst);
+        limits
+    }
+
+    /// Follows a new configuration: buckets for new channels, none for removed ones. A channel
+    /// that stays keeps its bucket (a reload is no way around the limit) unless the rate or burst
+    /// changed.
+    pub fn configure<'a>(&self, channels: impl IntoIterator<Item = &'a str>, rate: f64, burst: u32) {
+        let mut b = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let same_limits = b.rate == rate && b.burst == burst;
+        let mut by_channel = HashMap::new();
+        for c in channels {
+            let bucket = match b.by_channel.remove(c) {
+                Some(kept) if same_limits => kept,
+                _ => Mutex::new(TokenBucket::new(rate, burst)),
+            };
+            by_channel.insert(c.to_owned(), bucket);
+        }
+        *b = Buckets { rate, burst, by_channel };
     }
 
     pub fn knows(&self, channel: &str) -> bool {
-        self.buckets.contains_key(channel)
+        self.read().by_channel.contains_key(channel)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Buckets> {
+        self.buckets.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits or limits one post to `channel`; `None` when the channel is not configured.
     pub fn admit(&self, channel: &str, now: Instant) -> Option<Admission> {
-        let bucket = self.buckets.get(channel)?;
+        let buckets = self.read();
+        let bucket = buckets.by_channel.get(channel)?;
         // The bucket is plain numbers that are consistent after any panic, so a poisoned lock
         // is still usable.
         let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,5 +160,21 @@ mod tests {
         assert_eq!(limits.admit("b", t0), Some(Admission::Admitted));
         assert_eq!(limits.admit("c", t0), None);
         assert!(limits.knows("a") && !limits.knows("c"));
+    }
+
+    #[test]
+    fn a_new_configuration_adds_and_removes_buckets_and_keeps_the_spent_ones() {
+        let t0 = Instant::now();
+        let limits = ChannelLimits::new(["a", "b"], 1.0, 1);
+        assert_eq!(limits.admit("a", t0), Some(Admission::Admitted));
+        limits.configure(["a", "c"], 1.0, 1);
+        assert!(matches!(limits.admit("a", t0), Some(Admission::Limited(_))), "a reload does not refill a bucket");
+        assert_eq!(limits.admit("b", t0), None);
+        assert_eq!(limits.admit("c", t0), Some(Admission::Admitted));
+        // New limits start every bucket afresh.
+        limits.configure(["a", "c"], 2.0, 2);
+        assert_eq!(limits.admit("a", t0), Some(Admission::Admitted));
+        assert_eq!(limits.admit("a", t0), Some(Admission::Admitted));
+        assert!(matches!(limits.admit("a", t0), Some(Admission::Limited(_))));
     }
 }

@@ -23,10 +23,11 @@ use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, Pee
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent, ServerSessionResult,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,9 +64,15 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (e.g. out of file descriptors), which would otherwise fail at once again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts RTMP connections until `shutdown`.
+/// The byte stream of one connection: plain TCP, or TLS over TCP for RTMPS.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+
+/// Accepts RTMP connections until `shutdown`; with `tls`, each connection is RTMPS (RTMP inside a
+/// TLS session, as OBS and ffmpeg speak it for `rtmps://` URLs).
 pub async fn serve<G: PublishGate>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     gate: Arc<G>,
     config: RtmpConfig,
     metrics: Arc<Metrics>,
@@ -96,15 +103,26 @@ pub async fn serve<G: PublishGate>(
             drop(socket);
             continue;
         };
-        tasks.spawn(connection(socket, peer, gate.clone(), limits, metrics.clone(), shutdown.clone(), slot));
+        tasks.spawn(connection(
+            socket,
+            tls.clone(),
+            peer,
+            gate.clone(),
+            limits,
+            metrics.clone(),
+            shutdown.clone(),
+            slot,
+        ));
     }
     tasks.close();
     tasks.wait().await;
 }
 
 /// One connection from accept to close, with its outcome counted and logged.
+#[allow(clippy::too_many_arguments)]
 async fn connection<G: PublishGate>(
     socket: TcpStream,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     gate: Arc<G>,
     limits: Limits,
@@ -116,6 +134,29 @@ async fn connection<G: PublishGate>(
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    let socket: Box<dyn Socket> = match tls {
+        None => Box::new(socket),
+        Some(acceptor) => {
+            // The TLS handshake gets the same time limit as the RTMP handshake that follows it.
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = tokio::time::timeout(limits.handshake, acceptor.accept(socket)) => accepted,
+            };
+            match accepted {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => {
+                    metrics.rtmp_connections_dropped.with_label_values(&["tls"]).inc();
+                    tracing::info!(%peer, error = %e, "RTMPS connection closed: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.rtmp_connections_dropped.with_label_values(&["handshake_timeout"]).inc();
+                    tracing::info!(%peer, limit = ?limits.handshake, "RTMPS connection closed: TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let conn = Connection::new(socket, peer, limits, metrics.clone(), shutdown);
     // A panic inside rml_rtmp or a parser unwinds to here: nothing it touched is shared with
     // other connections except through the channel's queue, which stays consistent.
@@ -359,7 +400,7 @@ impl ActivePublish {
 }
 
 struct Connection {
-    socket: TcpStream,
+    socket: Box<dyn Socket>,
     peer: SocketAddr,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -381,7 +422,7 @@ enum ReadOutcome {
 
 impl Connection {
     fn new(
-        socket: TcpStream,
+        socket: Box<dyn Socket>,
         peer: SocketAddr,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -1479,11 +1520,17 @@ mod tests {
             let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("ladderd=debug").try_init();
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("local addr");
-            let config =
-                RtmpConfig { listen: addr, max_connections, handshake_timeout, idle_timeout: 5.0, app: "live".into() };
+            let config = RtmpConfig {
+                listen: addr,
+                max_connections,
+                handshake_timeout,
+                idle_timeout: 5.0,
+                app: "live".into(),
+                tls_listen: None,
+            };
             let metrics = Arc::new(Metrics::new());
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(listener, gate, config, metrics.clone(), shutdown.clone()));
+            let task = tokio::spawn(serve(listener, None, gate, config, metrics.clone(), shutdown.clone()));
             Server { addr, metrics, shutdown, task }
         }
 

@@ -42,7 +42,11 @@ pub fn init_tracing() {
 
 /// Publishes `secs` seconds of a synthetic 30 fps source with AAC audio, in real time.
 pub fn publish(rtmp: SocketAddr, key: &str, size: &str, secs: u32, extra_video_args: &[&str]) -> Child {
-    let url = format!("rtmp://{rtmp}/live/{key}");
+    publish_url(&format!("rtmp://{rtmp}/live/{key}"), size, secs, extra_video_args)
+}
+
+/// [`publish`] to any URL ffmpeg's FLV output takes (`rtmp://`, `rtmps://`).
+pub fn publish_url(url: &str, size: &str, secs: u32, extra_video_args: &[&str]) -> Child {
     let mut cmd = Command::new(ffmpeg());
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
         .args(["-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=30")])
@@ -51,7 +55,7 @@ pub fn publish(rtmp: SocketAddr, key: &str, size: &str, secs: u32, extra_video_a
         .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "60", "-keyint_min", "60"])
         .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v", "1500k"])
         .args(extra_video_args)
-        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv", &url])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv", url])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -234,4 +238,11 @@ fn read_response(mut s: TcpStream) -> HttpResponse {
     let headers =
         lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     HttpResponse { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+/// The value of the series `name{labels}` (labels as written in the exposition, e.g.
+/// `result="ok"`; empty for a series without labels) in a Prometheus text exposition.
+pub fn metric(exposition: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = if labels.is_empty() { name.to_string() } else { format!("{name}{{{labels}}}") };
+    exposition.lines().find_map(|l| l.strip_prefix(&series)?.strip_prefix(' ')?.trim().parse().ok())
 }
