@@ -236,9 +236,6 @@ pub struct TranscodeConfig {
     /// Frames per second above which rungs drop frames (the passthrough rung keeps the source's).
     #[serde(default = "default_max_frame_rate")]
     pub max_frame_rate: f64,
-    /// AAC bitrate, used when audio has to be re-encoded (today audio is passed through).
-    #[serde(default = "default_audio_bitrate")]
-    pub audio_bitrate: u64,
     /// Threads each libx264 encoder may use (0: let x264 decide).
     #[serde(default = "default_encoder_threads")]
     pub encoder_threads: usize,
@@ -254,7 +251,6 @@ impl Default for TranscodeConfig {
             on_gpu_full: OnGpuFull::Cpu,
             x264_preset: default_x264_preset(),
             max_frame_rate: default_max_frame_rate(),
-            audio_bitrate: default_audio_bitrate(),
             encoder_threads: default_encoder_threads(),
         }
     }
@@ -343,9 +339,6 @@ fn default_x264_preset() -> String {
 }
 fn default_max_frame_rate() -> f64 {
     60.0
-}
-fn default_audio_bitrate() -> u64 {
-    128_000
 }
 fn default_encoder_threads() -> usize {
     0
@@ -498,8 +491,9 @@ impl Config {
                 "must be at least 0.1 seconds and at most half of hls.segment_duration".into(),
             );
         }
-        if !(2..=100).contains(&hls.window) {
-            bad("hls.window".into(), "must be between 2 and 100 segments".into());
+        // RFC 8216 §6.2.2: a live playlist lasts at least three target durations.
+        if !(3..=100).contains(&hls.window) {
+            bad("hls.window".into(), "must be between 3 and 100 segments".into());
         }
         if self.rtmp.max_connections == 0 {
             bad("rtmp.max_connections".into(), "must be at least 1".into());
@@ -521,9 +515,6 @@ impl Config {
         }
         if !(self.transcode.max_frame_rate.is_finite() && (1.0..=240.0).contains(&self.transcode.max_frame_rate)) {
             bad("transcode.max_frame_rate".into(), "must be between 1 and 240".into());
-        }
-        if !(8_000..=512_000).contains(&self.transcode.audio_bitrate) {
-            bad("transcode.audio_bitrate".into(), "must be between 8000 and 512000".into());
         }
         if self.transcode.max_sessions_per_gpu == 0 {
             bad("transcode.max_sessions_per_gpu".into(), "must be at least 1 (use hardware: cpu for no NVENC)".into());
