@@ -37,6 +37,9 @@ use crate::store::Store;
 /// How often the ingest byte counters are sampled; the admin API's ingest rate spans one interval.
 const INGEST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long the origin keeps serving after the drain has ended every playlist.
+const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -59,6 +62,8 @@ pub struct Daemon {
     admin: Arc<Admin>,
     certificates: Option<Arc<tls::Certificates>>,
     shutdown: CancellationToken,
+    /// Closes the listeners; cancelled by `wait` after the drain.
+    stop: CancellationToken,
     tasks: JoinSet<()>,
 }
 
@@ -91,9 +96,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     let store = Arc::new(Store::new());
     let channels = Arc::new(Channels::new(config.clone(), store.clone(), metrics.clone()));
 
+    // `shutdown` starts the drain; `stop` closes the listeners once the drain is over, so that the
+    // ended playlists are still served (see `Daemon::wait`).
+    let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let rtmp_serve = |listener, tls| {
-        ingest::rtmp::serve(listener, tls, channels.clone(), config.rtmp.clone(), metrics.clone(), shutdown.clone())
+        ingest::rtmp::serve(listener, tls, channels.clone(), config.rtmp.clone(), metrics.clone(), stop.clone())
     };
     tasks.spawn(rtmp_serve(rtmp, None));
     if let (Some(listener), Some(certs)) = (rtmps, &certificates) {
@@ -101,7 +109,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         tasks.spawn(rtmp_serve(listener, Some(certs.acceptor(&[]))));
     }
     let origin = Arc::new(
-        Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), shutdown.clone())
+        Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), stop.clone())
             .with_preview(origin::Preview::load(&config.http)),
     );
     let origin_serve = |listener, tls, name| {
@@ -114,7 +122,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
                 let origin = origin.clone();
                 async move { origin.handle(&req).await }
             },
-            shutdown.clone(),
+            stop.clone(),
         )
     };
     tasks.spawn(origin_serve(http, None, "origin"));
@@ -130,12 +138,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         probed.mark_gpu_probed();
     });
     // Samples for the ingest rate the admin API reports.
-    let (sampled, stop) = (channels.clone(), shutdown.clone());
+    let (sampled, sampling_stop) = (channels.clone(), stop.clone());
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(INGEST_SAMPLE_INTERVAL);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = sampling_stop.cancelled() => break,
                 _ = tick.tick() => sampled.sample_ingest(std::time::Instant::now()),
             }
         }
@@ -149,7 +157,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
             let admin_svc = served.clone();
             async move { admin_svc.handle(req).await }
         },
-        shutdown.clone(),
+        stop.clone(),
     ));
     tracing::info!(
         %rtmp_addr, %http_addr, %admin_addr, rtmps_addr = ?rtmps_addr, https_addr = ?https_addr,
@@ -166,6 +174,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         admin: admin_svc,
         certificates,
         shutdown,
+        stop,
         tasks,
     })
 }
@@ -180,13 +189,18 @@ pub enum ReloadError {
 }
 
 impl Daemon {
-    /// Waits for the shutdown token, then ends every publish (playlists get ENDLIST) and stops
-    /// the listeners.
+    /// Waits for the shutdown token, then drains: new publishes are refused (and `/readyz` says
+    /// so), live publishers are sent away and their playlists ended, requests held for the last
+    /// update are answered with the ended playlists, and only then do the listeners close.
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         let channels = self.channels.clone();
         // Joining channel threads blocks; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || channels.drain()).await;
+        // The ended playlists wake every held request; give those (and a CDN's next reload) a
+        // moment to be answered before the listeners go.
+        tokio::time::sleep(END_GRACE).await;
+        self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
         tracing::info!("ladderd stopped");
     }

@@ -1,7 +1,8 @@
 //! SIGHUP reloads the configuration file of the real daemon: a channel added while another is
 //! live can be published to at once and the live one goes on; a file that does not validate is
 //! refused with its error logged and changes nothing; a channel removed while live stays live
-//! until its publisher leaves and its stream key admits nobody new.
+//! until its publisher leaves and its stream key admits nobody new. SIGTERM ends every playlist
+//! before the listeners close.
 
 mod support;
 
@@ -169,7 +170,22 @@ fn sighup_adds_and_removes_channels_refuses_a_bad_file_and_keeps_live_publishes(
     assert_eq!(gone.status, 404);
     assert_eq!(gone.header("cache-control"), Some("no-store"), "a removed channel is unknown");
 
+    // SIGTERM drains: a request held for a later update is answered with the ended playlist
+    // before the listeners close, and the daemon exits 0.
+    let publisher_b = publish(daemon.rtmp, "b-key", "320x180", 30, &[]);
+    let live = eventually(Duration::from_secs(20), "b live again", || {
+        playlist(daemon.http, "b").filter(|p| !p.ended && p.segments.len() >= 4)
+    });
+    let http = daemon.http;
+    let held = std::thread::spawn(move || {
+        http_get(http, &format!("/live/b/180p/index.m3u8?_HLS_msn={}", last_msn(&live) + 2))
+    });
+    std::thread::sleep(Duration::from_millis(100));
     daemon.signal("TERM");
+    let answer = held.join().expect("held request");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(parse_media_playlist(&answer.text()).ended, "the held request gets the ended playlist");
     let status = daemon.child.wait().expect("exit status");
     assert!(status.success(), "{status:?}");
+    let _ = wait_with_timeout(publisher_b, Duration::from_secs(5));
 }
