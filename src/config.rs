@@ -87,6 +87,11 @@ pub struct HttpConfig {
     /// plain `listen` keeps serving.
     #[serde(default)]
     pub tls_listen: Option<SocketAddr>,
+    /// Origin connections open at once, plain and TLS together; beyond it, new connections wait
+    /// in the listen backlog until one closes. Keep it under the process's file limit
+    /// (`LimitNOFILE=65536` in the systemd unit).
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
     /// hls.js for the `/preview/` player page, read once at startup; relative paths are from the
     /// working directory. A missing file only disables the player (with a warning).
     #[serde(default = "default_player_js")]
@@ -98,9 +103,15 @@ impl Default for HttpConfig {
         Self {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             tls_listen: None,
+            max_connections: default_http_max_connections(),
             player_js: default_player_js(),
         }
     }
+}
+
+/// A CDN shield holds few, long-lived HTTP/2 connections; direct viewers hold one or two each.
+fn default_http_max_connections() -> usize {
+    16_384
 }
 
 /// Where scripts/setup.sh installs hls.js (`npm ci` in `web/`), for running from a checkout;
@@ -494,6 +505,9 @@ impl Config {
         // RFC 8216 §6.2.2: a live playlist lasts at least three target durations.
         if !(3..=100).contains(&hls.window) {
             bad("hls.window".into(), "must be between 3 and 100 segments".into());
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            bad("http.max_connections".into(), "must be between 1 and 1000000".into());
         }
         if self.rtmp.max_connections == 0 {
             bad("rtmp.max_connections".into(), "must be at least 1".into());

@@ -20,6 +20,7 @@ use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -118,10 +119,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Serves `handler` on `listener` until `shutdown`, then waits (bounded) for requests in flight.
-/// With `tls`, every connection is HTTPS.
+/// With `tls`, every connection is HTTPS. A connection holds one of `slots` while open; when
+/// none is free, accepting pauses (new connections wait in the kernel's backlog) until one is.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
     name: &'static str,
     handler: H,
     shutdown: CancellationToken,
@@ -132,6 +135,19 @@ pub async fn serve<H, F>(
     let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(listener = name, "connection limit reached; new connections wait until one closes");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -149,6 +165,7 @@ pub async fn serve<H, F>(
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             match tls {
                 None => connection(stream, peer, name, handler, shutdown).await,
                 Some(acceptor) => {
@@ -205,5 +222,52 @@ async fn connection<S, H, F>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn get(stream: &mut TcpStream) -> String {
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("send");
+        let mut buf = vec![0u8; 1024];
+        let n = stream.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_makes_new_connections_wait_for_a_free_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::new(Semaphore::new(1)),
+            "test",
+            |_req| async { Response::new(Body::from("ok")) },
+            shutdown.clone(),
+        ));
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        assert!(get(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The first connection is kept alive and holds the only slot.
+        let mut second = TcpStream::connect(addr).await.expect("connect (the kernel backlog takes it)");
+        let waiting = tokio::time::timeout(Duration::from_millis(500), get(&mut second)).await;
+        assert!(waiting.is_err(), "the second connection is not served while the first holds the slot");
+        drop(first);
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = vec![0u8; 1024];
+            // The request was sent above; only the response is still to come.
+            let n = second.read(&mut buf).await.expect("read");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await
+        .expect("served once the first connection closed");
+        assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+        shutdown.cancel();
+        server.await.expect("server stops");
     }
 }

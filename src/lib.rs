@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,9 @@ use crate::store::Store;
 
 /// How often the ingest byte counters are sampled; the admin API's ingest rate spans one interval.
 const INGEST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Connections the admin listener keeps open at once: Prometheus, health checks and operators.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// How long the origin keeps serving after the drain has ended every playlist.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -112,11 +116,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), stop.clone())
             .with_preview(origin::Preview::load(&config.http)),
     );
+    // Plain and TLS origin connections share one limit.
+    let origin_slots = Arc::new(Semaphore::new(config.http.max_connections.min(Semaphore::MAX_PERMITS)));
     let origin_serve = |listener, tls, name| {
         let origin = origin.clone();
         http::serve(
             listener,
             tls,
+            origin_slots.clone(),
             name,
             move |req| {
                 let origin = origin.clone();
@@ -152,6 +159,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     tasks.spawn(http::serve(
         admin,
         None,
+        Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
         "admin",
         move |req| {
             let admin_svc = served.clone();

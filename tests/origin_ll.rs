@@ -198,6 +198,7 @@ async fn serve() -> Served {
     let server = tokio::spawn(ladderd::http::serve(
         listener,
         None,
+        std::sync::Arc::new(tokio::sync::Semaphore::new(4096)),
         "origin",
         move |req| {
             let origin = handler.clone();
