@@ -29,12 +29,19 @@ if [ "$runtime_only" -eq 0 ]; then
            gstreamer1.0-plugins-bad gstreamer1.0-libav; do want "$p"; done
   # An independent playlist parser (Python's m3u8) for the playlist tests.
   python3 -m pip --version >/dev/null 2>&1 || want python3-pip
+  # A real Prometheus server for tests/prometheus.rs, which runs its own on a free port.
+  want prometheus
 fi
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian's package enables and starts a system Prometheus on :9090, which is ladderd's default
+  # admin port, and the tests never use it: stop it again when this run installed it.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

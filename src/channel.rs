@@ -26,6 +26,7 @@ use crate::media::{
     VideoParams, secs_to_ticks, ticks_to_secs,
 };
 use crate::metrics::BackendSeries;
+use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 use crate::origin::content_type;
 use crate::package::fmp4::TrackParams;
@@ -89,6 +90,8 @@ struct ChannelState {
     backend: Mutex<Option<BackendStatus>>,
     /// The two latest samples of `ladderd_ingest_bytes_total` (older first), for the ingest rate.
     ingest_samples: Mutex<[Option<(Instant, u64)>; 2]>,
+    /// The same of `ladderd_origin_requests_total`, for the viewers' request rate.
+    request_samples: Mutex<[Option<(Instant, u64)>; 2]>,
 }
 
 impl ChannelState {
@@ -109,6 +112,7 @@ impl ChannelState {
             source: Mutex::new(None),
             backend: Mutex::new(None),
             ingest_samples: Mutex::new([None, None]),
+            request_samples: Mutex::new([None, None]),
         })
     }
 }
@@ -272,9 +276,21 @@ impl Channels {
     }
 }
 
-/// Samples of the ingest byte counter further apart than this give no rate: it would no longer
-/// describe the last few seconds.
+/// Samples of a counter further apart than this give no rate: it would no longer describe the
+/// last few seconds.
 const INGEST_RATE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The rate per second between two samples of a counter (older first), if they are recent.
+fn per_second(samples: &[Option<(Instant, u64)>; 2]) -> Option<f64> {
+    match *samples {
+        [Some((t0, v0)), Some((t1, v1))]
+            if t1 > t0 && Instant::now().saturating_duration_since(t1) <= INGEST_RATE_MAX_AGE =>
+        {
+            Some(v1.saturating_sub(v0) as f64 / (t1 - t0).as_secs_f64())
+        }
+        _ => None,
+    }
+}
 
 /// Read-only status for the admin API, and the disconnect it offers.
 impl Channels {
@@ -293,13 +309,18 @@ impl Channels {
         Ok(())
     }
 
-    /// Records a sample of every channel's `ladderd_ingest_bytes_total`; the ingest rate in
-    /// [`Channels::status`] is the rate between the two latest samples.
-    pub fn sample_ingest(&self, now: Instant) {
+    /// Records a sample of every channel's `ladderd_ingest_bytes_total` and
+    /// `ladderd_origin_requests_total`; the rates in [`Channels::status`] are the rates between
+    /// the two latest samples.
+    pub fn sample_rates(&self, now: Instant) {
+        let requests = self.metrics.origin_requests_by_channel();
         for state in self.all_states() {
-            let bytes = self.metrics.ingest_bytes.with_label_values(&[&state.name]).get();
+            let name = &state.name;
+            let bytes = self.metrics.ingest_bytes.with_label_values(&[name]).get();
             let mut samples = lock(&state.ingest_samples);
             *samples = [samples[1], Some((now, bytes))];
+            let mut samples = lock(&state.request_samples);
+            *samples = [samples[1], Some((now, requests.get(name).copied().unwrap_or(0)))];
         }
     }
 
@@ -319,13 +340,11 @@ impl Channels {
             }
         };
         let bytes_total = self.metrics.ingest_bytes.with_label_values(&[channel]).get();
-        let bitrate_bps = match *lock(&state.ingest_samples) {
-            [Some((t0, b0)), Some((t1, b1))]
-                if t1 > t0 && Instant::now().saturating_duration_since(t1) <= INGEST_RATE_MAX_AGE =>
-            {
-                Some((b1.saturating_sub(b0) as f64 * 8.0 / (t1 - t0).as_secs_f64()).round() as u64)
-            }
-            _ => None,
+        let bitrate_bps = per_second(&lock(&state.ingest_samples)).map(|bytes| (bytes * 8.0).round() as u64);
+        let requests = *lock(&state.request_samples);
+        let origin = OriginStatus {
+            requests_total: requests[1].map_or(0, |(_, n)| n),
+            requests_per_second: per_second(&requests).map(|r| (r * 100.0).round() / 100.0),
         };
         let h = lock(&state.history);
         // Variants highest first, then audio, then renditions only earlier publishes had.
@@ -357,6 +376,7 @@ impl Channels {
             publisher,
             source,
             ingest: IngestStatus { bytes_total, bitrate_bps },
+            origin,
             renditions,
             backend: lock(&state.backend).clone(),
         })
@@ -371,6 +391,7 @@ pub struct ChannelStatus {
     pub publisher: Option<PublisherStatus>,
     pub source: Option<SourceStatus>,
     pub ingest: IngestStatus,
+    pub origin: OriginStatus,
     pub renditions: Vec<RenditionStatus>,
     pub backend: Option<BackendStatus>,
 }
@@ -396,6 +417,14 @@ pub struct SourceStatus {
 pub struct IngestStatus {
     pub bytes_total: u64,
     pub bitrate_bps: Option<u64>,
+}
+
+/// What viewers (or the CDN in front of them) ask the origin for this channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct OriginStatus {
+    /// `ladderd_origin_requests_total` of the channel at the latest sample.
+    pub requests_total: u64,
+    pub requests_per_second: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -559,6 +588,9 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     let mut audio_params: Option<AudioParams> = None;
     let mut session: Option<Session> = None;
     let mut dropped_before_start = 0u64;
+    // Before the first keyframe there is no ladder yet, so these drops belong to no rung.
+    let awaiting_keyframe =
+        ctx.metrics.frames_dropped.with_label_values(&[name, "", DropReason::AwaitingKeyframe.as_str()]);
 
     while let Some(arrival) = rx.blocking_recv() {
         let result = match arrival.packet {
@@ -591,6 +623,7 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                         }
                         _ => {
                             dropped_before_start += 1;
+                            awaiting_keyframe.inc();
                             continue;
                         }
                     }
@@ -1275,6 +1308,12 @@ impl RenditionPublisher {
                 .part_latency
                 .with_label_values(&[&self.channel, &self.rendition])
                 .observe(latency.as_secs_f64());
+        }
+        let package = self.metrics.stage_latency.with_label_values(&[&self.channel, &self.rendition, "package"]);
+        for arrival in &part.arrivals {
+            if let Ok(latency) = published_at.duration_since(*arrival) {
+                package.observe(latency.as_secs_f64());
+            }
         }
     }
 

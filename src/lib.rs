@@ -35,7 +35,8 @@ use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::store::Store;
 
-/// How often the ingest byte counters are sampled; the admin API's ingest rate spans one interval.
+/// How often the ingest byte and origin request counters are sampled; the admin API's rates span
+/// one interval.
 const INGEST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Connections the admin listener keeps open at once: Prometheus, health checks and operators.
@@ -144,14 +145,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         gpu::probe_cached();
         probed.mark_gpu_probed();
     });
-    // Samples for the ingest rate the admin API reports.
+    // Samples for the ingest and request rates the admin API reports.
     let (sampled, sampling_stop) = (channels.clone(), stop.clone());
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(INGEST_SAMPLE_INTERVAL);
         loop {
             tokio::select! {
                 _ = sampling_stop.cancelled() => break,
-                _ = tick.tick() => sampled.sample_ingest(std::time::Instant::now()),
+                _ = tick.tick() => sampled.sample_rates(std::time::Instant::now()),
             }
         }
     });

@@ -200,16 +200,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ingest_rate_comes_from_the_two_latest_samples() {
+    async fn ingest_and_request_rates_come_from_the_two_latest_samples() {
         let f = with_token();
         let t0 = Instant::now();
-        f.channels.sample_ingest(t0);
-        assert!(get(&f.admin, "/api/v1/channels/demo").await.1["ingest"]["bitrate_bps"].is_null());
+        f.channels.sample_rates(t0);
+        let body = get(&f.admin, "/api/v1/channels/demo").await.1;
+        assert!(body["ingest"]["bitrate_bps"].is_null());
+        assert_eq!(body["origin"], serde_json::json!({ "requests_total": 0, "requests_per_second": null }));
         f.metrics.ingest_bytes.with_label_values(&["demo"]).inc_by(250_000);
-        f.channels.sample_ingest(t0 + Duration::from_secs(2));
+        // What the origin counts for viewers of `demo`, over several routes.
+        f.metrics.origin_requests.with_label_values(&["demo", "part"]).inc_by(20);
+        f.metrics.origin_requests.with_label_values(&["demo", "blocking_playlist"]).inc_by(5);
+        f.channels.sample_rates(t0 + Duration::from_secs(2));
         let body = get(&f.admin, "/api/v1/channels/demo").await.1;
         assert_eq!(body["ingest"], serde_json::json!({ "bytes_total": 250_000, "bitrate_bps": 1_000_000 }));
-        assert_eq!(get(&f.admin, "/api/v1/channels/other").await.1["ingest"]["bitrate_bps"], 0);
+        assert_eq!(body["origin"], serde_json::json!({ "requests_total": 25, "requests_per_second": 12.5 }));
+        let other = get(&f.admin, "/api/v1/channels/other").await.1;
+        assert_eq!(other["ingest"]["bitrate_bps"], 0);
+        assert_eq!(other["origin"], serde_json::json!({ "requests_total": 0, "requests_per_second": 0.0 }));
     }
 
     #[tokio::test]

@@ -415,11 +415,17 @@ mod tests {
     #[tokio::test]
     async fn every_response_is_counted_in_http_requests() {
         let (admin, metrics) = admin_with(&format!(", token: \"{TOKEN}\""));
-        let count = |class: &str| metrics.http_requests.with_label_values(&["admin", class]).get();
+        let count = |route: &str, code: &str| metrics.http_requests.with_label_values(&["admin", route, code]).get();
         send(&admin, Request::get("/healthz").body(Full::default()).unwrap()).await;
         send(&admin, authed(Method::POST, "demo", "hi")).await;
         send(&admin, authed(Method::POST, "nope", "hi")).await;
         send(&admin, post("demo").body(Full::default()).unwrap()).await;
-        assert_eq!((count("2xx"), count("4xx")), (1, 3));
+        send(&admin, Request::get("/nowhere").body(Full::default()).unwrap()).await;
+        assert_eq!(count("healthz", "200"), 1);
+        // Not live, unknown channel, no token.
+        assert_eq!((count("metadata", "409"), count("metadata", "404"), count("metadata", "401")), (1, 1, 1));
+        assert_eq!(count("other", "404"), 1);
+        let timed = metrics.http_request_duration.with_label_values(&["admin", "metadata"]).get_sample_count();
+        assert_eq!(timed, 3);
     }
 }

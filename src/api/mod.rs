@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode};
 use crate::channel::Channels;
 use crate::config::Config;
 use crate::http::Body;
-use crate::metrics::{Metrics, status_class};
+use crate::metrics::Metrics;
 
 pub struct Admin {
     metrics: Arc<Metrics>,
@@ -111,8 +111,9 @@ impl Admin {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let (route, started) = (route_of(req.uri().path()), Instant::now());
         let resp = self.route(req, now).await;
-        self.metrics.http_requests.with_label_values(&["admin", status_class(resp.status().as_u16())]).inc();
+        self.metrics.observe_http("admin", route, resp.status().as_u16(), started.elapsed());
         resp
     }
 
@@ -150,6 +151,24 @@ impl Admin {
     }
 }
 
+/// The `route` label of an admin request, from a fixed list.
+fn route_of(path: &str) -> &'static str {
+    if metadata::channel_of(path).is_some() {
+        return "metadata";
+    }
+    match channels::target_of(path) {
+        Some(channels::Target::List | channels::Target::One(_)) => return "channels",
+        Some(channels::Target::Disconnect(_)) => return "disconnect",
+        None => {}
+    }
+    match path {
+        "/metrics" => "metrics",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        _ => "other",
+    }
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -175,4 +194,27 @@ fn no_content() -> Response<Body> {
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     text(status, "application/json", body.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn every_admin_path_has_a_route_from_the_fixed_list() {
+        for (path, route) in [
+            ("/metrics", "metrics"),
+            ("/healthz", "healthz"),
+            ("/readyz", "readyz"),
+            ("/api/v1/channels", "channels"),
+            ("/api/v1/channels/demo", "channels"),
+            ("/api/v1/channels/demo/disconnect", "disconnect"),
+            ("/api/v1/channels/demo/metadata", "metadata"),
+            ("/api/v1/channels/a/b/c", "other"),
+            ("/api/v2/anything", "other"),
+            ("/metrics/", "other"),
+        ] {
+            assert_eq!(route_of(path), route, "{path}");
+        }
+    }
 }

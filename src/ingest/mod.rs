@@ -1,6 +1,7 @@
 //! RTMP ingest: accepts publishers, authenticates stream keys, parses FLV tags into
 //! [`MediaPacket`](crate::media::MediaPacket)s for the channel.
 
+pub mod cadence;
 pub mod flv;
 pub mod rtmp;
 pub mod timeline;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RtmpConfig;
+use crate::ingest::cadence::CadenceGauges;
 use crate::ingest::flv::{self, AudioTag, FlvError, VideoDemuxer, VideoTag};
 use crate::ingest::timeline::Timeline;
 use crate::ingest::{Publish, PublishGate, Refusal};
@@ -359,6 +360,8 @@ struct ActivePublish {
     timeline: Timeline,
     video: VideoDemuxer,
     ingest_bytes: IntCounter,
+    /// The source's frame rate and keyframe interval.
+    cadence: CadenceGauges,
     malformed_in_a_row: u32,
     malformed_total: u64,
     /// Jumps of the publisher's clock so far, to log them sparingly.
@@ -370,6 +373,10 @@ struct ActivePublish {
 impl ActivePublish {
     fn new(publish: Publish, metrics: &Metrics) -> Self {
         let ingest_bytes = metrics.ingest_bytes.with_label_values(&[&publish.channel]);
+        let cadence = CadenceGauges::new(
+            metrics.ingest_frame_rate.with_label_values(&[&publish.channel]),
+            metrics.ingest_keyframe_interval.with_label_values(&[&publish.channel]),
+        );
         Self {
             channel: publish.channel,
             media: publish.media,
@@ -377,6 +384,7 @@ impl ActivePublish {
             timeline: Timeline::new(),
             video: VideoDemuxer::new(),
             ingest_bytes,
+            cadence,
             malformed_in_a_row: 0,
             malformed_total: 0,
             timeline_jumps: 0,
@@ -748,6 +756,7 @@ impl Connection {
                 let (dts, pts) = p.timeline.video(timestamp, composition_ms);
                 p.log_timeline_jump(peer, "video");
                 p.last_video_pts = pts;
+                p.cadence.frame(dts, pts, keyframe);
                 MediaPacket::Video(Sample { pts, dts, keyframe, segment_start: false, data })
             }
             Ok(VideoTag::Nothing) => {

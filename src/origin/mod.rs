@@ -24,7 +24,7 @@ pub use preview::Preview;
 use prometheus::IntGauge;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HlsConfig;
 use crate::http::Body;
-use crate::metrics::{Metrics, status_class};
+use crate::metrics::Metrics;
 use crate::store::{Cacheability, ChannelObjects, Object, Progress, Store};
 
 /// `Cache-Control` for playlists: they change every part/segment, so a cache may hold one for at
@@ -279,12 +279,20 @@ impl Origin {
     /// Answers `req`. The future borrows only the origin, not the request, so it is `Send`
     /// whatever the request body is.
     pub fn handle<'a, B>(&'a self, req: &Request<B>) -> impl Future<Output = Response<Body>> + Send + use<'a, B> {
+        let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let conditions = Conditions::of(req.headers());
+        let (route, channel) = route_of(uri.path(), uri.query());
+        // Only configured channels (those the store has) get a series of their own: a request for
+        // any other name must not add one.
+        let channel = channel.filter(|c| self.store.get_channel(c).is_some()).map(str::to_owned);
         async move {
             let resp = self.route(method, uri, &conditions).await;
-            self.metrics.http_requests.with_label_values(&["origin", status_class(resp.status().as_u16())]).inc();
+            self.metrics.observe_http("origin", route, resp.status().as_u16(), started.elapsed());
+            if let Some(channel) = channel {
+                self.metrics.origin_requests.with_label_values(&[&channel, route]).inc();
+            }
             resp
         }
     }
@@ -513,6 +521,37 @@ fn directives(query: Option<&str>) -> Result<Directives, BadDirective> {
         return Err(BadDirective::PartWithoutMsn);
     }
     Ok(d)
+}
+
+/// The `route` label of an origin request (from a fixed list, so that metrics stay bounded
+/// whatever is asked) and, for paths under `/live/`, the channel named.
+pub fn route_of<'a>(path: &'a str, query: Option<&str>) -> (&'static str, Option<&'a str>) {
+    if let Some(rest) = path.strip_prefix("/preview/") {
+        return (if rest == preview::PLAYER_JS { "player_js" } else { "preview" }, None);
+    }
+    let Some((channel, name)) = path.strip_prefix("/live/").and_then(|rest| rest.split_once('/')) else {
+        return ("other", None);
+    };
+    let route = match name.split_once('/') {
+        None if name == MASTER_PLAYLIST => "master",
+        Some((_, MEDIA_PLAYLIST)) => match directives(query) {
+            Ok(d) if d.skip => "delta_playlist",
+            Ok(d) if d.msn.is_some() => "blocking_playlist",
+            _ => "media_playlist",
+        },
+        Some((_, file)) if file.starts_with("init-") && file.ends_with(".mp4") => "init",
+        Some((_, file)) if part_name(file).is_some() => "part",
+        Some((_, file)) if segment_name(file) => "segment",
+        _ => "other",
+    };
+    (route, Some(channel))
+}
+
+/// `{msn}.m4s` or `{msn}.ts`, the packager's name for a segment.
+fn segment_name(file: &str) -> bool {
+    file.strip_suffix(".m4s")
+        .or_else(|| file.strip_suffix(".ts"))
+        .is_some_and(|msn| !msn.is_empty() && msn.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `{msn}.{part}.m4s` (or `.ts` for MPEG-TS renditions), the packager's name for a part.
@@ -1603,5 +1642,53 @@ mod tests {
         assert_eq!(part_name("12.3.mp4"), None);
         assert_eq!(part_name("a.3.m4s"), None);
         assert_eq!(part_name("1.2.3.m4s"), None);
+    }
+
+    #[test]
+    fn every_path_has_a_route_from_the_fixed_list() {
+        let cases = [
+            ("/live/demo/master.m3u8", None, "master"),
+            ("/live/demo/720p/index.m3u8", None, "media_playlist"),
+            ("/live/demo/720p/index.m3u8", Some("_HLS_msn=5&_HLS_part=1"), "blocking_playlist"),
+            ("/live/demo/720p/index.m3u8", Some("_HLS_skip=YES"), "delta_playlist"),
+            ("/live/demo/720p/index.m3u8", Some("_HLS_msn=5&_HLS_skip=v2"), "delta_playlist"),
+            ("/live/demo/720p/index.m3u8", Some("_HLS_msn=x"), "media_playlist"),
+            ("/live/demo/720p/init-17.mp4", None, "init"),
+            ("/live/demo/720p/17.m4s", None, "segment"),
+            ("/live/demo/audio/17.ts", None, "segment"),
+            ("/live/demo/720p/17.3.m4s", None, "part"),
+            ("/live/demo/720p/17.3.ts", None, "part"),
+            ("/live/demo/720p/x.m4s", None, "other"),
+            ("/live/demo/720p/master.m3u8", None, "other"),
+            ("/live/demo/index.m3u8", None, "other"),
+            ("/preview/demo", None, "preview"),
+            ("/preview/hls.min.js", None, "player_js"),
+            ("/favicon.ico", None, "other"),
+            ("/live/demo", None, "other"),
+        ];
+        for (path, query, route) in cases {
+            assert_eq!(route_of(path, query).0, route, "{path}?{query:?}");
+        }
+        assert_eq!(route_of("/live/shop/720p/1.m4s", None).1, Some("shop"));
+        assert_eq!(route_of("/preview/shop", None).1, None);
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_route_and_code_and_per_configured_channel() {
+        let f = fixture();
+        for path in
+            ["/live/demo/master.m3u8", "/live/demo/720p/1.m4s", "/live/demo/720p/9.m4s", "/live/nope/master.m3u8"]
+        {
+            get(&f.origin, Method::GET, path).await;
+        }
+        let m = &f.origin.metrics;
+        let count = |route: &str, code: &str| m.http_requests.with_label_values(&["origin", route, code]).get();
+        assert_eq!((count("master", "200"), count("segment", "200"), count("segment", "404")), (1, 1, 1));
+        assert_eq!(count("master", "404"), 1, "the unknown channel's request is counted by route");
+        assert_eq!(m.http_request_duration.with_label_values(&["origin", "segment"]).get_sample_count(), 2);
+        assert_eq!(m.origin_requests.with_label_values(&["demo", "master"]).get(), 1);
+        assert_eq!(m.origin_requests.with_label_values(&["demo", "segment"]).get(), 2);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(!text.contains("channel=\"nope\""), "an unknown channel makes no series: {text}");
     }
 }

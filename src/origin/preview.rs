@@ -20,7 +20,7 @@ const NOT_FOUND_PAGE: &str = "<!doctype html>\n<meta charset=\"utf-8\"><title>No
     <p>No channel by that name is configured on this server.</p>\n";
 /// The name the page loads hls.js by (relative to itself, so a path prefix in front of the origin
 /// changes nothing). Channel names cannot contain '.', so it never shadows a channel.
-const PLAYER_JS: &str = "hls.min.js";
+pub(super) const PLAYER_JS: &str = "hls.min.js";
 const PLAYER_MISSING: &str = "hls.js is not installed on this server: run scripts/setup.sh (it installs \
     web/node_modules/hls.js), or set http.player_js to the path of hls.min.js\n";
 

@@ -65,6 +65,8 @@ struct OpenSegment {
     /// The open part's samples and when its first one arrived at ingest.
     part: Vec<PendingSample>,
     part_ingest_time: SystemTime,
+    /// When each of the open part's samples arrived at ingest.
+    part_arrivals: Vec<SystemTime>,
     /// Timed metadata that goes ahead of the open part.
     part_metadata: Vec<Metadata>,
 }
@@ -97,6 +99,8 @@ pub struct Part {
     pub fragment: Fragment,
     /// When the part's first sample arrived at ingest.
     pub ingest_time: SystemTime,
+    /// When each of its samples arrived at ingest, in decode order.
+    pub arrivals: Vec<SystemTime>,
     /// Ids of the timed metadata written in this part.
     pub metadata: Vec<u32>,
 }
@@ -264,6 +268,7 @@ impl Segmenter {
             parts_closed: 0,
             part: Vec::new(),
             part_ingest_time: packet.ingest_time,
+            part_arrivals: Vec::new(),
             part_metadata: Vec::new(),
         });
         if open.part.is_empty() {
@@ -271,6 +276,7 @@ impl Segmenter {
         }
         open.frames = open.frames.saturating_add(1);
         open.part.push(pending);
+        open.part_arrivals.push(packet.ingest_time);
         if !self.pending_metadata.is_empty() {
             let (due, later): (Vec<Metadata>, Vec<Metadata>) =
                 std::mem::take(&mut self.pending_metadata).into_iter().partition(|m| m.pts <= sample.pts);
@@ -289,6 +295,7 @@ impl Segmenter {
     fn close_part(&mut self, end_dts: i64) -> Option<Part> {
         let open = self.open.as_mut()?;
         let samples = std::mem::take(&mut open.part);
+        let arrivals = std::mem::take(&mut open.part_arrivals);
         let metadata = std::mem::take(&mut open.part_metadata);
         let first = samples.first()?;
         let (start, start_pts, independent) = (first.dts, first.pts, first.keyframe);
@@ -326,6 +333,7 @@ impl Segmenter {
             independent,
             fragment,
             ingest_time,
+            arrivals,
             metadata: metadata.iter().map(|m| m.id).collect(),
         })
     }
@@ -562,6 +570,9 @@ mod tests {
             assert_eq!(p.duration, 18_000, "part {n}");
             assert_eq!(p.independent, n % 10 == 0, "only a segment's first part starts with an IDR");
             assert_eq!(decode(&p.fragment).2.len(), 6);
+            let arrivals: Vec<SystemTime> = (n as u64 * 6..n as u64 * 6 + 6).map(|i| epoch(i * 3000)).collect();
+            assert_eq!(p.arrivals, arrivals, "part {n}: each sample's arrival, in order");
+            assert_eq!(p.ingest_time, arrivals[0]);
         }
         for (k, seg) in segments.iter().enumerate() {
             let joined: Vec<u8> = parts[k * 10..(k + 1) * 10].iter().flat_map(|p| flat(&p.fragment)).collect();

@@ -24,12 +24,12 @@ use ffmpeg_next::format::Pixel;
 use ffmpeg_next::software::scaling;
 use ffmpeg_next::util::error::EAGAIN;
 use ffmpeg_next::{Dictionary, Packet, Rational, codec, frame, picture};
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::config::Hardware;
 use crate::ffi::{self, SharedFrame};
 use crate::media::{Alignment, EncodedPacket, RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks, VideoParams, avc};
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, FrameDrops, Metrics};
 use crate::transcode::ladder::Rung;
 
 /// Source packets queued for the decoder. When full, the channel thread waits, and behind it
@@ -135,6 +135,9 @@ pub struct Transcoder {
     input: Option<SyncSender<DecodeInput>>,
     decoder: Option<JoinHandle<Result<(), TranscodeError>>>,
     rungs: Vec<(String, JoinHandle<Result<(), TranscodeError>>)>,
+    /// `ladderd_encoder_queue_depth` of each rung, zeroed once the threads are joined (a rung that
+    /// failed leaves pictures in its queue uncounted).
+    queue_depths: Vec<IntGauge>,
 }
 
 impl Transcoder {
@@ -161,23 +164,20 @@ impl Transcoder {
         };
         let mut feeds = Vec::new();
         let mut rungs = Vec::new();
+        let mut queue_depths = Vec::new();
         for (rung, sink) in spec.rungs.iter().zip(sinks) {
             let (tx, rx) = mpsc::sync_channel(RUNG_QUEUE);
             let mut worker = RungWorker::new(&spec, rung.clone(), &metrics);
+            worker.queue_depth.set(0);
+            queue_depths.push(worker.queue_depth.clone());
+            let (drops, queue_depth) = (worker.drops.clone(), worker.queue_depth.clone());
             worker.choice = spec.encoders.get(rungs.len()).copied().unwrap_or(EncoderChoice::X264);
             let handle = std::thread::Builder::new()
                 .name(format!("rung-{}-{}", channel, rung.name))
                 .spawn(move || worker.run(rx, sink))
                 .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
             rungs.push((rung.name.clone(), handle));
-            feeds.push(RungFeed {
-                name: rung.name.clone(),
-                tx: Some(tx),
-                lagging: false,
-                lag_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "lagging"]),
-                cap_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "frame_rate_cap"]),
-                decode_drops: metrics.frames_dropped.with_label_values(&[&channel, &rung.name, "decode_error"]),
-            });
+            feeds.push(RungFeed { name: rung.name.clone(), tx: Some(tx), lagging: false, drops, queue_depth });
         }
         let (input, rx) = mpsc::sync_channel(DECODE_QUEUE);
         let worker = DecodeWorker {
@@ -193,6 +193,7 @@ impl Transcoder {
             last_kept: None,
             feeds,
             decoded: metrics.frames_decoded.with_label_values(&[&channel]),
+            decode_latency: metrics.stage_latency.with_label_values(&[&channel, "", "decode"]),
         };
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{channel}"))
@@ -201,7 +202,7 @@ impl Transcoder {
                 Ok(())
             })
             .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
-        Ok(Self { channel, input: Some(input), decoder: Some(decoder), rungs })
+        Ok(Self { channel, input: Some(input), decoder: Some(decoder), rungs, queue_depths })
     }
 
     /// One source access unit, in decode order. Blocks while the decoder's queue is full.
@@ -228,6 +229,9 @@ impl Transcoder {
         }
         for (name, h) in std::mem::take(&mut self.rungs) {
             keep(join(&self.channel, &name, h));
+        }
+        for depth in &self.queue_depths {
+            depth.set(0);
         }
         first.map_or(Ok(()), Err)
     }
@@ -295,6 +299,8 @@ struct DecodeWorker {
     last_kept: Option<Ticks>,
     feeds: Vec<RungFeed>,
     decoded: IntCounter,
+    /// Arrival at ingest → picture out of the decoder.
+    decode_latency: Histogram,
 }
 
 impl DecodeWorker {
@@ -312,6 +318,7 @@ impl DecodeWorker {
     fn decode(&mut self, sample: Sample, at: SystemTime) {
         if self.wait_for_keyframe {
             if !sample.keyframe {
+                self.count_drop(DropReason::AwaitingKeyframe);
                 return;
             }
             self.wait_for_keyframe = false;
@@ -334,9 +341,7 @@ impl DecodeWorker {
         }
         if let Err(e) = sent {
             tracing::warn!(channel = %self.channel, pts = sample.pts, error = %e, "source packet did not decode");
-            for f in &self.feeds {
-                f.decode_drops.inc();
-            }
+            self.count_drop(DropReason::DecodeError);
             if self.decoder_choice != DecoderChoice::Cpu {
                 self.move_to_cpu();
                 return;
@@ -374,9 +379,7 @@ impl DecodeWorker {
                 Err(ffmpeg::Error::Other { errno: EAGAIN }) | Err(ffmpeg::Error::Eof) => return,
                 Err(e) => {
                     tracing::warn!(channel = %self.channel, error = %e, "decoder error");
-                    for f in &self.feeds {
-                        f.decode_drops.inc();
-                    }
+                    self.count_drop(DropReason::DecodeError);
                     if self.decoder_choice != DecoderChoice::Cpu {
                         self.move_to_cpu();
                     }
@@ -386,9 +389,17 @@ impl DecodeWorker {
         }
     }
 
+    /// A source picture no rung gets.
+    fn count_drop(&self, reason: DropReason) {
+        for f in &self.feeds {
+            f.drops.inc(reason);
+        }
+    }
+
     fn picture(&mut self, frame: frame::Video) {
         let Some(pts) = frame.timestamp().or(frame.pts()) else {
             tracing::debug!(channel = %self.channel, "decoded picture without a timestamp; dropped");
+            self.count_drop(DropReason::NoTimestamp);
             return;
         };
         self.decoded.inc();
@@ -396,14 +407,20 @@ impl DecodeWorker {
         while self.pending.first_key_value().is_some_and(|(&p, _)| p < pts) {
             self.pending.pop_first();
         }
-        let (ingest_time, keyframe) = self.pending.remove(&pts).unwrap_or_else(|| (SystemTime::now(), frame.is_key()));
+        let (ingest_time, keyframe) = match self.pending.remove(&pts) {
+            Some((at, keyframe)) => {
+                if let Ok(latency) = at.elapsed() {
+                    self.decode_latency.observe(latency.as_secs_f64());
+                }
+                (at, keyframe)
+            }
+            None => (SystemTime::now(), frame.is_key()),
+        };
         let segment_start = self.clock.is_cut(pts, keyframe);
         // Frame-rate cap: drop pictures that come sooner than the cap allows, never a cut. A tenth
         // of a frame of slack absorbs millisecond rounding of RTMP timestamps.
         if !segment_start && self.last_kept.is_some_and(|l| pts - l < self.min_frame_gap - self.min_frame_gap / 10) {
-            for f in &self.feeds {
-                f.cap_drops.inc();
-            }
+            self.count_drop(DropReason::FrameRateCap);
             return;
         }
         self.last_kept = Some(pts);
@@ -422,21 +439,25 @@ struct RungFeed {
     tx: Option<SyncSender<Arc<Picture>>>,
     /// The rung's queue overflowed: it gets nothing until the next segment start.
     lagging: bool,
-    lag_drops: IntCounter,
-    cap_drops: IntCounter,
-    decode_drops: IntCounter,
+    drops: FrameDrops,
+    /// Raised before a picture is queued and lowered when the rung takes it (or it is not queued),
+    /// so it never reads below 0.
+    queue_depth: IntGauge,
 }
 
 impl RungFeed {
     fn offer(&mut self, channel: &str, picture: &Arc<Picture>) {
         let Some(tx) = &self.tx else { return };
+        if !self.lagging || picture.segment_start {
+            self.queue_depth.inc();
+        }
         let sent = if picture.segment_start {
             // A segment start is never skipped, so a rung that lagged resumes exactly on a cut
             // with an IDR. Waiting here holds the other rungs back by at most the time this rung
             // needs for one picture, since its queue is only full of pictures it will encode.
             tx.send(picture.clone()).map_err(|_| ())
         } else if self.lagging {
-            self.lag_drops.inc();
+            self.drops.inc(DropReason::Lagging);
             return;
         } else {
             match tx.try_send(picture.clone()) {
@@ -444,7 +465,8 @@ impl RungFeed {
                 Err(TrySendError::Full(_)) => {
                     tracing::warn!(channel, rung = %self.name, pts = picture.pts, "rung is behind real time; skipping to the next segment");
                     self.lagging = true;
-                    self.lag_drops.inc();
+                    self.queue_depth.dec();
+                    self.drops.inc(DropReason::Lagging);
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => Err(()),
@@ -454,6 +476,7 @@ impl RungFeed {
             Ok(()) => self.lagging = false,
             Err(()) => {
                 tracing::debug!(channel, rung = %self.name, "rung thread has stopped");
+                self.queue_depth.dec();
                 self.tx = None;
             }
         }
@@ -472,6 +495,10 @@ struct RungWorker {
     encoded: IntCounter,
     failures: IntCounter,
     fallbacks: IntCounter,
+    drops: FrameDrops,
+    queue_depth: IntGauge,
+    /// Arrival at ingest → encoded packet out of this rung's encoder.
+    encode_latency: Histogram,
 }
 
 /// The open encoder of a rung, with what must be matched to its output packets.
@@ -491,6 +518,9 @@ impl RungWorker {
         Self {
             encoded: metrics.frames_encoded.with_label_values(&[&spec.channel, &rung.name]),
             failures: metrics.pipeline_errors.with_label_values(&[&spec.channel, "encode"]),
+            drops: metrics.frame_drops(&spec.channel, &rung.name),
+            queue_depth: metrics.encoder_queue_depth.with_label_values(&[&spec.channel, &rung.name]),
+            encode_latency: metrics.stage_latency.with_label_values(&[&spec.channel, &rung.name, "encode"]),
             channel: spec.channel.clone(),
             rung,
             preset: spec.x264_preset.clone(),
@@ -525,6 +555,7 @@ impl RungWorker {
         let mut choice = self.choice;
         let mut waiting_for_cut = false;
         for picture in rx {
+            self.queue_depth.dec();
             let src = picture.frame.frame();
             let input = (src.format(), src.width(), src.height());
             if scaler.as_ref().is_none_or(|(_, i)| *i != input) {
@@ -550,6 +581,7 @@ impl RungWorker {
                 if waiting_for_cut && !picture.segment_start {
                     // After a hardware encoder failed: the CPU encoder starts on the next segment,
                     // so that its first picture is an IDR on the shared cut.
+                    self.drops.inc(DropReason::EncoderFallback);
                     continue;
                 }
                 waiting_for_cut = false;
@@ -587,6 +619,8 @@ impl RungWorker {
                     // segment and a discontinuity there, and its segments stay aligned.
                     tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "hardware encoder failed; moving this rung to libx264 at the next segment");
                     self.fallbacks.inc();
+                    // The pictures inside it (this one included) never come out.
+                    self.drops.inc_by(DropReason::EncoderFallback, enc.ingest.len() as u64);
                     encoding = None;
                     choice = EncoderChoice::X264;
                     waiting_for_cut = true;
@@ -630,7 +664,10 @@ impl RungWorker {
                 Err(ffmpeg::Error::Other { errno: EAGAIN }) | Err(ffmpeg::Error::Eof) => return Ok(()),
                 Err(e) => return Err(self.encoder_error("receive a packet", e)),
             }
-            let Some(pts) = packet.pts() else { continue };
+            let Some(pts) = packet.pts() else {
+                self.drops.inc(DropReason::NoTimestamp);
+                continue;
+            };
             let dts = packet.dts().unwrap_or(pts);
             while enc.cuts.front().is_some_and(|&c| c < pts) {
                 enc.cuts.pop_front();
@@ -643,7 +680,15 @@ impl RungWorker {
             if segment_start && !keyframe {
                 tracing::warn!(channel = %self.channel, rung = %self.rung.name, pts, "encoder did not make the forced IDR");
             }
-            let ingest_time = enc.ingest.remove(&pts).unwrap_or_else(SystemTime::now);
+            let ingest_time = match enc.ingest.remove(&pts) {
+                Some(at) => {
+                    if let Ok(latency) = at.elapsed() {
+                        self.encode_latency.observe(latency.as_secs_f64());
+                    }
+                    at
+                }
+                None => SystemTime::now(),
+            };
             while enc.ingest.first_key_value().is_some_and(|(&p, _)| p < pts) {
                 enc.ingest.pop_first();
             }
@@ -908,6 +953,20 @@ mod tests {
         }
         assert_eq!(metrics.frames_decoded.with_label_values(&["test"]).get(), n as u64);
         assert_eq!(metrics.frames_encoded.with_label_values(&["test", "120p"]).get(), n as u64);
+        // Every picture's latency is observed once per stage, and the queues end empty.
+        let stage = |rendition, stage| metrics.stage_latency.with_label_values(&["test", rendition, stage]);
+        assert_eq!(stage("", "decode").get_sample_count(), n as u64);
+        for rung in ["240p", "120p"] {
+            let encode = stage(rung, "encode");
+            assert_eq!(encode.get_sample_count(), n as u64);
+            // Encoding comes after decoding, so it cannot have taken less time in total.
+            assert!(encode.get_sample_sum() >= stage("", "decode").get_sample_sum());
+            assert_eq!(metrics.encoder_queue_depth.with_label_values(&["test", rung]).get(), 0);
+            for reason in DropReason::ALL {
+                let dropped = metrics.frames_dropped.with_label_values(&["test", rung, reason.as_str()]).get();
+                assert_eq!(dropped, 0, "{rung} {}", reason.as_str());
+            }
+        }
     }
 
     #[test]
@@ -1013,6 +1072,8 @@ mod tests {
         assert_eq!(decodes(&failed.params[0], &failed.packets[..moved_at]), moved_at);
         assert_eq!(decodes(&failed.params[1], &failed.packets[moved_at..]), failed.packets.len() - moved_at);
         assert_eq!(moved_at, 40, "the pictures the failing encoder had made");
+        let lost = metrics.frames_dropped.with_label_values(&["test", "240p", "encoder_fallback"]).get();
+        assert_eq!(lost + failed.packets.len() as u64, healthy.packets.len() as u64, "every lost picture counted");
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encode"]).get(), 0, "the rung did not fail");
     }
