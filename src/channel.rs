@@ -375,7 +375,17 @@ impl Channels {
             live,
             publisher,
             source,
-            ingest: IngestStatus { bytes_total, bitrate_bps },
+            ingest: IngestStatus {
+                bytes_total,
+                bitrate_bps,
+                // The gauges read 0 when nothing is known (not live, or too early to say).
+                frame_rate: live
+                    .then(|| self.metrics.ingest_frame_rate.with_label_values(&[channel]).get())
+                    .filter(|v| *v > 0.0),
+                keyframe_interval_seconds: live
+                    .then(|| self.metrics.ingest_keyframe_interval.with_label_values(&[channel]).get())
+                    .filter(|v| *v > 0.0),
+            },
             origin,
             renditions,
             backend: lock(&state.backend).clone(),
@@ -417,6 +427,10 @@ pub struct SourceStatus {
 pub struct IngestStatus {
     pub bytes_total: u64,
     pub bitrate_bps: Option<u64>,
+    /// Source video frames per second of media time, over about the last second.
+    pub frame_rate: Option<f64>,
+    /// Seconds between the two latest source keyframes.
+    pub keyframe_interval_seconds: Option<f64>,
 }
 
 /// What viewers (or the CDN in front of them) ask the origin for this channel.

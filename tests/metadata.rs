@@ -134,6 +134,15 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     assert_eq!(status["live"], true, "{status}");
     assert_eq!((status["source"]["width"].as_u64(), status["source"]["height"].as_u64()), (Some(640), Some(360)));
     assert_eq!(status["backend"]["encode"], "cpu", "{status}");
+    // The publisher sends 30 fps with a keyframe every 30 frames.
+    let fps = status["ingest"]["frame_rate"].as_f64().expect("an ingest frame rate");
+    assert!((27.0..=33.0).contains(&fps), "{status}");
+    let gop = status["ingest"]["keyframe_interval_seconds"].as_f64().expect("a keyframe interval");
+    assert!((0.9..=1.1).contains(&gop), "{status}");
+    assert!(
+        status["origin"]["requests_total"].as_u64().is_some_and(|n| n > 0),
+        "hls.js requests are counted: {status}"
+    );
     let renditions: Vec<&str> =
         status["renditions"].as_array().expect("renditions").iter().filter_map(|r| r["name"].as_str()).collect();
     assert!(renditions.contains(&"360p") && renditions.contains(&"audio"), "{status}");

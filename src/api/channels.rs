@@ -213,7 +213,10 @@ mod tests {
         f.metrics.origin_requests.with_label_values(&["demo", "blocking_playlist"]).inc_by(5);
         f.channels.sample_rates(t0 + Duration::from_secs(2));
         let body = get(&f.admin, "/api/v1/channels/demo").await.1;
-        assert_eq!(body["ingest"], serde_json::json!({ "bytes_total": 250_000, "bitrate_bps": 1_000_000 }));
+        assert_eq!(
+            body["ingest"],
+            serde_json::json!({ "bytes_total": 250_000, "bitrate_bps": 1_000_000, "frame_rate": null, "keyframe_interval_seconds": null })
+        );
         assert_eq!(body["origin"], serde_json::json!({ "requests_total": 25, "requests_per_second": 12.5 }));
         let other = get(&f.admin, "/api/v1/channels/other").await.1;
         assert_eq!(other["ingest"]["bitrate_bps"], 0);
