@@ -50,7 +50,7 @@ const AUDIO: &str = "audio";
 const INGEST_QUEUE: usize = 512;
 /// Segments kept in the store after they leave the playlist, for players that fetched the
 /// playlist just before.
-const GRACE_SEGMENTS: usize = 2;
+pub const GRACE_SEGMENTS: usize = 2;
 /// Store key of a rendition playlist's delta update (`_HLS_skip=YES`), next to `index.m3u8`.
 pub const DELTA_PLAYLIST: &str = "index.m3u8#skip";
 

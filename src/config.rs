@@ -96,6 +96,92 @@ pub struct HttpConfig {
     /// working directory. A missing file only disables the player (with a warning).
     #[serde(default = "default_player_js")]
     pub player_js: PathBuf,
+    /// `Cache-Control` and `CDN-Cache-Control` of origin responses.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Caching headers of the origin's responses, per kind of response: a preset, then overrides.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    pub preset: CachePreset,
+    /// `Cache-Control` values replacing the preset's, for every cache (browsers and CDNs).
+    #[serde(default)]
+    pub cache_control: CacheValues,
+    /// `CDN-Cache-Control` values (RFC 9213): what CDNs that honour it use instead of
+    /// `Cache-Control`; browsers ignore it.
+    #[serde(default)]
+    pub cdn_cache_control: CacheValues,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CachePreset {
+    /// `Cache-Control` only, the same for browsers and CDNs.
+    #[default]
+    Origin,
+    /// As `origin`, plus `CDN-Cache-Control` for a shield in front: failed blocking requests
+    /// cached a second (retries collapse during a stall), and media kept only as long as the origin
+    /// keeps it.
+    Cdn,
+}
+
+/// One header value per kind of response; `None` keeps the preset's.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheValues {
+    /// Master and media playlists, plain and delta.
+    pub playlist: Option<String>,
+    /// Media playlists answering `_HLS_msn` (blocking reloads).
+    pub blocking_playlist: Option<String>,
+    /// Init segments, segments and parts.
+    pub media: Option<String>,
+    /// 404 under a configured channel with nothing to serve yet.
+    pub not_live: Option<String>,
+    /// 400 (too far ahead) and 503 (hold timed out, shutting down) of LL-HLS requests.
+    pub retry: Option<String>,
+    /// Other 404s, 405, 416.
+    pub miss: Option<String>,
+}
+
+impl CacheValues {
+    pub fn entries(&self) -> [(&'static str, Option<&str>); 6] {
+        [
+            ("playlist", self.playlist.as_deref()),
+            ("blocking_playlist", self.blocking_playlist.as_deref()),
+            ("media", self.media.as_deref()),
+            ("not_live", self.not_live.as_deref()),
+            ("retry", self.retry.as_deref()),
+            ("miss", self.miss.as_deref()),
+        ]
+    }
+}
+
+/// Whether `value` reads as a list of cache directives (RFC 9111 §5.2): `token` or
+/// `token=token-or-quoted-string`, separated by commas.
+fn valid_cache_directives(value: &str) -> bool {
+    let token =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    !value.is_empty()
+        && value.len() <= 512
+        && value.split(',').all(|d| {
+            let d = d.trim();
+            match d.split_once('=') {
+                None => token(d),
+                Some((name, arg)) => {
+                    token(name)
+                        && (token(arg)
+                            || (arg.len() >= 2
+                                && arg.starts_with('"')
+                                && arg.ends_with('"')
+                                && arg[1..arg.len() - 1]
+                                    .bytes()
+                                    .all(|b| b.is_ascii_graphic() && b != b'"' || b == b' ')))
+                }
+            }
+        })
 }
 
 impl Default for HttpConfig {
@@ -105,6 +191,7 @@ impl Default for HttpConfig {
             tls_listen: None,
             max_connections: default_http_max_connections(),
             player_js: default_player_js(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -505,6 +592,21 @@ impl Config {
         // RFC 8216 §6.2.2: a live playlist lasts at least three target durations.
         if !(3..=100).contains(&hls.window) {
             bad("hls.window".into(), "must be between 3 and 100 segments".into());
+        }
+        for (header, values) in [
+            ("cache_control", &self.http.cache.cache_control),
+            ("cdn_cache_control", &self.http.cache.cdn_cache_control),
+        ] {
+            for (kind, value) in values.entries() {
+                if let Some(v) = value
+                    && !valid_cache_directives(v)
+                {
+                    bad(
+                        format!("http.cache.{header}.{kind}"),
+                        format!("{v:?} is not a list of cache directives (e.g. \"public, max-age=2\")"),
+                    );
+                }
+            }
         }
         if !(1..=1_000_000).contains(&self.http.max_connections) {
             bad("http.max_connections".into(), "must be between 1 and 1000000".into());
@@ -962,6 +1064,31 @@ channels:
         .expect("valid");
         assert_eq!(ok.rtmp.tls_listen, Some("0.0.0.0:1936".parse().unwrap()));
         assert_eq!(ok.tls.expect("tls").cert_file, PathBuf::from("/etc/ladderd/fullchain.pem"));
+    }
+
+    #[test]
+    fn cache_headers_are_checked_as_cache_directives() {
+        let base = "ladders: { l: [{ name: a, width: 640, height: 360, video_bitrate: 500000 }] }\nchannels: []\n";
+        let with = |cache: &str| format!("http: {{ listen: \"0.0.0.0:8080\", cache: {cache} }}\n{base}");
+        let ok = parse(&with(
+            "{ preset: cdn, cache_control: { media: \"public, max-age=600\" }, cdn_cache_control: { retry: \"max-age=1, stale-if-error=\\\"5\\\"\" } }",
+        ))
+        .expect("valid");
+        assert_eq!(ok.http.cache.preset, CachePreset::Cdn);
+        assert_eq!(ok.http.cache.cache_control.media.as_deref(), Some("public, max-age=600"));
+
+        let errs: Vec<String> = parse(&with("{ cdn_cache_control: { media: \"max-age=60; evil\" } }"))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errs.iter().any(|e| e.contains("http.cache.cdn_cache_control.media")), "{errs:?}");
+        let errs: Vec<String> = parse(&with("{ cache_control: { segments: \"max-age=1\" } }"))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errs.iter().any(|e| e.contains("unknown field `segments`")), "{errs:?}");
     }
 
     #[test]

@@ -115,7 +115,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     }
     let origin = Arc::new(
         Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), stop.clone())
-            .with_preview(origin::Preview::load(&config.http)),
+            .with_preview(origin::Preview::load(&config.http))
+            .with_cache_policy(origin::CachePolicy::from_config(&config.http.cache, media_lifetime(&config))),
     );
     // Plain and TLS origin connections share one limit.
     let origin_slots = Arc::new(Semaphore::new(config.http.max_connections.min(Semaphore::MAX_PERMITS)));
@@ -186,6 +187,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
         stop,
         tasks,
     })
+}
+
+/// How long a segment stays servable after it is published: while in the playlist window, and for
+/// the grace segments after (the `cdn` cache preset's media lifetime at the CDN).
+fn media_lifetime(config: &Config) -> std::time::Duration {
+    let target = config.hls.segment_duration.ceil().max(1.0);
+    std::time::Duration::from_secs_f64(target * (config.hls.window + channel::GRACE_SEGMENTS) as f64)
 }
 
 /// Why a reload was refused; the configuration in force stays as it was.

@@ -35,29 +35,117 @@ use time::macros::format_description;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HlsConfig;
+use crate::config::{CacheConfig, CachePreset, HlsConfig};
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::store::{Cacheability, ChannelObjects, Object, Progress, Store};
 
-/// `Cache-Control` for playlists: they change every part/segment, so a cache may hold one for at
-/// most a second (RFC 8216bis §6.2.2 expects clients to reload at about the target duration).
-const CACHE_LIVE: &str = "public, max-age=1";
-/// `Cache-Control` for init and media segments.
-const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
-/// `Cache-Control` for 404s: a name may appear a moment later (next segment), so do not cache.
-const CACHE_MISS: &str = "no-store";
-/// `Cache-Control` for 404s under a configured channel that is not live: a player polling for
-/// the stream to start would otherwise reach the origin through the CDN on every attempt, and two
-/// seconds is short enough that the stream is picked up promptly once the publisher starts.
-const CACHE_NOT_LIVE: &str = "public, max-age=2";
 /// Response headers a player on another origin may read besides the CORS-safelisted ones
 /// (Fetch standard §3.2.6): hls.js and others read ranges and validators.
 const EXPOSE_HEADERS: &str = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
-/// `Cache-Control` for 400s and 503s of LL-HLS requests: a request that is too far ahead now, or
-/// that timed out, names a state the stream will reach shortly, and the very same URL must then
-/// get the playlist. Many CDNs cache error statuses for a while unless told not to.
-const CACHE_RETRY: &str = "no-store";
+
+/// The kinds of origin response that get their own caching headers (`http.cache` in the
+/// configuration); each response carries its kind as an extension until [`CachePolicy::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheClass {
+    /// Master and media playlists: they change every part/segment, so a cache may hold one for at
+    /// most a second (RFC 8216bis §6.2.2 expects clients to reload at about the target duration).
+    Playlist,
+    /// A media playlist answering `_HLS_msn`: see [`Targets::blocking_cache`].
+    BlockingPlaylist,
+    /// Init segments, segments and parts: never change under their name.
+    Media,
+    /// 404 under a configured channel with nothing to serve yet: a player polling for the stream
+    /// to start would otherwise reach the origin through the CDN on every attempt, and two
+    /// seconds is short enough that the stream is picked up promptly once the publisher starts.
+    NotLive,
+    /// 400s and 503s of LL-HLS requests: a request that is too far ahead now, or that timed out,
+    /// names a state the stream will reach shortly, and the very same URL must then get the
+    /// playlist. Many CDNs cache error statuses for a while unless told not to.
+    Retry,
+    /// Other 404s (a name may appear a moment later: the next segment), 405, 416.
+    Miss,
+}
+
+impl CacheClass {
+    const ALL: [CacheClass; 6] = [
+        CacheClass::Playlist,
+        CacheClass::BlockingPlaylist,
+        CacheClass::Media,
+        CacheClass::NotLive,
+        CacheClass::Retry,
+        CacheClass::Miss,
+    ];
+
+    /// The built-in `Cache-Control` (the `origin` preset); blocking playlists get theirs from
+    /// [`Targets::blocking_cache`].
+    fn default_value(self) -> &'static str {
+        match self {
+            CacheClass::Playlist | CacheClass::BlockingPlaylist => "public, max-age=1",
+            CacheClass::Media => "public, max-age=31536000, immutable",
+            CacheClass::NotLive => "public, max-age=2",
+            CacheClass::Retry | CacheClass::Miss => "no-store",
+        }
+    }
+
+    /// The key naming this kind in `http.cache.*` (the order of `CacheValues::entries`).
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `Cache-Control` and `CDN-Cache-Control` per [`CacheClass`], from `http.cache`.
+#[derive(Debug, Clone, Default)]
+pub struct CachePolicy {
+    /// Replacements of the built-in `Cache-Control`; `None` keeps it.
+    cache_control: [Option<HeaderValue>; 6],
+    cdn_cache_control: [Option<HeaderValue>; 6],
+}
+
+/// RFC 9213 §2: the targeted field CDNs use in place of `Cache-Control`.
+const CDN_CACHE_CONTROL: header::HeaderName = header::HeaderName::from_static("cdn-cache-control");
+
+impl CachePolicy {
+    /// The policy `http.cache` describes. `keep_media` is how long the origin keeps a segment
+    /// after it leaves the playlist window, the `cdn` preset's media lifetime at the CDN.
+    pub fn from_config(cache: &CacheConfig, keep_media: Duration) -> Self {
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        let mut policy = Self::default();
+        if cache.preset == CachePreset::Cdn {
+            // A stalled stream makes every viewer's blocking request time out together: one
+            // second at the shield turns those retries into one origin request per second.
+            policy.cdn_cache_control[CacheClass::Retry.index()] = value("max-age=1");
+            policy.cdn_cache_control[CacheClass::NotLive.index()] = value("max-age=2");
+            // A segment is worth nothing once no playlist lists it; let the CDN's cache hold
+            // what the origin holds, not a year of dead video.
+            policy.cdn_cache_control[CacheClass::Media.index()] =
+                value(&format!("max-age={}", keep_media.as_secs().max(1)));
+        }
+        for (class, (_, v)) in CacheClass::ALL.iter().zip(cache.cache_control.entries()) {
+            if let Some(v) = v.and_then(value) {
+                policy.cache_control[class.index()] = Some(v);
+            }
+        }
+        for (class, (_, v)) in CacheClass::ALL.iter().zip(cache.cdn_cache_control.entries()) {
+            if let Some(v) = v.and_then(value) {
+                policy.cdn_cache_control[class.index()] = Some(v);
+            }
+        }
+        policy
+    }
+
+    /// Sets the configured caching headers on a response that carries its [`CacheClass`];
+    /// other responses (the preview page, its player) keep their own.
+    fn apply(&self, resp: &mut Response<Body>) {
+        let Some(class) = resp.extensions_mut().remove::<CacheClass>() else { return };
+        if let Some(v) = &self.cache_control[class.index()] {
+            resp.headers_mut().insert(header::CACHE_CONTROL, v.clone());
+        }
+        if let Some(v) = &self.cdn_cache_control[class.index()] {
+            resp.headers_mut().insert(CDN_CACHE_CONTROL, v.clone());
+        }
+    }
+}
 
 /// The media playlist of a rendition, as the packager names it.
 const MEDIA_PLAYLIST: &str = "index.m3u8";
@@ -107,7 +195,7 @@ impl Targets {
     /// fell behind never gets a playlist more than a segment out of date.
     fn blocking_cache(&self) -> HeaderValue {
         HeaderValue::from_str(&format!("public, max-age={}", self.target_duration.as_secs()))
-            .unwrap_or_else(|_| HeaderValue::from_static(CACHE_LIVE))
+            .unwrap_or_else(|_| HeaderValue::from_static(CacheClass::BlockingPlaylist.default_value()))
     }
 }
 
@@ -122,6 +210,7 @@ pub struct Origin {
     /// Requests held now (`ladderd_http_held_requests`).
     waiting: IntGauge,
     preview: Preview,
+    cache: CachePolicy,
 }
 
 /// Delivery directives of a media playlist request (RFC 8216bis §6.2.5).
@@ -262,7 +351,22 @@ impl Origin {
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, targets: Targets, shutdown: CancellationToken) -> Self {
         let blocking_cache = targets.blocking_cache();
         let waiting = metrics.held_requests.clone();
-        Self { store, metrics, targets, blocking_cache, shutdown, waiting, preview: Preview::default() }
+        Self {
+            store,
+            metrics,
+            targets,
+            blocking_cache,
+            shutdown,
+            waiting,
+            preview: Preview::default(),
+            cache: CachePolicy::default(),
+        }
+    }
+
+    /// Caching headers from `http.cache` instead of the built-in ones.
+    pub fn with_cache_policy(mut self, cache: CachePolicy) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Serves `preview` at `/preview/`; without it the page loads but has no hls.js to play with.
@@ -288,7 +392,8 @@ impl Origin {
         // any other name must not add one.
         let channel = channel.filter(|c| self.store.get_channel(c).is_some()).map(str::to_owned);
         async move {
-            let resp = self.route(method, uri, &conditions).await;
+            let mut resp = self.route(method, uri, &conditions).await;
+            self.cache.apply(&mut resp);
             self.metrics.observe_http("origin", route, resp.status().as_u16(), started.elapsed());
             if let Some(channel) = channel {
                 self.metrics.origin_requests.with_label_values(&[&channel, route]).inc();
@@ -303,7 +408,7 @@ impl Origin {
             Method::HEAD => true,
             Method::OPTIONS => return preflight(),
             _ => {
-                return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", CACHE_MISS)
+                return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", CacheClass::Miss)
                     .with_header(header::ALLOW, "GET, HEAD, OPTIONS");
             }
         };
@@ -575,15 +680,31 @@ impl WithHeader for Response<Body> {
     }
 }
 
-/// A stored object; `cache` overrides the `Cache-Control` its cacheability implies. GET and HEAD
-/// get the same headers, except that `Range` is for GET alone (RFC 9110 §14.2).
+/// A stored object; `cache` overrides the `Cache-Control` its cacheability implies (blocking
+/// playlist reloads). GET and HEAD get the same headers, except that `Range` is for GET alone
+/// (RFC 9110 §14.2).
 fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>, conditions: &Conditions) -> Response<Body> {
-    let cache = cache.cloned().unwrap_or_else(|| {
-        HeaderValue::from_static(match object.cache {
-            Cacheability::Live => CACHE_LIVE,
-            Cacheability::Immutable => CACHE_IMMUTABLE,
-        })
-    });
+    let class = match (cache, object.cache) {
+        (Some(_), _) => CacheClass::BlockingPlaylist,
+        (None, Cacheability::Live) => CacheClass::Playlist,
+        (None, Cacheability::Immutable) => CacheClass::Media,
+    };
+    let mut resp = serve_as(object, head, cache, class, conditions);
+    // A 416 carries its own class.
+    if resp.extensions().get::<CacheClass>().is_none() {
+        resp.extensions_mut().insert(class);
+    }
+    resp
+}
+
+fn serve_as(
+    object: &Object,
+    head: bool,
+    cache: Option<&HeaderValue>,
+    class: CacheClass,
+    conditions: &Conditions,
+) -> Response<Body> {
+    let cache = cache.cloned().unwrap_or_else(|| HeaderValue::from_static(class.default_value()));
     let etag = entity_tag(object);
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, cache);
@@ -618,7 +739,7 @@ fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>, conditions: &
         }
         Ranged::Unsatisfiable => {
             // RFC 9110 §15.5.17: the 416 names the current length.
-            let mut resp = plain(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n", CACHE_MISS);
+            let mut resp = plain(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n", CacheClass::Miss);
             insert_text(resp.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{len}"));
             resp
         }
@@ -807,19 +928,20 @@ fn insert_text(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str, cache: &'static str) -> Response<Body> {
+fn plain(status: StatusCode, text: &'static str, class: CacheClass) -> Response<Body> {
     let mut resp = Response::new(Body::from(text));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(class);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(class.default_value()));
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
     resp
 }
 
 fn not_found() -> Response<Body> {
-    plain(StatusCode::NOT_FOUND, "not found\n", CACHE_MISS)
+    plain(StatusCode::NOT_FOUND, "not found\n", CacheClass::Miss)
 }
 
 /// A name not in a configured channel's store: briefly cacheable while the channel is not live
@@ -828,16 +950,16 @@ fn missing(objects: &ChannelObjects) -> Response<Body> {
     if objects.get(MASTER_PLAYLIST).is_some() {
         not_found()
     } else {
-        plain(StatusCode::NOT_FOUND, "channel is not live\n", CACHE_NOT_LIVE)
+        plain(StatusCode::NOT_FOUND, "channel is not live\n", CacheClass::NotLive)
     }
 }
 
 fn bad_request(why: BadDirective) -> Response<Body> {
-    plain(StatusCode::BAD_REQUEST, why.text(), CACHE_RETRY)
+    plain(StatusCode::BAD_REQUEST, why.text(), CacheClass::Retry)
 }
 
 fn unavailable(text: &'static str) -> Response<Body> {
-    plain(StatusCode::SERVICE_UNAVAILABLE, text, CACHE_RETRY)
+    plain(StatusCode::SERVICE_UNAVAILABLE, text, CacheClass::Retry)
 }
 
 /// CORS preflight (Fetch standard §3.2): players on other origins may send Range or custom headers.
@@ -879,6 +1001,11 @@ mod tests {
     /// What "at once" means on a busy test machine: well under the hold bound.
     const AT_ONCE: Duration = Duration::from_millis(500);
     const CACHE_BLOCKING: &str = "public, max-age=2";
+    // The built-in values as they go on the wire.
+    const CACHE_LIVE: &str = "public, max-age=1";
+    const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+    const CACHE_MISS: &str = "no-store";
+    const CACHE_RETRY: &str = "no-store";
 
     struct Fixture {
         store: Arc<Store>,
@@ -938,6 +1065,59 @@ mod tests {
             req = req.header(name, *value);
         }
         o.handle(&req.body(()).expect("request")).await
+    }
+
+    fn with_cache(f: &Fixture, yaml: &str) -> Origin {
+        let cache: CacheConfig = serde_yaml::from_str(yaml).expect("cache config");
+        Origin::new(f.store.clone(), Arc::new(Metrics::new()), TARGETS, f.shutdown.clone())
+            .with_cache_policy(CachePolicy::from_config(&cache, Duration::from_secs(16)))
+    }
+
+    fn cdn(r: &Response<Body>) -> Option<&str> {
+        r.headers().get("cdn-cache-control").map(|v| v.to_str().expect("ascii"))
+    }
+
+    #[tokio::test]
+    async fn the_cdn_preset_adds_cdn_cache_control_and_overrides_replace_either_header() {
+        let f = fixture();
+        f.store.channel("idle");
+        let o = with_cache(&f, "preset: cdn");
+        let r = get(&o, Method::GET, "/live/demo/720p/1.m4s").await;
+        assert_eq!(
+            (r.headers()[header::CACHE_CONTROL].to_str().unwrap(), cdn(&r)),
+            (CACHE_IMMUTABLE, Some("max-age=16"))
+        );
+        let r = get(&o, Method::GET, "/live/demo/720p/index.m3u8?_HLS_msn=9").await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!((r.headers()[header::CACHE_CONTROL].to_str().unwrap(), cdn(&r)), (CACHE_RETRY, Some("max-age=1")));
+        let r = get(&o, Method::GET, "/live/idle/master.m3u8").await;
+        assert_eq!(cdn(&r), Some("max-age=2"));
+        // Playlists and plain misses keep one header for everyone.
+        let r = get(&o, Method::GET, "/live/demo/master.m3u8").await;
+        assert_eq!((r.headers()[header::CACHE_CONTROL].to_str().unwrap(), cdn(&r)), (CACHE_LIVE, None));
+        let r = get(&o, Method::GET, "/live/nope/master.m3u8").await;
+        assert_eq!((r.headers()[header::CACHE_CONTROL].to_str().unwrap(), cdn(&r)), (CACHE_MISS, None));
+
+        let o = with_cache(
+            &f,
+            "cache_control: { playlist: \"public, max-age=0, must-revalidate\", media: \"public, max-age=600\" }\n\
+             cdn_cache_control: { blocking_playlist: \"max-age=4\" }",
+        );
+        let r = get(&o, Method::GET, "/live/demo/720p/index.m3u8").await;
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=0, must-revalidate");
+        let r = get(&o, Method::GET, "/live/demo/720p/5.0.m4s").await;
+        assert_eq!((r.headers()[header::CACHE_CONTROL].to_str().unwrap(), cdn(&r)), ("public, max-age=600", None));
+        let r = get(&o, Method::GET, "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=1").await;
+        assert_eq!(
+            (r.headers()[header::CACHE_CONTROL].to_str().unwrap(), cdn(&r)),
+            (CACHE_BLOCKING, Some("max-age=4"))
+        );
+        // A 304 carries the configured fields too (RFC 9110 §15.4.5).
+        let r = get_with(&o, Method::GET, "/live/demo/720p/5.0.m4s", &[(header::IF_NONE_MATCH, "*")]).await;
+        assert_eq!(
+            (r.status(), r.headers()[header::CACHE_CONTROL].to_str().unwrap()),
+            (StatusCode::NOT_MODIFIED, "public, max-age=600")
+        );
     }
 
     /// A segment of three chunks, `0123` `4567` `89ab`, stored as `720p/2.m4s`.
