@@ -65,6 +65,8 @@ const MEDIA_PLAYLIST: &str = "index.m3u8";
 const MASTER_PLAYLIST: &str = "master.m3u8";
 /// Suffix of the stored delta update of a media playlist (`_HLS_skip`, RFC 8216bis §6.2.5.1).
 const DELTA_SUFFIX: &str = "#skip";
+/// A channel's thumbnail, as the transcoder stores it.
+pub const THUMBNAIL: &str = "thumb.jpg";
 
 /// The LL-HLS timing an origin needs: where the hold bound, the Advance Part Limit and the cache
 /// lifetime of blocking responses come from.
@@ -200,7 +202,7 @@ impl Conditions {
             // `Last-Modified` has one-second resolution and a playlist changes several times a
             // second, so a playlist stored within the very second the client names may differ
             // from the copy it has: only a later second proves it unchanged.
-            Cacheability::Live => stored < since,
+            Cacheability::Live | Cacheability::Refreshed(_) => stored < since,
         }
     }
 
@@ -534,6 +536,7 @@ pub fn route_of<'a>(path: &'a str, query: Option<&str>) -> (&'static str, Option
     };
     let route = match name.split_once('/') {
         None if name == MASTER_PLAYLIST => "master",
+        None if name == THUMBNAIL => "thumbnail",
         Some((_, MEDIA_PLAYLIST)) => match directives(query) {
             Ok(d) if d.skip => "delta_playlist",
             Ok(d) if d.msn.is_some() => "blocking_playlist",
@@ -578,11 +581,12 @@ impl WithHeader for Response<Body> {
 /// A stored object; `cache` overrides the `Cache-Control` its cacheability implies. GET and HEAD
 /// get the same headers, except that `Range` is for GET alone (RFC 9110 §14.2).
 fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>, conditions: &Conditions) -> Response<Body> {
-    let cache = cache.cloned().unwrap_or_else(|| {
-        HeaderValue::from_static(match object.cache {
-            Cacheability::Live => CACHE_LIVE,
-            Cacheability::Immutable => CACHE_IMMUTABLE,
-        })
+    let cache = cache.cloned().unwrap_or_else(|| match object.cache {
+        Cacheability::Live => HeaderValue::from_static(CACHE_LIVE),
+        Cacheability::Immutable => HeaderValue::from_static(CACHE_IMMUTABLE),
+        // Fresh for as long as it takes to be replaced.
+        Cacheability::Refreshed(secs) => HeaderValue::from_str(&format!("public, max-age={secs}"))
+            .unwrap_or_else(|_| HeaderValue::from_static(CACHE_LIVE)),
     });
     let etag = entity_tag(object);
     let mut h = HeaderMap::new();
@@ -860,6 +864,7 @@ pub fn content_type(name: &str) -> &'static str {
         Some("mp4") => "video/mp4",
         Some("m4s") => "video/iso.segment",
         Some("ts") => "video/mp2t",
+        Some("jpg") => "image/jpeg",
         _ => "application/octet-stream",
     }
 }
@@ -1644,6 +1649,41 @@ mod tests {
         assert_eq!(part_name("1.2.3.m4s"), None);
     }
 
+    #[tokio::test]
+    async fn the_thumbnail_is_a_jpeg_cached_for_its_refresh_interval() {
+        let f = fixture();
+        let jpeg = Object::new(
+            vec![Bytes::from_static(b"\xFF\xD8\xFF\xE0 a jpeg")],
+            content_type(THUMBNAIL),
+            Cacheability::Refreshed(2),
+        );
+        f.channel.put(THUMBNAIL, jpeg);
+        let r = get(&f.origin, Method::GET, "/live/demo/thumb.jpg").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, header::CONTENT_TYPE), "image/jpeg");
+        assert_eq!(header(&r, header::CACHE_CONTROL), "public, max-age=2");
+        assert_eq!(header(&r, header::ACCEPT_RANGES), "", "replaced under its name, so never ranged");
+        let etag = header(&r, header::ETAG).to_owned();
+        assert!(etag.starts_with('"'), "{etag}");
+        let again = get_with(&f.origin, Method::GET, "/live/demo/thumb.jpg", &[(header::IF_NONE_MATCH, &etag)]).await;
+        assert_eq!(again.status(), 304);
+        assert_eq!(header(&again, header::CACHE_CONTROL), "public, max-age=2");
+        // A new thumbnail under the same name has a new validator.
+        f.channel.put(
+            THUMBNAIL,
+            Object::new(vec![Bytes::from_static(b"\xFF\xD8 another")], "image/jpeg", Cacheability::Refreshed(2)),
+        );
+        let r = get_with(&f.origin, Method::GET, "/live/demo/thumb.jpg", &[(header::IF_NONE_MATCH, &etag)]).await;
+        assert_eq!(r.status(), 200);
+        assert_ne!(header(&r, header::ETAG), etag);
+        // Unknown channel: 404 no-store; a configured channel that is not live: briefly cached.
+        let r = get(&f.origin, Method::GET, "/live/nope/thumb.jpg").await;
+        assert_eq!((r.status(), header(&r, header::CACHE_CONTROL)), (StatusCode::NOT_FOUND, CACHE_MISS));
+        f.store.channel("idle");
+        let r = get(&f.origin, Method::GET, "/live/idle/thumb.jpg").await;
+        assert_eq!((r.status(), header(&r, header::CACHE_CONTROL)), (StatusCode::NOT_FOUND, CACHE_NOT_LIVE));
+    }
+
     #[test]
     fn every_path_has_a_route_from_the_fixed_list() {
         let cases = [
@@ -1654,6 +1694,8 @@ mod tests {
             ("/live/demo/720p/index.m3u8", Some("_HLS_msn=5&_HLS_skip=v2"), "delta_playlist"),
             ("/live/demo/720p/index.m3u8", Some("_HLS_msn=x"), "media_playlist"),
             ("/live/demo/720p/init-17.mp4", None, "init"),
+            ("/live/demo/thumb.jpg", None, "thumbnail"),
+            ("/live/demo/720p/thumb.jpg", None, "other"),
             ("/live/demo/720p/17.m4s", None, "segment"),
             ("/live/demo/audio/17.ts", None, "segment"),
             ("/live/demo/720p/17.3.m4s", None, "part"),
