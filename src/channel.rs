@@ -28,6 +28,7 @@ use crate::media::{
 use crate::metrics::BackendSeries;
 use crate::metrics::DropReason;
 use crate::metrics::Metrics;
+use crate::origin::THUMBNAIL;
 use crate::origin::content_type;
 use crate::package::fmp4::TrackParams;
 use crate::package::id3;
@@ -41,6 +42,7 @@ use crate::transcode::backend::{self, Backend, FallbackReason, NoHardware, Nvidi
 use crate::transcode::ladder;
 use crate::transcode::pipeline::{DecoderChoice, EncoderChoice};
 use crate::transcode::placement::{GpuState, Placement, Placer, Rejected, SessionGuard};
+use crate::transcode::thumbnail::ThumbnailSpec;
 use crate::transcode::{TranscodeSpec, Transcoder};
 
 /// Name of the audio rendition (rung names may not use it).
@@ -681,6 +683,9 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     if let Some(s) = session {
         s.finish(false);
     }
+    // The thumbnail shows the stream live; once it is over there is none (its thread has been
+    // joined by the transcoder's finish, so no later one comes).
+    ctx.objects.remove(THUMBNAIL);
 }
 
 /// Where a session's stages run: places the channel on a GPU (or not), applies `on_gpu_full`,
@@ -753,6 +758,21 @@ fn place(
     *previous = stages.export(&ctx.metrics, name, &names, &previous);
     drop(previous);
     Ok((plan, stages, placement.sessions.take()))
+}
+
+/// Where a session's thumbnails go: `thumb.jpg` in the channel's objects, cacheable until the
+/// next one (`hls.thumbnail_interval`, 0: none).
+fn thumbnails(ctx: &PublishContext) -> Option<ThumbnailSpec> {
+    let every = ctx.config.hls.thumbnail_interval;
+    if every <= 0.0 {
+        return None;
+    }
+    let objects = ctx.objects.clone();
+    let max_age = every.ceil().max(1.0) as u32;
+    let sink = Arc::new(move |jpeg: Bytes| {
+        objects.put(THUMBNAIL, Object::new(vec![jpeg], content_type(THUMBNAIL), Cacheability::Refreshed(max_age)));
+    });
+    Some(ThumbnailSpec { interval: secs_to_ticks(every), sink })
 }
 
 /// Stamps the metadata posted through the API with `pts`, the next video frame to be packaged.
@@ -978,6 +998,7 @@ impl Session {
                     (Backend::Nvidia, Some(gpu)) => DecoderChoice::Nvdec { gpu },
                     _ => DecoderChoice::Cpu,
                 },
+                thumbnails: thumbnails(ctx),
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };

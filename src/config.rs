@@ -260,6 +260,9 @@ pub struct HlsConfig {
     /// Segment format for every channel that does not say otherwise.
     #[serde(default)]
     pub container: Container,
+    /// Seconds of media between refreshes of `/live/{channel}/thumb.jpg`; 0 makes no thumbnails.
+    #[serde(default = "default_thumbnail_interval")]
+    pub thumbnail_interval: f64,
 }
 
 /// The media segment format of a channel's renditions.
@@ -280,6 +283,7 @@ impl Default for HlsConfig {
             window: default_window(),
             part_duration: default_part_duration(),
             container: Container::Fmp4,
+            thumbnail_interval: default_thumbnail_interval(),
         }
     }
 }
@@ -295,6 +299,9 @@ fn default_segment_duration() -> f64 {
 }
 fn default_window() -> usize {
     6
+}
+fn default_thumbnail_interval() -> f64 {
+    2.0
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -588,6 +595,10 @@ impl Config {
                 "hls.part_duration".into(),
                 "must be at least 0.1 seconds and at most half of hls.segment_duration".into(),
             );
+        }
+        let thumbs = hls.thumbnail_interval;
+        if !(thumbs.is_finite() && (thumbs == 0.0 || (0.5..=60.0).contains(&thumbs))) {
+            bad("hls.thumbnail_interval".into(), "must be 0 (no thumbnails) or between 0.5 and 60 seconds".into());
         }
         // RFC 8216 §6.2.2: a live playlist lasts at least three target durations.
         if !(3..=100).contains(&hls.window) {
@@ -1157,5 +1168,18 @@ channels:
     fn shipped_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ladderd.yaml");
         Config::load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+    }
+
+    #[test]
+    fn thumbnail_interval_defaults_to_two_seconds_and_zero_turns_thumbnails_off() {
+        assert_eq!(parse(EXAMPLE).expect("valid").hls.thumbnail_interval, 2.0);
+        let off = EXAMPLE.replace("window: 6", "window: 6, thumbnail_interval: 0");
+        assert_eq!(parse(&off).expect("valid").hls.thumbnail_interval, 0.0);
+        for bad in ["0.1", "61", "-1", ".nan"] {
+            let text = EXAMPLE.replace("window: 6", &format!("window: 6, thumbnail_interval: {bad}"));
+            let errs = parse(&text).unwrap_err();
+            let msg = errs[0].to_string();
+            assert!(msg.contains("hls.thumbnail_interval") && msg.starts_with("test.yaml:5:"), "{bad}: {msg}");
+        }
     }
 }

@@ -18,6 +18,8 @@ pub enum Cacheability {
     Live,
     /// Never changes once published (init and media segments; their names are never reused).
     Immutable,
+    /// Replaced under the same name about every this many seconds (the channel's thumbnail).
+    Refreshed(u32),
 }
 
 /// One servable object.

@@ -153,6 +153,8 @@ const MEDIA_PLAYLIST: &str = "index.m3u8";
 const MASTER_PLAYLIST: &str = "master.m3u8";
 /// Suffix of the stored delta update of a media playlist (`_HLS_skip`, RFC 8216bis §6.2.5.1).
 const DELTA_SUFFIX: &str = "#skip";
+/// A channel's thumbnail, as the transcoder stores it.
+pub const THUMBNAIL: &str = "thumb.jpg";
 
 /// The LL-HLS timing an origin needs: where the hold bound, the Advance Part Limit and the cache
 /// lifetime of blocking responses come from.
@@ -289,7 +291,7 @@ impl Conditions {
             // `Last-Modified` has one-second resolution and a playlist changes several times a
             // second, so a playlist stored within the very second the client names may differ
             // from the copy it has: only a later second proves it unchanged.
-            Cacheability::Live => stored < since,
+            Cacheability::Live | Cacheability::Refreshed(_) => stored < since,
         }
     }
 
@@ -639,6 +641,7 @@ pub fn route_of<'a>(path: &'a str, query: Option<&str>) -> (&'static str, Option
     };
     let route = match name.split_once('/') {
         None if name == MASTER_PLAYLIST => "master",
+        None if name == THUMBNAIL => "thumbnail",
         Some((_, MEDIA_PLAYLIST)) => match directives(query) {
             Ok(d) if d.skip => "delta_playlist",
             Ok(d) if d.msn.is_some() => "blocking_playlist",
@@ -685,26 +688,29 @@ impl WithHeader for Response<Body> {
 /// (RFC 9110 §14.2).
 fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>, conditions: &Conditions) -> Response<Body> {
     let class = match (cache, object.cache) {
-        (Some(_), _) => CacheClass::BlockingPlaylist,
-        (None, Cacheability::Live) => CacheClass::Playlist,
-        (None, Cacheability::Immutable) => CacheClass::Media,
+        (Some(_), _) => Some(CacheClass::BlockingPlaylist),
+        (None, Cacheability::Live) => Some(CacheClass::Playlist),
+        (None, Cacheability::Immutable) => Some(CacheClass::Media),
+        // Thumbnails: fresh for as long as it takes to replace them; not configurable.
+        (None, Cacheability::Refreshed(_)) => None,
     };
-    let mut resp = serve_as(object, head, cache, class, conditions);
-    // A 416 carries its own class.
-    if resp.extensions().get::<CacheClass>().is_none() {
+    let cache = cache.cloned().unwrap_or_else(|| match (class, object.cache) {
+        (_, Cacheability::Refreshed(secs)) => HeaderValue::from_str(&format!("public, max-age={secs}"))
+            .unwrap_or_else(|_| HeaderValue::from_static(CacheClass::Playlist.default_value())),
+        (Some(class), _) => HeaderValue::from_static(class.default_value()),
+        (None, _) => HeaderValue::from_static(CacheClass::Playlist.default_value()),
+    });
+    let mut resp = serve_as(object, head, cache, conditions);
+    // A 416 carries its own kind.
+    if let Some(class) = class
+        && resp.extensions().get::<CacheClass>().is_none()
+    {
         resp.extensions_mut().insert(class);
     }
     resp
 }
 
-fn serve_as(
-    object: &Object,
-    head: bool,
-    cache: Option<&HeaderValue>,
-    class: CacheClass,
-    conditions: &Conditions,
-) -> Response<Body> {
-    let cache = cache.cloned().unwrap_or_else(|| HeaderValue::from_static(class.default_value()));
+fn serve_as(object: &Object, head: bool, cache: HeaderValue, conditions: &Conditions) -> Response<Body> {
     let etag = entity_tag(object);
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, cache);
@@ -982,6 +988,7 @@ pub fn content_type(name: &str) -> &'static str {
         Some("mp4") => "video/mp4",
         Some("m4s") => "video/iso.segment",
         Some("ts") => "video/mp2t",
+        Some("jpg") => "image/jpeg",
         _ => "application/octet-stream",
     }
 }
@@ -1004,6 +1011,7 @@ mod tests {
     // The built-in values as they go on the wire.
     const CACHE_LIVE: &str = "public, max-age=1";
     const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+    const CACHE_NOT_LIVE: &str = "public, max-age=2";
     const CACHE_MISS: &str = "no-store";
     const CACHE_RETRY: &str = "no-store";
 
@@ -1824,6 +1832,41 @@ mod tests {
         assert_eq!(part_name("1.2.3.m4s"), None);
     }
 
+    #[tokio::test]
+    async fn the_thumbnail_is_a_jpeg_cached_for_its_refresh_interval() {
+        let f = fixture();
+        let jpeg = Object::new(
+            vec![Bytes::from_static(b"\xFF\xD8\xFF\xE0 a jpeg")],
+            content_type(THUMBNAIL),
+            Cacheability::Refreshed(2),
+        );
+        f.channel.put(THUMBNAIL, jpeg);
+        let r = get(&f.origin, Method::GET, "/live/demo/thumb.jpg").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, header::CONTENT_TYPE), "image/jpeg");
+        assert_eq!(header(&r, header::CACHE_CONTROL), "public, max-age=2");
+        assert_eq!(header(&r, header::ACCEPT_RANGES), "", "replaced under its name, so never ranged");
+        let etag = header(&r, header::ETAG).to_owned();
+        assert!(etag.starts_with('"'), "{etag}");
+        let again = get_with(&f.origin, Method::GET, "/live/demo/thumb.jpg", &[(header::IF_NONE_MATCH, &etag)]).await;
+        assert_eq!(again.status(), 304);
+        assert_eq!(header(&again, header::CACHE_CONTROL), "public, max-age=2");
+        // A new thumbnail under the same name has a new validator.
+        f.channel.put(
+            THUMBNAIL,
+            Object::new(vec![Bytes::from_static(b"\xFF\xD8 another")], "image/jpeg", Cacheability::Refreshed(2)),
+        );
+        let r = get_with(&f.origin, Method::GET, "/live/demo/thumb.jpg", &[(header::IF_NONE_MATCH, &etag)]).await;
+        assert_eq!(r.status(), 200);
+        assert_ne!(header(&r, header::ETAG), etag);
+        // Unknown channel: 404 no-store; a configured channel that is not live: briefly cached.
+        let r = get(&f.origin, Method::GET, "/live/nope/thumb.jpg").await;
+        assert_eq!((r.status(), header(&r, header::CACHE_CONTROL)), (StatusCode::NOT_FOUND, CACHE_MISS));
+        f.store.channel("idle");
+        let r = get(&f.origin, Method::GET, "/live/idle/thumb.jpg").await;
+        assert_eq!((r.status(), header(&r, header::CACHE_CONTROL)), (StatusCode::NOT_FOUND, CACHE_NOT_LIVE));
+    }
+
     #[test]
     fn every_path_has_a_route_from_the_fixed_list() {
         let cases = [
@@ -1834,6 +1877,8 @@ mod tests {
             ("/live/demo/720p/index.m3u8", Some("_HLS_msn=5&_HLS_skip=v2"), "delta_playlist"),
             ("/live/demo/720p/index.m3u8", Some("_HLS_msn=x"), "media_playlist"),
             ("/live/demo/720p/init-17.mp4", None, "init"),
+            ("/live/demo/thumb.jpg", None, "thumbnail"),
+            ("/live/demo/720p/thumb.jpg", None, "other"),
             ("/live/demo/720p/17.m4s", None, "segment"),
             ("/live/demo/audio/17.ts", None, "segment"),
             ("/live/demo/720p/17.3.m4s", None, "part"),

@@ -4,5 +4,6 @@ pub mod backend;
 pub mod ladder;
 pub mod pipeline;
 pub mod placement;
+pub mod thumbnail;
 
 pub use pipeline::{TranscodeError, TranscodeSpec, Transcoder};

@@ -31,6 +31,7 @@ use crate::ffi::{self, SharedFrame};
 use crate::media::{Alignment, EncodedPacket, RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks, VideoParams, avc};
 use crate::metrics::{DropReason, FrameDrops, Metrics};
 use crate::transcode::ladder::Rung;
+use crate::transcode::thumbnail::{ThumbnailSpec, Thumbnailer};
 
 /// Source packets queued for the decoder. When full, the channel thread waits, and behind it
 /// ingest and the publisher's TCP connection.
@@ -60,6 +61,8 @@ pub struct TranscodeSpec {
     /// The encoder of each rung (`rungs[i]` → `encoders[i]`); a rung without an entry uses libx264.
     pub encoders: Vec<EncoderChoice>,
     pub decoder: DecoderChoice,
+    /// Thumbnails of the decoded source, if wanted.
+    pub thumbnails: Option<ThumbnailSpec>,
 }
 
 /// The decoder a channel's source runs on.
@@ -121,7 +124,7 @@ struct DecodeInput(Sample, SystemTime);
 
 /// A decoded source picture on its way to the rungs.
 struct Picture {
-    frame: SharedFrame,
+    frame: Arc<SharedFrame>,
     pts: Ticks,
     segment_start: bool,
     ingest_time: SystemTime,
@@ -179,6 +182,12 @@ impl Transcoder {
             rungs.push((rung.name.clone(), handle));
             feeds.push(RungFeed { name: rung.name.clone(), tx: Some(tx), lagging: false, drops, queue_depth });
         }
+        let thumbnails = spec
+            .thumbnails
+            .clone()
+            .map(|t| Thumbnailer::start(&channel, t))
+            .transpose()
+            .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
         let (input, rx) = mpsc::sync_channel(DECODE_QUEUE);
         let worker = DecodeWorker {
             channel: channel.clone(),
@@ -194,6 +203,7 @@ impl Transcoder {
             feeds,
             decoded: metrics.frames_decoded.with_label_values(&[&channel]),
             decode_latency: metrics.stage_latency.with_label_values(&[&channel, "", "decode"]),
+            thumbnails,
         };
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{channel}"))
@@ -301,6 +311,7 @@ struct DecodeWorker {
     decoded: IntCounter,
     /// Arrival at ingest → picture out of the decoder.
     decode_latency: Histogram,
+    thumbnails: Option<Thumbnailer>,
 }
 
 impl DecodeWorker {
@@ -425,7 +436,11 @@ impl DecodeWorker {
         }
         self.last_kept = Some(pts);
         let frame_rate = self.decoder.frame_rate().map(f64::from).filter(|r| r.is_finite() && *r > 0.0);
-        let picture = Arc::new(Picture { frame: SharedFrame::new(frame), pts, segment_start, ingest_time, frame_rate });
+        let frame = Arc::new(SharedFrame::new(frame));
+        if let Some(t) = self.thumbnails.as_mut() {
+            t.offer(pts, &frame);
+        }
+        let picture = Arc::new(Picture { frame, pts, segment_start, ingest_time, frame_rate });
         for f in &mut self.feeds {
             f.offer(&self.channel, &picture);
         }
@@ -880,6 +895,7 @@ mod tests {
             hardware: Hardware::Cpu,
             encoders: Vec::new(),
             decoder: DecoderChoice::Cpu,
+            thumbnails: None,
         }
     }
 
