@@ -4,7 +4,7 @@
 //! bumps under a short lock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -35,6 +35,9 @@ pub struct Object {
     pub digest: u64,
     /// When the object was made: its `Last-Modified`.
     pub stored_at: SystemTime,
+    /// The gzip-compressed bytes, made on the first request that accepts them and shared by
+    /// every copy of the object; `None` inside when compressing does not make it smaller.
+    gzipped: Arc<OnceLock<Option<Bytes>>>,
 }
 
 impl Object {
@@ -46,7 +49,33 @@ impl Object {
         for chunk in &chunks {
             hasher.update(chunk);
         }
-        Self { chunks: chunks.into(), content_type, cache, digest: hasher.digest(), stored_at: SystemTime::now() }
+        Self {
+            chunks: chunks.into(),
+            content_type,
+            cache,
+            digest: hasher.digest(),
+            stored_at: SystemTime::now(),
+            gzipped: Arc::default(),
+        }
+    }
+
+    /// The object gzip-compressed (RFC 1952), if that is smaller. Made once per object: every
+    /// viewer woken by the same playlist update shares one compression. The gzip header carries
+    /// no time or name, so the same bytes compress to the same bytes on every origin.
+    pub fn gzipped(&self) -> Option<Bytes> {
+        self.gzipped
+            .get_or_init(|| {
+                use std::io::Write;
+                let mut encoder = flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(Vec::with_capacity(self.len() / 3), flate2::Compression::default());
+                for chunk in self.chunks.iter() {
+                    encoder.write_all(chunk).ok()?;
+                }
+                let out = encoder.finish().ok()?;
+                (out.len() < self.len()).then(|| Bytes::from(out))
+            })
+            .clone()
     }
 
     pub fn len(&self) -> usize {
@@ -181,6 +210,32 @@ mod tests {
         assert_eq!(got.len(), 3);
         ch.remove("x.m4s");
         assert!(ch.get("x.m4s").is_none());
+    }
+
+    #[test]
+    fn gzip_is_made_once_is_deterministic_and_only_when_smaller() {
+        use std::io::Read;
+        let text: Vec<u8> = (0..200).flat_map(|i| format!("#EXTINF:2.000,\n{i}.m4s\n").into_bytes()).collect();
+        let half = text.len() / 2;
+        let make = || {
+            Object::new(
+                vec![Bytes::copy_from_slice(&text[..half]), Bytes::copy_from_slice(&text[half..])],
+                "application/vnd.apple.mpegurl",
+                Cacheability::Live,
+            )
+        };
+        let a = make();
+        let gz = a.gzipped().expect("a playlist compresses");
+        assert!(gz.len() < text.len() / 4, "{} of {}", gz.len(), text.len());
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut back).expect("valid gzip");
+        assert_eq!(back, text);
+        // Shared by clones, and the same bytes from another object with the same content.
+        assert_eq!(a.clone().gzipped().expect("cached").as_ptr(), gz.as_ptr());
+        assert_eq!(make().gzipped(), Some(gz));
+        // Random-looking bytes do not shrink: no compressed form.
+        let noise: Vec<u8> = (0u32..256).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        assert_eq!(Object::new(vec![Bytes::from(noise)], "video/mp4", Cacheability::Immutable).gzipped(), None);
     }
 
     #[test]

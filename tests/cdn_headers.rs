@@ -89,12 +89,20 @@ fn origin_headers_seen_by_a_real_http_client() {
     assert_eq!(master.header("access-control-allow-origin"), Some("*"));
     assert!(master.header("last-modified").is_some_and(|v| v.ends_with(" GMT")), "an HTTP date");
 
+    // Playlists are gzipped for clients that ask (curl --compressed checks the body decodes).
+    let gz = curl(http, "/live/shop/180p/index.m3u8", &["--compressed"]);
+    assert_eq!((gz.status, gz.header("content-encoding")), (200, Some("gzip")));
+    assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
+    let identity = curl(http, "/live/shop/180p/index.m3u8", &[]);
+    assert_eq!(identity.header("content-encoding"), None);
+
     let segment = format!("/live/shop/180p/{}", playlist.segments[0].0);
     let full = curl(http, &segment, &[]);
     assert_eq!(full.status, 200);
     assert_eq!(full.header("cache-control"), Some("public, max-age=31536000, immutable"));
     assert_eq!(full.header("cdn-cache-control"), Some(format!("max-age={lifetime}").as_str()));
     assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    assert_eq!(full.header("vary"), None, "media does not vary");
     let etag = full.header("etag").expect("an ETag").to_string();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "a strong entity tag: {etag}");
     assert_eq!(full.header("content-length"), Some(full.body_len.to_string().as_str()));

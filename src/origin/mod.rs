@@ -147,6 +147,32 @@ impl CachePolicy {
     }
 }
 
+/// Content type of playlists (RFC 8216bis §4).
+const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+
+/// Whether an `Accept-Encoding` field admits gzip (RFC 9110 §12.5.3): listed, or covered by `*`,
+/// with a weight above zero.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for member in
+        headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','))
+    {
+        let mut parts = member.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let weight = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(weight > 0.0),
+            "*" => any = Some(weight > 0.0),
+            _ => {}
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
 /// The media playlist of a rendition, as the packager names it.
 const MEDIA_PLAYLIST: &str = "index.m3u8";
 /// The master playlist of a channel; the packager stores it once the channel is live.
@@ -255,6 +281,8 @@ struct Conditions {
     if_modified_since: Option<HeaderValue>,
     range: Option<HeaderValue>,
     if_range: Option<HeaderValue>,
+    /// `Accept-Encoding` admits gzip.
+    gzip: bool,
 }
 
 impl Conditions {
@@ -273,6 +301,7 @@ impl Conditions {
             if_modified_since: single(header::IF_MODIFIED_SINCE),
             range: single(header::RANGE),
             if_range: single(header::IF_RANGE),
+            gzip: accepts_gzip(headers),
         }
     }
 
@@ -711,9 +740,20 @@ fn serve(object: &Object, head: bool, cache: Option<&HeaderValue>, conditions: &
 }
 
 fn serve_as(object: &Object, head: bool, cache: HeaderValue, conditions: &Conditions) -> Response<Body> {
-    let etag = entity_tag(object);
+    // Playlists are text that a viewer reloads several times a second under LL-HLS: gzip them for
+    // clients that accept it. They vary by Accept-Encoding, so both forms say so, and each form
+    // has its own entity tag (RFC 9110 §8.8.3: a strong tag names one representation).
+    let compressible = object.content_type == PLAYLIST_TYPE;
+    let gzipped = if compressible && conditions.gzip { object.gzipped() } else { None };
+    let etag = match &gzipped {
+        Some(gz) => format!("\"{:x}-{:016x}-gz\"", gz.len(), object.digest),
+        None => entity_tag(object),
+    };
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, cache);
+    if compressible {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
     insert_text(&mut h, header::ETAG, &etag);
     insert_text(&mut h, header::LAST_MODIFIED, &http_date(object.stored_at));
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -724,6 +764,13 @@ fn serve_as(object: &Object, head: bool, cache: HeaderValue, conditions: &Condit
         return response(StatusCode::NOT_MODIFIED, h, Body::empty());
     }
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(object.content_type));
+    if let Some(gz) = gzipped {
+        // Playlists are never ranged (below), so the compressed form is always whole.
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(gz.len()));
+        let body = if head { Body::empty() } else { Body::from(gz) };
+        return response(StatusCode::OK, h, body);
+    }
     let len = object.len() as u64;
     // Playlists change under their name: a client joining ranges of two versions would get
     // neither, so they are always whole (RFC 9110 §14.2 lets a server ignore Range).
@@ -984,7 +1031,7 @@ fn preflight() -> Response<Body> {
 /// `video/iso.segment`).
 pub fn content_type(name: &str) -> &'static str {
     match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("m3u8") => PLAYLIST_TYPE,
         Some("mp4") => "video/mp4",
         Some("m4s") => "video/iso.segment",
         Some("ts") => "video/mp2t",
@@ -1126,6 +1173,62 @@ mod tests {
             (r.status(), r.headers()[header::CACHE_CONTROL].to_str().unwrap()),
             (StatusCode::NOT_MODIFIED, "public, max-age=600")
         );
+    }
+
+    #[tokio::test]
+    async fn playlists_are_gzipped_for_clients_that_accept_it_with_their_own_tag() {
+        use std::io::Read;
+        let f = fixture();
+        let text: String = (0..100).map(|i| format!("#EXTINF:2.00000,\n{i}.m4s\n")).collect();
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        f.channel.put("720p/index.m3u8", object(text.as_bytes(), "index.m3u8", Cacheability::Live));
+        let path = "/live/demo/720p/index.m3u8";
+
+        let plain = get(&f.origin, Method::GET, path).await;
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(header(&plain, header::VARY), "Accept-Encoding");
+        let plain_tag = header(&plain, header::ETAG).to_owned();
+
+        let gz = get_with(&f.origin, Method::GET, path, &[(header::ACCEPT_ENCODING, "br;q=1, gzip;q=0.8")]).await;
+        assert_eq!(header(&gz, header::CONTENT_ENCODING), "gzip");
+        assert_eq!(header(&gz, header::VARY), "Accept-Encoding");
+        let gz_tag = header(&gz, header::ETAG).to_owned();
+        assert_ne!(gz_tag, plain_tag, "each form has its own strong tag");
+        let length: usize = header(&gz, header::CONTENT_LENGTH).parse().unwrap();
+        let bytes = body(gz).await;
+        assert_eq!(bytes.len(), length);
+        assert!(length < text.len() / 3, "{length} of {}", text.len());
+        let mut back = String::new();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut back).expect("gzip");
+        assert_eq!(back, text);
+
+        // Revalidation compares the tag of the form asked for.
+        let r = get_with(
+            &f.origin,
+            Method::GET,
+            path,
+            &[(header::ACCEPT_ENCODING, "gzip"), (header::IF_NONE_MATCH, &gz_tag)],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        let r = get_with(
+            &f.origin,
+            Method::GET,
+            path,
+            &[(header::ACCEPT_ENCODING, "gzip"), (header::IF_NONE_MATCH, &plain_tag)],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // gzip refused, or not offered: identity; media is never compressed.
+        for refused in ["gzip;q=0", "identity", "*;q=0", "br"] {
+            let r = get_with(&f.origin, Method::GET, path, &[(header::ACCEPT_ENCODING, refused)]).await;
+            assert!(r.headers().get(header::CONTENT_ENCODING).is_none(), "{refused}");
+        }
+        let r = get_with(&f.origin, Method::GET, path, &[(header::ACCEPT_ENCODING, "*")]).await;
+        assert_eq!(header(&r, header::CONTENT_ENCODING), "gzip");
+        let r = get_with(&f.origin, Method::GET, "/live/demo/720p/1.m4s", &[(header::ACCEPT_ENCODING, "gzip")]).await;
+        assert!(r.headers().get(header::CONTENT_ENCODING).is_none() && r.headers().get(header::VARY).is_none());
     }
 
     /// A segment of three chunks, `0123` `4567` `89ab`, stored as `720p/2.m4s`.
