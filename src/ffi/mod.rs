@@ -4,6 +4,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod hw;
+pub mod hwctx;
+pub mod scale_graph;
 
 use std::sync::Once;
 
