@@ -5,6 +5,7 @@
 
 pub mod hw;
 pub mod hwctx;
+pub mod log;
 pub mod scale_graph;
 
 use std::sync::Once;
