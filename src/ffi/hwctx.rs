@@ -224,6 +224,10 @@ pub fn is_hw_frame(frame: &frame::Video) -> bool {
 
 /// A new frame referring to the same picture buffers as `src`, with its own properties (pts,
 /// picture type), for a picture that others share read-only.
+///
+/// The source's side data is left out: encoders act on some of it (libx264 and NVENC write A53
+/// captions and unregistered SEI from it), and a picture scaled on the CPU carries none, so a
+/// rung's output does not depend on where it was scaled.
 pub fn frame_ref(src: &frame::Video) -> Result<frame::Video, HwError> {
     let mut dst = frame::Video::empty();
     // SAFETY: `dst` is a freshly allocated, blank AVFrame and `src` a valid one; av_frame_ref
@@ -232,6 +236,16 @@ pub fn frame_ref(src: &frame::Video) -> Result<frame::Video, HwError> {
     let ret = unsafe { sys::av_frame_ref(dst.as_mut_ptr(), src.as_ptr()) };
     if ret < 0 {
         return Err(HwError::code("referencing a picture", ret));
+    }
+    // SAFETY: `dst` owns a valid AVFrame for as long as it lives, and we hold it mutably.
+    let raw = unsafe { dst.as_mut_ptr() };
+    loop {
+        // SAFETY: `raw` is `dst`'s valid AVFrame; reading its side data count and first entry.
+        let first = unsafe { ((*raw).nb_side_data > 0).then(|| *(*raw).side_data) };
+        let Some(first) = first.filter(|p| !p.is_null()) else { break };
+        // SAFETY: `first` is an entry of `dst`'s own side data array (av_frame_ref copied it);
+        // av_frame_remove_side_data frees every entry of its type, so the count falls each turn.
+        unsafe { sys::av_frame_remove_side_data(raw, (*first).type_) };
     }
     Ok(dst)
 }
@@ -332,13 +346,13 @@ impl HwDecoder {
         Self { decoder, format: None }
     }
 
-    /// Opens `codec` on `ctx` (already given its extradata and options) with `device` as its
+    /// Opens `codec` on `ctx` (already given its extradata and settings) with `device` as its
     /// hardware device and a `get_format` callback that picks `want` (e.g. `Pixel::CUDA`) when
     /// the decoder offers it and a software format otherwise, keeping the reason
     /// ([`HwDecoder::fallback`]). With `hw_device_ctx` set, libavcodec creates the frames context
     /// itself when the callback picks the hardware format (libavcodec/avcodec.h, `hw_device_ctx`).
     pub fn open(
-        mut ctx: codec::Context,
+        mut ctx: ffmpeg::decoder::Decoder,
         codec: ffmpeg::Codec,
         opts: Dictionary,
         device: &HwDevice,
@@ -365,7 +379,6 @@ impl HwDecoder {
             (*raw).get_format = Some(get_format);
         }
         let decoder = ctx
-            .decoder()
             .open_as_with(codec, opts)
             .and_then(|o| o.video())
             .map_err(|e| HwError::code("opening the decoder with a CUDA device", c_int::from(e)))?;
