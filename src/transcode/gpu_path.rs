@@ -649,6 +649,15 @@ mod tests {
         assert!(e.0.contains("libcuda.so.1"), "{e}");
     }
 
+    /// A mid-grey yuv420p picture.
+    fn flat(width: u32, height: u32) -> frame::Video {
+        let mut f = frame::Video::new(Pixel::YUV420P, width, height);
+        for plane in 0..3 {
+            f.data_mut(plane).fill(128);
+        }
+        f
+    }
+
     fn software_decoder(rungs: &[Rung], fallbacks: Fallbacks) -> SourceDecoder {
         crate::ffi::init();
         let codec = ffmpeg::decoder::find(codec::Id::H264).expect("h264");
@@ -660,14 +669,14 @@ mod tests {
     fn the_graph_gives_each_rung_its_own_picture() {
         let fallbacks = Fallbacks::unregistered();
         let mut d = software_decoder(&[rung("a", 128, 72), rung("b", 64, 36)], fallbacks.clone());
-        let mut src = frame::Video::new(Pixel::YUV420P, 256, 144);
+        let mut src = flat(256, 144);
         src.set_pts(Some(3000));
         let Ok(Routed::PerRung(frames)) = d.route(src) else { panic!("per rung") };
         let sizes: Vec<_> = frames.iter().map(|f| (f.width(), f.height(), f.pts())).collect();
         assert_eq!(sizes, [(128, 72, Some(3000)), (64, 36, Some(3000))]);
         assert_eq!((fallbacks.scaler.get(), fallbacks.decoder.get()), (0, 0));
         // A picture of another size gets a new graph.
-        let Ok(Routed::PerRung(frames)) = d.route(frame::Video::new(Pixel::YUV420P, 320, 240)) else { panic!() };
+        let Ok(Routed::PerRung(frames)) = d.route(flat(320, 240)) else { panic!() };
         assert_eq!(frames.len(), 2);
     }
 
@@ -676,7 +685,7 @@ mod tests {
         let fallbacks = Fallbacks::unregistered();
         let mut d = software_decoder(&[rung("odd", 127, 72)], fallbacks.clone());
         assert_eq!(fallbacks.scaler.get(), 1);
-        let Ok(Routed::Shared(f)) = d.route(frame::Video::new(Pixel::YUV420P, 256, 144)) else { panic!("shared") };
+        let Ok(Routed::Shared(f)) = d.route(flat(256, 144)) else { panic!("shared") };
         assert_eq!(f.width(), 256);
     }
 
@@ -688,14 +697,14 @@ mod tests {
         let broken = frame::Video::empty();
         let Ok(Routed::Shared(_)) = d.route(broken) else { panic!("shared") };
         assert_eq!(fallbacks.scaler.get(), 1);
-        let Ok(Routed::Shared(f)) = d.route(frame::Video::new(Pixel::YUV420P, 256, 144)) else { panic!("shared") };
+        let Ok(Routed::Shared(f)) = d.route(flat(256, 144)) else { panic!("shared") };
         assert_eq!((f.width(), fallbacks.scaler.get()), (256, 1), "no retry, counted once");
     }
 
     #[test]
     fn rung_frames_are_scaled_stamped_and_typed() {
         let mut rf = RungFrames::new(64, 36);
-        let mut src = frame::Video::new(Pixel::YUV420P, 256, 144);
+        let mut src = flat(256, 144);
         src.set_kind(picture::Type::I);
         let out = rf.prepare(&src, &EncoderInput::System, 9000, false).expect("scaled");
         assert_eq!((out.width(), out.height(), out.format(), out.pts()), (64, 36, Pixel::YUV420P, Some(9000)));
