@@ -10,7 +10,7 @@
 //!
 //! The callback may run on any thread, concurrently (codec and filter threads log too). It keeps
 //! nothing between calls, formats into a fixed buffer on its stack (a longer line is cut at
-//! [`LINE_MAX`] bytes and marked), skips the formatting when neither FFmpeg's level
+//! [`LINE_MAX`] bytes and ends with "…"), skips the formatting when neither FFmpeg's level
 //! (`av_log_get_level`) nor the subscriber wants the event, and never unwinds into C.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -61,12 +61,16 @@ unsafe extern "C" fn callback(avcl: *mut c_void, level: c_int, fmt: *const c_cha
         if FORWARDING.with(|f| f.replace(true)) {
             return;
         }
-        forward(avcl, level, fmt, vl);
+        // SAFETY: the arguments are FFmpeg's, passed on unchanged (see `forward`).
+        unsafe { forward(avcl, level, fmt, vl) };
         FORWARDING.with(|f| f.set(false));
     }));
 }
 
-fn forward(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: *mut sys::__va_list_tag) {
+/// # Safety
+/// The arguments are those FFmpeg passed to the log callback: `avcl` null or a logging context,
+/// `fmt` a printf format (or null) and `vl` its arguments, not used before.
+unsafe fn forward(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: *mut sys::__va_list_tag) {
     // As the default callback does: lines above FFmpeg's level are not for anyone.
     // SAFETY: av_log_get_level reads a global int; no preconditions.
     if level > unsafe { sys::av_log_get_level() } || fmt.is_null() {
@@ -94,9 +98,11 @@ fn forward(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: *mut sys::__
     if text.is_empty() {
         return;
     }
-    let truncated = needed as usize >= LINE_MAX;
-    let (class, item) = context_names(avcl);
-    emit(tracing_level, class, item, text, truncated);
+    // A line cut at the buffer's end says so, rather than pass for the whole message.
+    let text = if needed as usize >= LINE_MAX { std::borrow::Cow::Owned(format!("{text}…")) } else { text.into() };
+    // SAFETY: `avcl` is FFmpeg's context pointer for this call (the caller's guarantee).
+    let (class, item) = unsafe { context_names(avcl) };
+    emit(tracing_level, class, item, &text);
 }
 
 fn enabled(level: Level) -> bool {
@@ -109,20 +115,24 @@ fn enabled(level: Level) -> bool {
     }
 }
 
-fn emit(level: Level, class: &str, item: &str, text: &str, truncated: bool) {
+fn emit(level: Level, class: &str, item: &str, text: &str) {
     match level {
-        Level::ERROR => tracing::error!(target: "ffmpeg", class, item, truncated, "{text}"),
-        Level::WARN => tracing::warn!(target: "ffmpeg", class, item, truncated, "{text}"),
-        Level::INFO => tracing::info!(target: "ffmpeg", class, item, truncated, "{text}"),
-        Level::DEBUG => tracing::debug!(target: "ffmpeg", class, item, truncated, "{text}"),
-        Level::TRACE => tracing::trace!(target: "ffmpeg", class, item, truncated, "{text}"),
+        Level::ERROR => tracing::error!(target: "ffmpeg", class, item, "{text}"),
+        Level::WARN => tracing::warn!(target: "ffmpeg", class, item, "{text}"),
+        Level::INFO => tracing::info!(target: "ffmpeg", class, item, "{text}"),
+        Level::DEBUG => tracing::debug!(target: "ffmpeg", class, item, "{text}"),
+        Level::TRACE => tracing::trace!(target: "ffmpeg", class, item, "{text}"),
     }
 }
 
 /// The class name and the instance name of the context FFmpeg logged for, as FFmpeg's default
 /// callback finds them (libavutil/log.h: a logging context is a struct whose first member is a
 /// pointer to an AVClass). Empty strings for a null context or class.
-fn context_names<'a>(avcl: *mut c_void) -> (&'a str, &'a str) {
+///
+/// # Safety
+/// `avcl` is null or a live logging context, as FFmpeg passes it to the log callback; the names
+/// are used only while it lives (during the callback).
+unsafe fn context_names<'a>(avcl: *mut c_void) -> (&'a str, &'a str) {
     if avcl.is_null() {
         return ("", "");
     }
@@ -178,7 +188,6 @@ mod tests {
         message: String,
         class: String,
         item: String,
-        truncated: bool,
     }
 
     impl Visit for Seen {
@@ -187,11 +196,6 @@ mod tests {
                 "class" => self.class = value.to_string(),
                 "item" => self.item = value.to_string(),
                 _ => {}
-            }
-        }
-        fn record_bool(&mut self, field: &Field, value: bool) {
-            if field.name() == "truncated" {
-                self.truncated = value;
             }
         }
         fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -292,8 +296,7 @@ mod tests {
         let long = "x".repeat(3 * LINE_MAX);
         let seen = captured(|| log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_ERROR, &long));
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].message.len(), LINE_MAX - 1);
-        assert!(seen[0].truncated);
+        assert_eq!(seen[0].message, format!("{}…", &long[..LINE_MAX - 1]));
     }
 
     #[test]

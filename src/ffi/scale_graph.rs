@@ -216,12 +216,13 @@ impl ScaleGraph {
         // left at their "unset" values do not override them. The parameters stay ours
         // (buffersrc.h: "all the allocated fields remain owned by the caller"); buffersrc takes
         // its own reference to the frames context.
-        // SAFETY: `params` is a fresh block we own; `frames` holds a live reference while the
-        // call runs (the filter references it, it does not take ours).
-        let ret = unsafe {
-            (*params).hw_frames_ctx = frames.raw();
-            sys::av_buffersrc_parameters_set(self.source, params)
-        };
+        // SAFETY: `params` is a fresh block we own; storing a borrowed pointer in it (ours stays
+        // ours: nothing frees it through `params`).
+        unsafe { (*params).hw_frames_ctx = frames.raw() };
+        // SAFETY: `self.source` is this graph's live buffersrc, not yet configured; `params` is
+        // valid, and `frames` holds a live reference while the call runs (the filter takes its
+        // own reference, not ours).
+        let ret = unsafe { sys::av_buffersrc_parameters_set(self.source, params) };
         // SAFETY: `params` came from av_buffersrc_parameters_alloc and is freed once, with av_free,
         // as buffersrc.h says; the frames context it points at is not freed with it.
         unsafe { sys::av_free(params.cast()) };

@@ -340,8 +340,10 @@ fn open_cuda_decoder(gpu: u32, source: &VideoParams) -> Result<HwDecoder, HwErro
     }
     let mut ctx = codec::Context::new_with_codec(codec);
     crate::ffi::set_extradata(&mut ctx, &source.avcc).map_err(|e| HwError(e.to_string()))?;
-    // The hwaccel decodes whole pictures; one thread, no frame-threading delay.
-    ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, count: 1, ..Default::default() });
+    // As the CPU decoder: slice threads, never frame threads (which hold back a picture per
+    // thread). NVDEC ignores them (libavcodec hands it whole pictures); they serve the software
+    // decoding this decoder falls back to when NVDEC cannot take the stream.
+    ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() });
     let mut decoder = ctx.decoder();
     decoder.set_packet_time_base(Rational(1, TIMESCALE as i32));
     HwDecoder::open(decoder, codec, Dictionary::new(), &device, Pixel::CUDA)
