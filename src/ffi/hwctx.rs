@@ -544,6 +544,38 @@ mod tests {
     }
 
     #[test]
+    fn the_callback_reads_libavcodecs_list_and_keeps_the_reason() {
+        use sys::AVPixelFormat::*;
+        super::super::init();
+        let state = FormatState { want: Pixel::CUDA, chose_hw: AtomicBool::new(false), fallback: Mutex::new(None) };
+        let mut ctx = codec::Context::new();
+        // SAFETY: `ctx` owns a valid AVCodecContext; `state` outlives every call below.
+        let raw = unsafe { ctx.as_mut_ptr() };
+        // SAFETY: as above; setting the user's field, as HwDecoder::open does.
+        unsafe { (*raw).opaque = (&state as *const FormatState).cast_mut().cast() };
+        let call = |list: &[sys::AVPixelFormat]| {
+            // SAFETY: `raw` is a live codec context whose opaque points at `state`, and `list` is
+            // AV_PIX_FMT_NONE-terminated, as libavcodec calls get_format.
+            unsafe { get_format(raw, list.as_ptr()) }
+        };
+        assert_eq!(call(&[AV_PIX_FMT_CUDA, AV_PIX_FMT_YUV420P, AV_PIX_FMT_NONE]), AV_PIX_FMT_CUDA);
+        assert!(state.chose_hw.load(Ordering::Acquire));
+        assert_eq!(*state.fallback.lock().expect("lock"), None);
+        // libavcodec calls again without CUDA when its hwaccel did not initialise.
+        assert_eq!(call(&[AV_PIX_FMT_YUV420P, AV_PIX_FMT_NONE]), AV_PIX_FMT_YUV420P);
+        let why = state.fallback.lock().expect("lock").clone().expect("a reason");
+        assert!(why.starts_with("the cuda hwaccel could not be set up for this stream"), "{why}");
+        assert_eq!(call(&[AV_PIX_FMT_NONE]), AV_PIX_FMT_NONE, "nothing offered, nothing chosen");
+        // A context without our state (opaque unset) gets no format rather than a crash.
+        let mut bare = codec::Context::new();
+        // SAFETY: a valid, blank codec context whose opaque is null.
+        let bare = unsafe { bare.as_mut_ptr() };
+        // SAFETY: as above, with a terminated list.
+        let got = unsafe { get_format(bare, [AV_PIX_FMT_CUDA, AV_PIX_FMT_NONE].as_ptr()) };
+        assert_eq!(got, AV_PIX_FMT_NONE);
+    }
+
+    #[test]
     fn hardware_formats_are_told_from_software_ones() {
         assert!(is_hw_format(sys::AVPixelFormat::AV_PIX_FMT_CUDA));
         assert!(!is_hw_format(sys::AVPixelFormat::AV_PIX_FMT_NV12));
