@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::ffi as sys;
 use ffmpeg_next::format::Pixel;
+use ffmpeg_next::util::error::EINVAL;
 use ffmpeg_next::{Dictionary, codec, frame};
 
 use super::hw::{error_text, nvidia_hint};
@@ -52,36 +53,58 @@ impl HwDevice {
     /// Creates a CUDA device context on GPU `gpu` (the CUDA device ordinal, which is also what
     /// the `gpu` option of h264_nvenc and h264_cuvid means).
     pub fn cuda(gpu: u32) -> Result<Self, HwError> {
-        super::init();
         // hwcontext_cuda.c reads the device string with strtol: the ordinal in decimal.
-        let device = CString::new(gpu.to_string()).map_err(|e| HwError(e.to_string()))?;
+        Self::create(sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA, Some(&gpu.to_string())).map_err(|code| {
+            HwError(format!("creating a CUDA device on GPU {gpu} failed: {}{}", error_text(code), nvidia_hint(None)))
+        })
+    }
+
+    /// A Vulkan device on the first Vulkan implementation found (Mesa's software one, lavapipe,
+    /// on machines without a GPU): a real hardware device for testing the hardware-frames code
+    /// (contexts, transfers, graphs with hardware input) where there is no CUDA.
+    #[cfg(test)]
+    pub(crate) fn vulkan() -> Result<Self, HwError> {
+        Self::create(sys::AVHWDeviceType::AV_HWDEVICE_TYPE_VULKAN, None)
+            .map_err(|code| HwError(format!("creating a Vulkan device failed: {}", error_text(code))))
+    }
+
+    /// av_hwdevice_ctx_create; the FFmpeg error code on failure.
+    fn create(kind: sys::AVHWDeviceType, device: Option<&str>) -> Result<Self, c_int> {
+        super::init();
+        let device = device.map(CString::new).transpose().map_err(|_| sys::AVERROR(EINVAL))?;
         let mut raw: *mut sys::AVBufferRef = ptr::null_mut();
-        // SAFETY: `raw` is a valid out-pointer; `device` is a NUL-terminated string that lives
-        // across the call; libavutil/hwcontext.h allows null options and flags 0. On success
-        // `raw` holds a new reference that we own; on failure it is left null.
+        // SAFETY: `raw` is a valid out-pointer; `device` is null or a NUL-terminated string that
+        // lives across the call; libavutil/hwcontext.h allows null options and flags 0. On
+        // success `raw` holds a new reference that we own; on failure it is left null.
         let ret = unsafe {
             sys::av_hwdevice_ctx_create(
                 &mut raw,
-                sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
-                device.as_ptr(),
+                kind,
+                device.as_ref().map_or(ptr::null(), |d| d.as_ptr()),
                 ptr::null_mut(),
                 0,
             )
         };
         if ret < 0 {
-            return Err(HwError(format!(
-                "creating a CUDA device on GPU {gpu} failed: {}{}",
-                error_text(ret),
-                nvidia_hint(None)
-            )));
+            return Err(ret);
         }
-        NonNull::new(raw)
-            .map(|buf| HwDevice { buf })
-            .ok_or_else(|| HwError(format!("creating a CUDA device on GPU {gpu} returned success but no device")))
+        NonNull::new(raw).map(|buf| HwDevice { buf }).ok_or(sys::AVERROR_BUG)
     }
 
     pub(super) fn raw(&self) -> *mut sys::AVBufferRef {
         self.buf.as_ptr()
+    }
+
+    /// The pixel format of this device's frames (`AV_PIX_FMT_CUDA` for CUDA).
+    fn frame_format(&self) -> Result<sys::AVPixelFormat, HwError> {
+        // SAFETY: the reference is live and its data is the initialised AVHWDeviceContext
+        // (libavutil/hwcontext.h); reading its type.
+        let kind = unsafe { (*(*self.buf.as_ptr()).data.cast::<sys::AVHWDeviceContext>()).type_ };
+        match kind {
+            sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA => Ok(sys::AVPixelFormat::AV_PIX_FMT_CUDA),
+            sys::AVHWDeviceType::AV_HWDEVICE_TYPE_VULKAN => Ok(sys::AVPixelFormat::AV_PIX_FMT_VULKAN),
+            other => Err(HwError(format!("frames of a {other:?} device are not supported"))),
+        }
     }
 }
 
@@ -114,19 +137,20 @@ impl HwFrames {
     /// `device` (av_hwframe_ctx_alloc, then av_hwframe_ctx_init). The pool grows on demand.
     pub fn alloc(device: &HwDevice, sw_format: Pixel, width: u32, height: u32) -> Result<Self, HwError> {
         let (w, h) = dimensions(width, height)?;
+        let format = device.frame_format()?;
         // SAFETY: `device` holds a live reference to an initialised device context, which is all
         // av_hwframe_ctx_alloc needs; it returns a new reference, or null on failure.
         let raw = unsafe { sys::av_hwframe_ctx_alloc(device.raw()) };
         // From here `frames` owns the reference, so every early return below releases it.
         let frames = NonNull::new(raw)
             .map(|buf| HwFrames { buf })
-            .ok_or_else(|| HwError("allocating a CUDA frames context failed: out of memory".into()))?;
+            .ok_or_else(|| HwError("allocating a frames context failed: out of memory".into()))?;
         let ctx = frames.context_mut();
         // SAFETY: `ctx` points at the AVHWFramesContext the new reference owns; it is not yet
         // initialised and nobody else holds it, so its public fields may be written
         // (libavutil/hwcontext.h: set them between alloc and init).
         unsafe {
-            (*ctx).format = sys::AVPixelFormat::AV_PIX_FMT_CUDA;
+            (*ctx).format = format;
             (*ctx).sw_format = sw_format.into();
             (*ctx).width = w;
             (*ctx).height = h;
@@ -134,7 +158,7 @@ impl HwFrames {
         // SAFETY: the reference is live and the fields above are set, as av_hwframe_ctx_init requires.
         let ret = unsafe { sys::av_hwframe_ctx_init(frames.raw()) };
         if ret < 0 {
-            return Err(HwError::code("initialising a CUDA frames context", ret));
+            return Err(HwError::code("initialising a frames context", ret));
         }
         Ok(frames)
     }
@@ -274,6 +298,11 @@ pub fn download(src: &frame::Video) -> Result<frame::Video, HwError> {
 
 /// Copies a picture in system memory (in `frames`' `sw_format`, of its size) into a new frame
 /// from `frames`' pool.
+///
+/// The copy may still be reading `src` when this returns (CUDA stages pageable memory before it
+/// returns, but FFmpeg 5.1's Vulkan uploads from `src`'s memory later), so the new frame keeps a
+/// reference to `src`'s buffer (`AVFrame.opaque_ref`, which FFmpeg releases with the frame):
+/// `src` may be dropped at once.
 pub fn upload(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwError> {
     if is_hw_frame(src) || src.format() != frames.sw_format() || (src.width(), src.height()) != frames.size() {
         return Err(HwError(format!(
@@ -283,13 +312,28 @@ pub fn upload(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwE
             src.height()
         )));
     }
+    // SAFETY: `src` owns a valid AVFrame; reading two buffer pointers.
+    let (buf, more) = unsafe { ((*src.as_ptr()).buf[0], !(*src.as_ptr()).buf[1].is_null()) };
+    if buf.is_null() || more {
+        // av_frame_get_buffer (frame::Video::new) makes one buffer for all planes; anything else
+        // could not be kept alive by one reference.
+        return Err(HwError("uploading needs a picture in one reference-counted buffer".into()));
+    }
     let mut dst = frame::Video::empty();
     // SAFETY: `frames` is an initialised frames context and `dst` a blank frame; on success
     // av_hwframe_get_buffer gives `dst` a pool buffer and a reference to the context.
     let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
     if ret < 0 {
-        return Err(HwError::code("taking a frame from the CUDA pool", ret));
+        return Err(HwError::code("taking a frame from the GPU frame pool", ret));
     }
+    // SAFETY: `buf` is `src`'s live buffer; av_buffer_ref returns a new reference or null.
+    let keep = unsafe { sys::av_buffer_ref(buf) };
+    if keep.is_null() {
+        return Err(HwError("referencing the picture to upload failed: out of memory".into()));
+    }
+    // SAFETY: `dst` is valid and its opaque_ref is null (a frame fresh from the pool); the frame
+    // now owns `keep`, and av_frame_unref/av_frame_free release it (libavutil/frame.h).
+    unsafe { (*dst.as_mut_ptr()).opaque_ref = keep };
     // SAFETY: `dst` has the frames context attached and `src` is a system-memory frame of its
     // sw_format and allocated size, as av_hwframe_transfer_data requires for an upload.
     let ret = unsafe { sys::av_hwframe_transfer_data(dst.as_mut_ptr(), src.as_ptr(), 0) };
@@ -477,6 +521,11 @@ unsafe extern "C" fn get_format(
     .unwrap_or(sys::AVPixelFormat::AV_PIX_FMT_NONE)
 }
 
+/// Whether `p` is a hardware format (pictures in device memory, `AV_PIX_FMT_FLAG_HWACCEL`).
+pub fn is_hw_pixel(p: Pixel) -> bool {
+    is_hw_format(p.into())
+}
+
 fn is_hw_format(f: sys::AVPixelFormat) -> bool {
     // SAFETY: av_pix_fmt_desc_get accepts any value and returns null or a static descriptor.
     let desc = unsafe { sys::av_pix_fmt_desc_get(f) };
@@ -504,7 +553,7 @@ pub fn decoder_supports(codec: ffmpeg::Codec, device_type: sys::AVHWDeviceType) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const CUDA: (Pixel, bool) = (Pixel::CUDA, true);
@@ -612,5 +661,49 @@ mod tests {
         r.set_pts(Some(9));
         assert_eq!((f.pts(), r.pts()), (Some(7), Some(9)), "properties are the new frame's own");
         assert_eq!(f.data(0).as_ptr(), r.data(0).as_ptr(), "the picture is not copied");
+    }
+
+    /// A software Vulkan device (Mesa's lavapipe), or `None`, saying why, where there is none.
+    pub(crate) fn vulkan_or_skip() -> Option<HwDevice> {
+        match HwDevice::vulkan() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipped: {e}; scripts/setup.sh installs mesa-vulkan-drivers for this test");
+                None
+            }
+        }
+    }
+
+    /// A flat NV12 picture of `value`.
+    pub(crate) fn flat_nv12(width: u32, height: u32, value: u8) -> frame::Video {
+        let mut f = frame::Video::new(Pixel::NV12, width, height);
+        f.data_mut(0).fill(value);
+        f.data_mut(1).fill(128);
+        f
+    }
+
+    #[test]
+    fn pictures_go_to_a_device_and_back_unchanged() {
+        let Some(device) = vulkan_or_skip() else { return };
+        let frames = HwFrames::alloc(&device, Pixel::NV12, 256, 144).expect("frames context");
+        assert_eq!((frames.sw_format(), frames.size()), (Pixel::NV12, (256, 144)));
+        let picture = flat_nv12(256, 144, 77);
+        let on_gpu = upload(&frames, &picture).expect("upload");
+        assert!(is_hw_frame(&on_gpu));
+        assert_eq!((on_gpu.format(), on_gpu.width(), on_gpu.height()), (Pixel::VULKAN, 256, 144));
+        let of = HwFrames::of_frame(&on_gpu).expect("a frames context");
+        assert!(of.same_context(&frames));
+        let shared = frame_ref(&on_gpu).expect("ref");
+        assert!(
+            HwFrames::of_frame(&shared).is_some_and(|f| f.same_context(&frames)),
+            "a reference stays on the device"
+        );
+        let back = download(&shared).expect("download");
+        assert_eq!((back.format(), back.width(), back.height()), (Pixel::NV12, 256, 144));
+        assert!(back.data(0)[..256].iter().all(|&v| v == 77), "the picture came back as it went");
+        let e = upload(&frames, &flat_nv12(128, 72, 0)).err().expect("the wrong size");
+        assert!(e.0.starts_with("uploading a NV12 128x72 picture into HwFrames(NV12 256x144)"), "{e}");
+        let other = HwFrames::alloc(&device, Pixel::NV12, 128, 72).expect("frames context");
+        assert!(!other.same_context(&frames));
     }
 }

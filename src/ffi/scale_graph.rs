@@ -16,7 +16,7 @@ use ffmpeg_next::util::error::EAGAIN;
 use ffmpeg_next::{Rational, frame};
 
 use super::hw::error_text;
-use super::hwctx::{HwError, HwFrames};
+use super::hwctx::{self, HwError, HwFrames};
 
 /// What the graph's source is given.
 #[derive(Debug)]
@@ -110,7 +110,7 @@ impl ScaleGraph {
     /// Builds and configures the graph `description`, whose input is labelled `[in]` and whose
     /// outputs are labelled `[out0]`…`[out{outputs-1}]`. The graph runs on the caller's thread.
     pub fn new(input: &GraphInput<'_>, description: &str, outputs: usize) -> Result<Self, HwError> {
-        if input.format == Pixel::CUDA && input.hw_frames.is_none() {
+        if hwctx::is_hw_pixel(input.format) && input.hw_frames.is_none() {
             return Err(HwError("a graph of GPU frames needs their frames context".into()));
         }
         // SAFETY: avfilter_graph_alloc has no preconditions; it returns a new graph or null.

@@ -44,6 +44,10 @@ pub enum ScaleFilter {
     /// libswscale's `scale`, on pictures in system memory: the same graph without a GPU, for tests.
     #[cfg(test)]
     Software,
+    /// `scale_vulkan` on Vulkan frames: the same graph on hardware frames without CUDA, for tests
+    /// (Mesa's software Vulkan runs it on any machine).
+    #[cfg(test)]
+    Vulkan,
 }
 
 impl ScaleFilter {
@@ -66,6 +70,8 @@ impl ScaleFilter {
             ScaleFilter::Npp => format!("scale_npp=w={width}:h={height}:interp_algo=cubic"),
             #[cfg(test)]
             ScaleFilter::Software => format!("scale=w={width}:h={height}:flags=bicubic"),
+            #[cfg(test)]
+            ScaleFilter::Vulkan => format!("scale_vulkan=w={width}:h={height}"),
         }
     }
 
@@ -75,6 +81,8 @@ impl ScaleFilter {
             ScaleFilter::Cuda | ScaleFilter::Npp => picture.format() == Pixel::CUDA,
             #[cfg(test)]
             ScaleFilter::Software => !hwctx::is_hw_frame(picture),
+            #[cfg(test)]
+            ScaleFilter::Vulkan => picture.format() == Pixel::VULKAN,
         }
     }
 }
@@ -209,10 +217,10 @@ impl ChannelScaler {
                 hw_frames: frames.as_ref(),
             };
             let graph = ScaleGraph::new(&input, description, self.rungs)?;
-            if picture.format() == Pixel::CUDA {
+            if hwctx::is_hw_frame(picture) {
                 // What each rung's NVENC will be given (through its pictures, which reference it).
                 for i in 0..self.rungs {
-                    let out = graph.sink_frames(i).ok_or_else(|| HwError(format!("output {i} has no CUDA frames")))?;
+                    let out = graph.sink_frames(i).ok_or_else(|| HwError(format!("output {i} has no GPU frames")))?;
                     tracing::debug!(channel = %self.channel, output = i, frames = ?out, "CUDA scaling output");
                 }
             }
@@ -714,5 +722,52 @@ mod tests {
         let cut = rf.prepare(&src, &EncoderInput::System, 12_000, true).expect("scaled");
         assert_eq!(cut.kind(), picture::Type::I);
         assert!(matches!(EncoderInput::for_picture(&src, true), EncoderInput::System), "system memory for NVENC too");
+    }
+
+    #[test]
+    fn hardware_frames_are_scaled_per_rung_on_the_device_and_downloaded_for_libx264() {
+        use crate::ffi::hwctx::tests::{flat_nv12, vulkan_or_skip};
+        let Some(device) = vulkan_or_skip() else { return };
+        let frames = HwFrames::alloc(&device, Pixel::NV12, 256, 144).expect("frames context");
+        let picture = hwctx::upload(&frames, &flat_nv12(256, 144, 128)).expect("upload");
+        // The probe's check, on a real device: a grey picture scaled on it comes back grey.
+        assert_eq!(check_scaled(ScaleFilter::Vulkan, &picture, Some(&frames)), Ok(()));
+
+        let fallbacks = Fallbacks::unregistered();
+        let rungs = [rung("a", 128, 72), rung("b", 64, 36)];
+        let mut scaler = ChannelScaler::new("test", ScaleFilter::Vulkan, &rungs, fallbacks.clone());
+        let Ok(Routed::PerRung(out)) = scaler.route(hwctx::frame_ref(&picture).expect("ref")) else {
+            panic!("per rung")
+        };
+        assert_eq!(fallbacks.scaler.get(), 0);
+        for (f, r) in out.iter().zip(&rungs) {
+            assert!(hwctx::is_hw_frame(f), "scaled on the device, left there");
+            assert_eq!((f.width(), f.height()), (r.width, r.height));
+            assert!(!HwFrames::of_frame(f).expect("frames").same_context(&frames), "the rung's own frames");
+        }
+        // libx264's rung: the GPU picture is downloaded and made yuv420p, stamped.
+        let mut rf = RungFrames::new(64, 36);
+        let input = EncoderInput::for_picture(&out[1], true);
+        assert!(matches!(input, EncoderInput::System), "only CUDA frames go to NVENC as they are");
+        let x264 = rf.prepare(&out[1], &input, 3000, true).expect("downloaded");
+        assert_eq!((x264.format(), x264.width(), x264.height(), x264.pts()), (Pixel::YUV420P, 64, 36, Some(3000)));
+        assert_eq!(x264.kind(), picture::Type::I);
+        assert!(!hwctx::is_hw_frame(&x264));
+        // An encoder fed GPU frames of one context takes its rung's pictures as they are…
+        let rung_frames = HwFrames::of_frame(&out[1]).expect("frames");
+        let gpu = EncoderInput::Gpu(rung_frames);
+        let same = rf.prepare(&out[1], &gpu, 6000, false).expect("as it is");
+        assert!(hwctx::is_hw_frame(&same) && same.pts() == Some(6000) && same.kind() == picture::Type::None);
+        // …and refuses any other, which moves the rung to libx264.
+        let Err(FrameError::Gpu(e)) = rf.prepare(&out[0], &gpu, 9000, false) else { panic!("another context") };
+        assert!(e.0.contains("from another frames context"), "{e}");
+        let Err(FrameError::Gpu(e)) = rf.prepare(&flat(64, 36), &gpu, 9000, false) else { panic!("system memory") };
+        assert!(e.0.ends_with("in system memory"), "{e}");
+
+        // A ladder the device cannot scale: the picture is downloaded once, for every rung.
+        let mut odd = ChannelScaler::new("test", ScaleFilter::Vulkan, &[rung("odd", 63, 36)], fallbacks.clone());
+        let Ok(Routed::Shared(f)) = odd.route(picture) else { panic!("shared") };
+        assert!(!hwctx::is_hw_frame(&f));
+        assert_eq!((f.format(), f.width(), f.height(), fallbacks.scaler.get()), (Pixel::NV12, 256, 144, 1));
     }
 }
