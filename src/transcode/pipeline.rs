@@ -640,7 +640,10 @@ impl RungWorker {
                     // segment. This rendition gets a new init segment and a discontinuity there,
                     // and its segments stay aligned.
                     tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "GPU encoding failed; this rung moves to libx264 at the next segment");
-                    self.fallbacks.inc();
+                    if enc.choice.is_hardware() {
+                        // A libx264 rung that lost its GPU pictures restarts; it did not move.
+                        self.fallbacks.inc();
+                    }
                     encoding = None;
                     choice = EncoderChoice::X264;
                     waiting_for_cut = true;
