@@ -27,6 +27,10 @@ if [ "$runtime_only" -eq 0 ]; then
   # Tests: a real browser and a second, independent HLS client; benches: GNU time and curl.
   for p in time curl chromium gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
            gstreamer1.0-plugins-bad gstreamer1.0-libav; do want "$p"; done
+  # A software Vulkan device (Mesa's lavapipe): the hardware-frames code of the GPU path (frames
+  # contexts, uploads and downloads, the scaling graph on device frames) runs on it where there is
+  # no NVIDIA GPU; those tests say "skipped" without it.
+  want mesa-vulkan-drivers
   # An independent playlist parser (Python's m3u8) for the playlist tests.
   python3 -m pip --version >/dev/null 2>&1 || want python3-pip
   # A real Prometheus server for tests/prometheus.rs, which runs its own on a free port.

@@ -702,18 +702,12 @@ fn place(
         Placement::cpu(plan.encoded.len(), None)
     } else {
         let probe = gpu::probe_cached();
+        // Engines from the probe, how busy each GPU is from NVML now (read at most every 2 s).
+        let live = gpu::live_stats();
         let gpus: Vec<GpuState> = probe
             .gpus
             .iter()
-            .map(|g| GpuState {
-                index: g.index,
-                nvenc_sessions_used: g.encoder_sessions.unwrap_or(0),
-                nvenc_sessions_ours: ctx.placer.held(g.index),
-                encoder_utilization: g.encoder_utilization.unwrap_or(0),
-                memory_free: g.memory_total_bytes.unwrap_or(0).saturating_sub(g.memory_used_bytes.unwrap_or(0)),
-                has_nvenc: g.nvenc_h264.is_ok(),
-                has_nvdec: g.nvdec_h264.is_ok(),
-            })
+            .map(|g| g.placement_state(live.iter().find(|s| s.index == g.index), ctx.placer.held(g.index)))
             .collect();
         let mut placement =
             ctx.placer.place(name, plan.encoded.len(), &gpus, &transcode.gpus, transcode.on_gpu_full)?;
@@ -994,8 +988,10 @@ impl Session {
                         _ => EncoderChoice::X264,
                     })
                     .collect(),
-                decoder: match (stages.decode, stages.gpu) {
-                    (Backend::Nvidia, Some(gpu)) => DecoderChoice::Nvdec { gpu },
+                decoder: match (stages.decode, stages.scale, stages.gpu) {
+                    // Decode and scale on the GPU: the zero-copy path (pictures stay on the GPU).
+                    (Backend::Nvidia, Backend::Nvidia, Some(gpu)) => DecoderChoice::NvdecCuda { gpu },
+                    (Backend::Nvidia, _, Some(gpu)) => DecoderChoice::Nvdec { gpu },
                     _ => DecoderChoice::Cpu,
                 },
                 thumbnails: thumbnails(ctx),

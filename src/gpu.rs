@@ -1,7 +1,11 @@
 //! NVIDIA GPUs on this machine: which ones there are (CUDA driver API, through cudarc), how busy
-//! they are (NVML), and which of the engines ladderd uses really open on each (FFmpeg's
-//! h264_cuvid, h264_nvenc and hevc_nvenc). [`Probe::nvidia_offer`] turns that into what
-//! `transcode::backend::choose` needs: per stage, yes or the reason why not.
+//! they are (NVML), and which of the engines ladderd uses really work on each (FFmpeg's
+//! h264_cuvid, h264_nvenc and hevc_nvenc open; the h264 decoder's CUDA hwaccel decodes a picture
+//! into GPU memory; the CUDA scaling graph scales one). [`Probe::nvidia_offer`] turns that into
+//! what `transcode::backend::choose` needs: per stage, yes or the reason why not.
+//!
+//! The probe runs once per process; how busy each GPU is changes, so [`live_stats`] reads NVML
+//! again (at most every [`STATS_MAX_AGE`]) for placement and metrics.
 //!
 //! A GPU model is never trusted by name: an H100 has NVDEC but no NVENC, a GeForce card has
 //! NVENC but refuses sessions beyond its limit, a container may see the GPU but lack the video
@@ -9,16 +13,22 @@
 #![deny(unsafe_code)]
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
 use serde::{Deserialize, Serialize};
 
 use crate::ffi::hw;
 use crate::transcode::backend::NvidiaOffer;
+use crate::transcode::gpu_path;
+use crate::transcode::placement::GpuState;
 
-/// Why the scale stage is never offered on NVIDIA in this build.
-pub const SCALE_NOT_BUILT: &str = "CUDA scaling (scale_cuda) is not part of this build; scaling runs on the CPU";
+/// The environment variable that switches engines off for ladderd whatever the probe finds, as a
+/// comma-separated list of `nvenc`, `nvdec`, `scale` (e.g. `nvenc` to run the hybrid plan on a
+/// GPU that has NVENC, or to leave NVENC to another service). Each engine it names is reported
+/// as refused with this variable as the reason.
+pub const DISABLE_VAR: &str = "LADDERD_NVIDIA_DISABLE";
 
 /// The NVIDIA driver as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,13 +63,63 @@ pub struct GpuInfo {
     pub cuda_device: Result<(), String>,
     pub nvenc_h264: Result<(), String>,
     pub nvenc_hevc: Result<(), String>,
+    /// NVDEC through h264_cuvid, pictures in system memory.
     pub nvdec_h264: Result<(), String>,
+    /// NVDEC through FFmpeg's h264 decoder with the CUDA hwaccel: a real picture decoded into a
+    /// CUDA frame (the zero-copy path's decoder).
+    pub nvdec_cuda: Result<(), String>,
+    /// The CUDA scaling graph (scale_cuda, or scale_npp) scaled a picture in GPU memory.
+    pub cuda_scale: Result<(), String>,
 }
 
 impl GpuInfo {
-    /// How many of the stages ladderd can put on NVIDIA today this GPU offers.
+    /// How many of the stages ladderd can put on NVIDIA this GPU offers.
     fn usable_stages(&self) -> usize {
-        usize::from(self.nvdec_h264.is_ok()) + usize::from(self.nvenc_h264.is_ok())
+        let decode = self.nvdec_h264.is_ok() || self.nvdec_cuda.is_ok();
+        usize::from(decode) + usize::from(self.scale_offer().is_ok()) + usize::from(self.nvenc_h264.is_ok())
+    }
+
+    /// Whether this GPU can scale: the scaling graph works, and NVDEC gives it CUDA frames
+    /// (this build scales on the GPU only what NVDEC decoded there).
+    fn scale_offer(&self) -> Result<(), String> {
+        match (&self.nvdec_cuda, &self.cuda_scale) {
+            (Ok(()), Ok(())) => Ok(()),
+            (_, Err(why)) => Err(why.clone()),
+            (Err(why), Ok(())) => Err(format!("CUDA scaling takes NVDEC's CUDA frames, which do not come: {why}")),
+        }
+    }
+
+    /// This GPU as placement sees it: engines from the probe, and how busy it is from `live`
+    /// (this GPU's current NVML figures) where NVML has them, else from the probe.
+    pub fn placement_state(&self, live: Option<&GpuStats>, sessions_ours: u32) -> GpuState {
+        let pick = |now: Option<Option<u64>>, probed: Option<u64>| now.flatten().or(probed);
+        let used = pick(live.map(|l| l.memory_used_bytes), self.memory_used_bytes);
+        let total = pick(live.map(|l| l.memory_total_bytes), self.memory_total_bytes);
+        let sessions = pick(live.map(|l| l.encoder_sessions.map(u64::from)), self.encoder_sessions.map(u64::from));
+        let utilization =
+            pick(live.map(|l| l.encoder_utilization.map(u64::from)), self.encoder_utilization.map(u64::from));
+        GpuState {
+            index: self.index,
+            nvenc_sessions_used: sessions.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            nvenc_sessions_ours: sessions_ours,
+            encoder_utilization: utilization.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            memory_free: total.unwrap_or(0).saturating_sub(used.unwrap_or(0)),
+            has_nvenc: self.nvenc_h264.is_ok(),
+            has_nvdec: self.nvdec_h264.is_ok() || self.nvdec_cuda.is_ok(),
+        }
+    }
+
+    /// Marks the engines named in `list` (the value of [`DISABLE_VAR`]) as refused.
+    fn disable(&mut self, list: &str) {
+        let why = |engine: &str| Err(format!("{engine} is switched off by {DISABLE_VAR}={list}"));
+        for engine in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match engine {
+                "nvenc" => (self.nvenc_h264, self.nvenc_hevc) = (why("NVENC"), why("NVENC")),
+                "nvdec" => (self.nvdec_h264, self.nvdec_cuda) = (why("NVDEC"), why("NVDEC")),
+                "scale" => self.cuda_scale = why("CUDA scaling"),
+                other => tracing::warn!(engine = other, "{DISABLE_VAR} names an unknown engine (nvenc, nvdec, scale)"),
+            }
+        }
     }
 }
 
@@ -90,6 +150,7 @@ pub fn probe() -> Probe {
         .into_iter()
         .map(|dev| {
             let gpu = dev.ordinal;
+            let zero_copy = gpu_path::probe_zero_copy(gpu);
             let mut info = GpuInfo {
                 index: gpu,
                 name: dev.name,
@@ -104,13 +165,18 @@ pub fn probe() -> Probe {
                 nvenc_h264: hw::probe_encoder("h264_nvenc", gpu),
                 nvenc_hevc: hw::probe_encoder("hevc_nvenc", gpu),
                 nvdec_h264: hw::probe_decoder("h264_cuvid", gpu),
+                nvdec_cuda: zero_copy.decode,
+                cuda_scale: zero_copy.scale,
             };
-            match (&nvml, &dev.uuid) {
-                (Ok(nvml), Ok(uuid)) => read_stats(nvml, uuid, &mut info),
-                (Err(_), _) => info.stats_missing.push("all: NVML is not available".into()),
-                (_, Err(why)) => {
-                    info.stats_missing.push(format!("all: CUDA gives no UUID to find the GPU in NVML: {why}"))
-                }
+            let stats = GpuStats::read(nvml.as_ref().map_err(|_| "NVML is not available"), gpu, dev.uuid.as_ref());
+            info.memory_total_bytes = stats.memory_total_bytes.or(info.memory_total_bytes);
+            info.memory_used_bytes = stats.memory_used_bytes;
+            info.encoder_utilization = stats.encoder_utilization;
+            info.decoder_utilization = stats.decoder_utilization;
+            info.encoder_sessions = stats.encoder_sessions;
+            info.stats_missing = stats.missing;
+            if let Ok(list) = std::env::var(DISABLE_VAR) {
+                info.disable(&list);
             }
             info
         })
@@ -124,44 +190,182 @@ pub fn probe_cached() -> &'static Probe {
     PROBE.get_or_init(probe)
 }
 
-/// Fills in what NVML knows of the GPU with this UUID. NVML and CUDA may enumerate in different
-/// orders, so the UUID, not the index, links them.
-fn read_stats(nvml: &Nvml, uuid: &str, info: &mut GpuInfo) {
-    let device = match nvml.device_by_uuid(uuid) {
-        Ok(d) => d,
-        Err(e) => {
-            info.stats_missing.push(format!("all: NVML has no device {uuid}: {e}"));
-            return;
+/// How busy one GPU is now, from NVML: what placement's tie-breakers and the GPU gauges use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuStats {
+    /// The CUDA device ordinal (as in [`GpuInfo::index`]).
+    pub index: u32,
+    /// Percent of time a kernel ran on the GPU over NVML's last sampling period (`scale_cuda`).
+    #[serde(default)]
+    pub gpu_utilization: Option<u32>,
+    /// Percent of time NVENC was busy over NVML's last sampling period.
+    pub encoder_utilization: Option<u32>,
+    /// Percent of time NVDEC was busy over NVML's last sampling period.
+    pub decoder_utilization: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    /// Active NVENC sessions on the GPU, from every process (NVML's encoder stats).
+    pub encoder_sessions: Option<u32>,
+    /// Each figure above that is missing, with why (`"encoder_stats: Not supported"`).
+    pub missing: Vec<String>,
+}
+
+impl GpuStats {
+    fn empty(index: u32) -> Self {
+        Self {
+            index,
+            gpu_utilization: None,
+            encoder_utilization: None,
+            decoder_utilization: None,
+            memory_used_bytes: None,
+            memory_total_bytes: None,
+            encoder_sessions: None,
+            missing: Vec::new(),
         }
-    };
-    match device.memory_info() {
-        Ok(m) => {
-            info.memory_total_bytes = Some(m.total);
-            info.memory_used_bytes = Some(m.used);
+    }
+
+    /// Reads GPU `index` from NVML, finding it by its UUID: NVML and CUDA may enumerate in
+    /// different orders, so the UUID, not the index, links them.
+    fn read(nvml: Result<&Nvml, &str>, index: u32, uuid: Result<&String, &String>) -> Self {
+        let mut stats = Self::empty(index);
+        let (nvml, uuid) = match (nvml, uuid) {
+            (Ok(n), Ok(u)) => (n, u),
+            (Err(why), _) => {
+                stats.missing.push(format!("all: {why}"));
+                return stats;
+            }
+            (_, Err(why)) => {
+                stats.missing.push(format!("all: CUDA gives no UUID to find the GPU in NVML: {why}"));
+                return stats;
+            }
+        };
+        let device = match nvml.device_by_uuid(uuid.as_str()) {
+            Ok(d) => d,
+            Err(e) => {
+                stats.missing.push(format!("all: NVML has no device {uuid}: {e}"));
+                return stats;
+            }
+        };
+        match device.memory_info() {
+            Ok(m) => {
+                stats.memory_total_bytes = Some(m.total);
+                stats.memory_used_bytes = Some(m.used);
+            }
+            Err(e) => stats.missing.push(format!("memory_info: {e}")),
         }
-        Err(e) => info.stats_missing.push(format!("memory_info: {e}")),
+        match device.utilization_rates() {
+            Ok(u) => stats.gpu_utilization = Some(u.gpu),
+            Err(e) => stats.missing.push(format!("utilization_rates: {e}")),
+        }
+        match device.encoder_utilization() {
+            Ok(u) => stats.encoder_utilization = Some(u.utilization),
+            Err(e) => stats.missing.push(format!("encoder_utilization: {e}")),
+        }
+        match device.decoder_utilization() {
+            Ok(u) => stats.decoder_utilization = Some(u.utilization),
+            Err(e) => stats.missing.push(format!("decoder_utilization: {e}")),
+        }
+        match device.encoder_stats() {
+            Ok(s) => stats.encoder_sessions = Some(s.session_count),
+            Err(e) => stats.missing.push(format!("encoder_stats: {e}")),
+        }
+        stats
     }
-    match device.encoder_utilization() {
-        Ok(u) => info.encoder_utilization = Some(u.utilization),
-        Err(e) => info.stats_missing.push(format!("encoder_utilization: {e}")),
+}
+
+/// How often NVML is read at most: its utilization figures are averages over its own sampling
+/// period (a second or more), so reading faster only costs time.
+pub const STATS_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Where GPU figures come from; NVML in the daemon, a fake in tests.
+pub trait StatsSource: Send + Sync {
+    fn sample(&self) -> Vec<GpuStats>;
+}
+
+/// The last sample of a [`StatsSource`], taken again when it is older than `max_age`.
+pub struct StatsCache<S> {
+    source: S,
+    max_age: Duration,
+    last: Mutex<Option<(Instant, Arc<Vec<GpuStats>>)>>,
+}
+
+impl<S: StatsSource> StatsCache<S> {
+    pub fn new(source: S, max_age: Duration) -> Self {
+        Self { source, max_age, last: Mutex::new(None) }
     }
-    match device.decoder_utilization() {
-        Ok(u) => info.decoder_utilization = Some(u.utilization),
-        Err(e) => info.stats_missing.push(format!("decoder_utilization: {e}")),
+
+    /// The figures as of at most `max_age` before `now`. Callers that come while a sample is
+    /// being taken wait for it rather than sample again.
+    pub fn get(&self, now: Instant) -> Arc<Vec<GpuStats>> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, stats)) = last.as_ref()
+            && now.saturating_duration_since(*at) < self.max_age
+        {
+            return stats.clone();
+        }
+        let stats = Arc::new(self.source.sample());
+        *last = Some((now, stats.clone()));
+        stats
     }
-    match device.encoder_stats() {
-        Ok(s) => info.encoder_sessions = Some(s.session_count),
-        Err(e) => info.stats_missing.push(format!("encoder_stats: {e}")),
+}
+
+/// NVML, for the GPUs the probe found.
+struct NvmlStats {
+    nvml: Result<Nvml, String>,
+    gpus: Vec<(u32, Result<String, String>)>,
+}
+
+impl StatsSource for NvmlStats {
+    fn sample(&self) -> Vec<GpuStats> {
+        let nvml = self.nvml.as_ref().map_err(String::as_str);
+        self.gpus.iter().map(|(index, uuid)| GpuStats::read(nvml, *index, uuid.as_ref())).collect()
     }
+}
+
+/// Every probed GPU's current figures from NVML, read again when the last reading is older than
+/// [`STATS_MAX_AGE`]. Blocks for the NVML calls (milliseconds) when it reads: call it from a
+/// thread that may block, not from an async task. Empty on a machine without GPUs.
+impl GpuStats {
+    /// The figures as `ladderd_gpu_*` gauges take them (ratios rather than percents).
+    pub fn gauges(&self) -> crate::metrics::GpuStats {
+        let ratio = |p: Option<u32>| p.map(|p| f64::from(p.min(100)) / 100.0);
+        crate::metrics::GpuStats {
+            gpu_utilization: ratio(self.gpu_utilization),
+            encoder_utilization: ratio(self.encoder_utilization),
+            decoder_utilization: ratio(self.decoder_utilization),
+            memory_used_bytes: self.memory_used_bytes,
+            memory_total_bytes: self.memory_total_bytes,
+        }
+    }
+}
+
+pub fn live_stats() -> Arc<Vec<GpuStats>> {
+    static CACHE: OnceLock<StatsCache<NvmlStats>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let probe = probe_cached();
+            let gpus = probe
+                .gpus
+                .iter()
+                .map(|g| (g.index, g.uuid.clone().ok_or_else(|| "the probe found no UUID".to_string())))
+                .collect::<Vec<_>>();
+            // No GPU, no NVML: nothing to read, and no library to load.
+            let nvml = if gpus.is_empty() {
+                Err("no GPU".to_string())
+            } else {
+                Nvml::init().map_err(|e| format!("NVML cannot start: {e}"))
+            };
+            StatsCache::new(NvmlStats { nvml, gpus }, STATS_MAX_AGE)
+        })
+        .get(Instant::now())
 }
 
 impl Probe {
     /// What NVIDIA offers each stage on GPU `gpu`, or with `None` on the GPU that offers the
     /// most stages (the lowest index among equals).
     ///
-    /// This version decodes on NVDEC (h264_cuvid, pictures downloaded to system memory), scales
-    /// on the CPU and encodes on NVENC from system memory, so decode and encode follow what
-    /// opened in the probe and scale is refused with [`SCALE_NOT_BUILT`].
+    /// Decode is offered where NVDEC works (into CUDA frames, or through h264_cuvid); scale where
+    /// the CUDA scaling graph works and NVDEC gives it CUDA frames; encode where h264_nvenc opens.
     pub fn nvidia_offer(&self, gpu: Option<u32>) -> NvidiaOffer {
         let refuse_all =
             |why: String| NvidiaOffer { decode: Err(why.clone()), scale: Err(why.clone()), encode: Err(why) };
@@ -185,8 +389,8 @@ impl Probe {
             },
         };
         NvidiaOffer {
-            decode: chosen.nvdec_h264.clone(),
-            scale: Err(SCALE_NOT_BUILT.to_string()),
+            decode: chosen.nvdec_cuda.clone().or_else(|_| chosen.nvdec_h264.clone()),
+            scale: chosen.scale_offer(),
             encode: chosen.nvenc_h264.clone(),
         }
     }
@@ -241,6 +445,8 @@ impl fmt::Display for Probe {
             )?;
             writeln!(f, "  {:<w$}{}", "CUDA device", yes_no(&g.cuda_device), w = W - 2)?;
             writeln!(f, "  {:<w$}{}", "NVDEC h264", yes_no(&g.nvdec_h264), w = W - 2)?;
+            writeln!(f, "  {:<w$}{}", "NVDEC to CUDA", yes_no(&g.nvdec_cuda), w = W - 2)?;
+            writeln!(f, "  {:<w$}{}", "CUDA scaling", yes_no(&g.cuda_scale), w = W - 2)?;
             writeln!(f, "  {:<w$}{}", "NVENC h264", yes_no(&g.nvenc_h264), w = W - 2)?;
             writeln!(f, "  {:<w$}{}", "NVENC hevc", yes_no(&g.nvenc_hevc), w = W - 2)?;
             for missing in &g.stats_missing {
@@ -277,12 +483,32 @@ mod tests {
             nvenc_h264: r(nvenc, NO_NVENC),
             nvenc_hevc: r(nvenc, "opening hevc_nvenc on GPU 0 failed: Function not implemented (error -38)"),
             nvdec_h264: r(nvdec, "opening h264_cuvid on GPU 0 failed: Operation not permitted (error -1)"),
+            nvdec_cuda: r(nvdec, NO_NVDEC_CUDA),
+            cuda_scale: Ok(()),
         }
     }
+
+    const NO_NVDEC_CUDA: &str = "decoding H.264 into CUDA frames on GPU 0 failed: no picture";
 
     fn with_gpus(gpus: Vec<GpuInfo>) -> Probe {
         let driver = DriverInfo { cuda_version: "12.4".into(), driver_version: Some("550.54.15".into()) };
         Probe { driver: Ok(driver), nvml: Ok(()), gpus }
+    }
+
+    #[test]
+    fn nvml_percents_become_gauge_ratios_and_missing_figures_stay_missing() {
+        let stats = GpuStats {
+            gpu_utilization: Some(40),
+            encoder_utilization: Some(100),
+            decoder_utilization: Some(250),
+            memory_used_bytes: Some(3 << 30),
+            ..GpuStats::empty(1)
+        };
+        let g = stats.gauges();
+        assert_eq!(g.gpu_utilization, Some(0.4));
+        assert_eq!(g.encoder_utilization, Some(1.0));
+        assert_eq!(g.decoder_utilization, Some(1.0), "NVML never reports more than all of the time");
+        assert_eq!((g.memory_used_bytes, g.memory_total_bytes), (Some(3 << 30), None));
     }
 
     #[test]
@@ -291,13 +517,107 @@ mod tests {
         let offer = probe.nvidia_offer(Some(0));
         assert_eq!(offer.decode, Ok(()));
         assert_eq!(offer.encode, Err(NO_NVENC.to_string()));
-        assert_eq!(offer.scale, Err(SCALE_NOT_BUILT.to_string()));
+        assert_eq!(offer.scale, Ok(()));
         assert_eq!(probe.nvidia_offer(None), offer);
 
+        // The hybrid plan: NVDEC and CUDA scaling, then a download for libx264.
         let plan = choose(Hardware::Auto, &offer).expect("auto always plans");
-        assert_eq!((plan.decode, plan.scale, plan.encode), (Backend::Nvidia, Backend::Cpu, Backend::Cpu));
+        assert_eq!((plan.decode, plan.scale, plan.encode), (Backend::Nvidia, Backend::Nvidia, Backend::Cpu));
         let refused: Vec<String> = plan.refused.iter().map(ToString::to_string).collect();
-        assert_eq!(refused, [format!("scale on nvidia: {SCALE_NOT_BUILT}"), format!("encode on nvidia: {NO_NVENC}")]);
+        assert_eq!(refused, [format!("encode on nvidia: {NO_NVENC}")]);
+    }
+
+    #[test]
+    fn scaling_is_offered_only_with_nvdec_cuda_frames_and_a_working_graph() {
+        let mut g = gpu(0, true, true);
+        g.cuda_scale = Err(gpu_path::NO_SCALING_FILTER.into());
+        let offer = with_gpus(vec![g.clone()]).nvidia_offer(Some(0));
+        assert_eq!(offer.scale, Err(gpu_path::NO_SCALING_FILTER.to_string()));
+        assert_eq!(offer.decode, Ok(()));
+
+        // NVDEC only through h264_cuvid: decoding on the GPU, but no CUDA frames to scale.
+        g.cuda_scale = Ok(());
+        g.nvdec_cuda = Err(NO_NVDEC_CUDA.into());
+        let offer = with_gpus(vec![g]).nvidia_offer(Some(0));
+        assert_eq!(offer.decode, Ok(()), "h264_cuvid still decodes");
+        assert_eq!(
+            offer.scale,
+            Err(format!("CUDA scaling takes NVDEC's CUDA frames, which do not come: {NO_NVDEC_CUDA}"))
+        );
+    }
+
+    #[test]
+    fn engines_can_be_switched_off_by_the_operator() {
+        let mut g = gpu(0, true, true);
+        g.disable("nvenc, scale,bogus");
+        let why = format!("NVENC is switched off by {DISABLE_VAR}=nvenc, scale,bogus");
+        assert_eq!((g.nvenc_h264.clone(), g.nvenc_hevc.clone()), (Err(why.clone()), Err(why)));
+        assert_eq!(g.cuda_scale, Err(format!("CUDA scaling is switched off by {DISABLE_VAR}=nvenc, scale,bogus")));
+        assert_eq!((g.nvdec_h264.clone(), g.nvdec_cuda.clone()), (Ok(()), Ok(())));
+        let mut g = gpu(0, true, true);
+        g.disable("nvdec");
+        let offer = with_gpus(vec![g]).nvidia_offer(Some(0));
+        assert_eq!(offer.decode, Err(format!("NVDEC is switched off by {DISABLE_VAR}=nvdec")));
+        assert!(offer.scale.is_err() && offer.encode.is_ok());
+    }
+
+    #[test]
+    fn placement_sees_live_figures_where_nvml_has_them() {
+        let g = gpu(1, true, true);
+        let probed = g.placement_state(None, 2);
+        assert_eq!(
+            probed,
+            GpuState {
+                index: 1,
+                nvenc_sessions_used: 0,
+                nvenc_sessions_ours: 2,
+                encoder_utilization: 0,
+                memory_free: (80 << 30) - (1 << 29),
+                has_nvenc: true,
+                has_nvdec: true,
+            }
+        );
+        let mut live = GpuStats::empty(1);
+        live.encoder_utilization = Some(73);
+        live.encoder_sessions = Some(5);
+        live.memory_used_bytes = Some(60 << 30);
+        let now = g.placement_state(Some(&live), 2);
+        assert_eq!((now.encoder_utilization, now.nvenc_sessions_used), (73, 5));
+        assert_eq!(now.memory_free, 20 << 30, "live use, probed total (NVML gave no total this time)");
+    }
+
+    /// Counts its samples; each sample reports the count as the encoder utilization.
+    struct Counting(std::sync::atomic::AtomicU32);
+
+    impl StatsSource for Counting {
+        fn sample(&self) -> Vec<GpuStats> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let mut s = GpuStats::empty(0);
+            s.encoder_utilization = Some(n);
+            vec![s]
+        }
+    }
+
+    #[test]
+    fn nvml_is_read_again_only_when_the_last_reading_is_old() {
+        let cache = StatsCache::new(Counting(0.into()), STATS_MAX_AGE);
+        let t0 = Instant::now();
+        let util = |stats: Arc<Vec<GpuStats>>| stats[0].encoder_utilization;
+        assert_eq!(util(cache.get(t0)), Some(1));
+        assert_eq!(util(cache.get(t0 + Duration::from_millis(1999))), Some(1), "fresh enough");
+        assert_eq!(util(cache.get(t0 + STATS_MAX_AGE)), Some(2), "read again");
+        assert_eq!(util(cache.get(t0 + STATS_MAX_AGE + Duration::from_millis(10))), Some(2));
+        // A clock that goes backwards is not "older".
+        assert_eq!(util(cache.get(t0)), Some(2));
+    }
+
+    #[test]
+    fn live_stats_without_gpus_are_empty_and_do_not_panic() {
+        let live = live_stats();
+        if !crate::ffi::cuda_driver_present() {
+            assert!(live.is_empty());
+        }
+        assert_eq!(live.len(), probe_cached().gpus.len());
     }
 
     #[test]
@@ -357,6 +677,8 @@ GPU 0           NVIDIA H100 80GB HBM3 (GPU-00000000-1111-2222-3333-444444444444)
   busy          NVENC 0 %, NVDEC 12 %, ? NVENC sessions
   CUDA device   yes
   NVDEC h264    yes
+  NVDEC to CUDA yes
+  CUDA scaling  yes
   NVENC h264    no: opening h264_nvenc on GPU 0 failed: Function not implemented (error -38)
   NVENC hevc    no: opening hevc_nvenc on GPU 0 failed: Function not implemented (error -38)
   NVML missing  encoder_stats: Not supported

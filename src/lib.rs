@@ -39,6 +39,9 @@ use crate::store::Store;
 /// one interval.
 const INGEST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often the GPU gauges are refreshed from NVML.
+const GPU_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connections the admin listener keeps open at once: Prometheus, health checks and operators.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -145,6 +148,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     tokio::task::spawn_blocking(move || {
         gpu::probe_cached();
         probed.mark_gpu_probed();
+    });
+    // NVML's utilization and memory figures into the GPU gauges. Reading NVML blocks for a few
+    // milliseconds, so off the async workers; `live_stats` reads it at most every two seconds.
+    let (gauges, gauges_stop) = (metrics.clone(), stop.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(GPU_STATS_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = gauges_stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let Ok(stats) = tokio::task::spawn_blocking(gpu::live_stats).await else { continue };
+                    for s in stats.iter() {
+                        gauges.set_gpu_stats(s.index, &s.gauges());
+                    }
+                }
+            }
+        }
     });
     // Samples for the ingest and request rates the admin API reports.
     let (sampled, sampling_stop) = (channels.clone(), stop.clone());

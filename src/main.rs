@@ -80,6 +80,8 @@ fn main() -> ExitCode {
                 None => cfg.log.format,
             };
             init_logging(format, &cfg.log.level);
+            // FFmpeg's own messages ("Cannot load libcuda.so.1", encoder errors) into this log.
+            ladderd::ffi::log::install();
             match run(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -97,6 +99,10 @@ fn probe(json: bool) -> ExitCode {
     use ladderd::config::Hardware;
     use ladderd::transcode::backend::{self, Stage};
 
+    // FFmpeg explains its NVIDIA failures only in its log: show them (on stderr, beside the
+    // reasons the probe prints) through the same path as the daemon's log.
+    init_logging(LogFormat::Human, "warn");
+    ladderd::ffi::log::install();
     let probe = ladderd::gpu::probe();
     if json {
         return match serde_json::to_string_pretty(&probe) {

@@ -311,7 +311,11 @@ impl Metrics {
             "Origin requests for a configured channel's playlists and media, by route",
             &["channel", "route"],
         );
-        let pipeline_errors = b.counter("pipeline_errors_total", "Errors that ended a publish", &["channel", "stage"]);
+        let pipeline_errors = b.counter(
+            "pipeline_errors_total",
+            "Pipeline errors: those that ended a publish, and GPU work moved to the CPU (*_fallback)",
+            &["channel", "stage"],
+        );
         let backend_info = b.gauge(
             "backend_info",
             "1 for the backend each stage of a rung runs on, 0 for one it no longer does",

@@ -1,13 +1,13 @@
-//! NVIDIA hardware, as far as FFmpeg and the CUDA driver API see it: a CUDA device context owned
-//! by a Rust value, and probes that open NVENC and NVDEC exactly as the pipeline would.
+//! NVIDIA hardware, as far as FFmpeg and the CUDA driver API see it: probes that open NVENC and
+//! NVDEC exactly as the pipeline would, and the GPUs the CUDA driver API lists. (The CUDA device
+//! and frames contexts themselves are in `hwctx`.)
 //!
 //! Nothing here may take the process down on a machine without a GPU. Every failure comes back
 //! as a sentence that names what was tried and why it did not work, because these sentences end
 //! up in `ladderd probe`, in the backend choice's WARN line and in the placement decision.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::ffi::{CStr, CString, c_int};
-use std::ptr::{self, NonNull};
+use std::ffi::{CStr, c_int};
 
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cusys;
@@ -52,7 +52,7 @@ fn ffmpeg_error_text(e: ffmpeg::Error) -> String {
 /// "OpenEncodeSessionEx failed: …"). With no driver that is the cause; with one, name the driver
 /// library the codec loads by itself (ffnvcodec's dynlink loader), which container runtimes
 /// only mount when asked for the `video` capability.
-fn nvidia_hint(needs: Option<&str>) -> String {
+pub(super) fn nvidia_hint(needs: Option<&str>) -> String {
     match needs {
         _ if !super::cuda_driver_present() => "; libcuda.so.1 cannot be loaded (no NVIDIA driver)".to_string(),
         Some(library) => {
@@ -62,58 +62,9 @@ fn nvidia_hint(needs: Option<&str>) -> String {
     }
 }
 
-/// A CUDA device context (`AVHWDeviceContext` of type `AV_HWDEVICE_TYPE_CUDA`), as decoders,
-/// `scale_cuda` and encoders share it. Dropping it releases this reference.
-pub struct HwDevice {
-    buf: NonNull<sys::AVBufferRef>,
-}
-
-impl HwDevice {
-    /// Creates a CUDA device context on GPU `gpu` (the CUDA device ordinal, which is also what
-    /// the `gpu` option of h264_nvenc and h264_cuvid means).
-    pub fn cuda(gpu: u32) -> Result<Self, String> {
-        super::init();
-        // hwcontext_cuda.c reads the device string with strtol: the ordinal in decimal.
-        let device = CString::new(gpu.to_string()).map_err(|e| e.to_string())?;
-        let mut raw: *mut sys::AVBufferRef = ptr::null_mut();
-        // SAFETY: `raw` is a valid out-pointer; `device` is a NUL-terminated string that lives
-        // across the call; libavutil/hwcontext.h allows null options and flags 0. On success
-        // `raw` holds a new reference that we own; on failure it is left null.
-        let ret = unsafe {
-            sys::av_hwdevice_ctx_create(
-                &mut raw,
-                sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
-                device.as_ptr(),
-                ptr::null_mut(),
-                0,
-            )
-        };
-        if ret < 0 {
-            return Err(format!(
-                "creating a CUDA device on GPU {gpu} failed: {}{}",
-                error_text(ret),
-                nvidia_hint(None)
-            ));
-        }
-        NonNull::new(raw)
-            .map(|buf| HwDevice { buf })
-            .ok_or_else(|| format!("creating a CUDA device on GPU {gpu} returned success but no device"))
-    }
-}
-
-impl Drop for HwDevice {
-    fn drop(&mut self) {
-        let mut raw = self.buf.as_ptr();
-        // SAFETY: `raw` is the reference av_hwdevice_ctx_create handed us, released exactly once
-        // here (the value is being dropped); av_buffer_unref frees the context when it was the
-        // last reference and nulls our local copy of the pointer.
-        unsafe { sys::av_buffer_unref(&mut raw) };
-    }
-}
-
 /// Whether FFmpeg can create a CUDA device on GPU `gpu`.
 pub fn probe_cuda_device(gpu: u32) -> Result<(), String> {
-    HwDevice::cuda(gpu).map(drop)
+    super::hwctx::HwDevice::cuda(gpu).map(drop).map_err(|e| e.to_string())
 }
 
 /// Whether the named encoder (`h264_nvenc`, `hevc_nvenc`) opens on GPU `gpu` for a small

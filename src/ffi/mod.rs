@@ -4,6 +4,9 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod hw;
+pub mod hwctx;
+pub mod log;
+pub mod scale_graph;
 
 use std::sync::Once;
 
@@ -72,7 +75,8 @@ pub fn extradata(ctx: &codec::Context) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr, size as usize) }.to_vec()
 }
 
-/// A decoded picture shared read-only by the rung threads that scale it.
+/// A decoded picture shared read-only by the rung threads that scale it (or, on the GPU path, one
+/// rung's own scaled picture).
 pub struct SharedFrame(ffmpeg::frame::Video);
 
 impl SharedFrame {
@@ -87,9 +91,11 @@ impl SharedFrame {
 
 // SAFETY: an AVFrame is plain memory (pointers to refcounted data buffers and scalar fields).
 // `SharedFrame` gives out only `&frame::Video`, and everything reachable through `&` in
-// ffmpeg-next's frame API reads; swscale reads its source picture without writing it. So threads
-// that share a `SharedFrame` only ever read it concurrently, and the frame is dropped (its buffers
-// unreferenced) by whichever thread holds the last `Arc`, which `Send` (ffmpeg-next) allows.
+// ffmpeg-next's frame API reads; so do the uses in `hwctx` that take `&frame::Video`: swscale,
+// av_frame_ref (reads the frame, and takes buffer references, whose counts are atomic) and
+// av_hwframe_transfer_data (reads the source). So threads that share a `SharedFrame` only ever
+// read it concurrently, and the frame is dropped (its buffers unreferenced) by whichever thread
+// holds the last `Arc`, which `Send` (ffmpeg-next) allows.
 unsafe impl Sync for SharedFrame {}
 
 /// Whether the NVIDIA driver library (libcuda) can be loaded on this machine. Probed once.

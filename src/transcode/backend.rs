@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::config::Hardware;
 use crate::metrics::{BackendSeries, Metrics};
+use crate::transcode::gpu_path;
 use crate::transcode::placement::Placement;
 
 /// A transcoding stage.
@@ -229,15 +230,17 @@ impl NvidiaOffer {
     ///
     /// The offer carries text only, so the cause follows from its shape: one reason for every
     /// stage is about the machine (no driver, no GPU); otherwise a refused decode lacks NVDEC, a
-    /// refused encode lacks NVENC, and a refused scale is not built (CUDA scaling is present on
-    /// every GPU, so only the build can lack it).
+    /// refused encode lacks NVENC, and a refused scale is not built when FFmpeg has no CUDA
+    /// scaling filter ([`gpu_path::NO_SCALING_FILTER`]) and a GPU error otherwise (CUDA is on every
+    /// GPU, so a scaling graph that does not run there failed).
     pub fn unavailable(&self, stage: Stage) -> Option<Unavailable> {
         let detail = self.offer(stage).as_ref().err()?;
         let machine = Stage::ALL.iter().all(|s| self.offer(*s).as_ref().err() == Some(detail));
         let cause = match stage {
             _ if machine => FallbackReason::NoDriver,
             Stage::Decode => FallbackReason::NoNvdec,
-            Stage::Scale => FallbackReason::NotBuilt,
+            Stage::Scale if detail.starts_with(gpu_path::NO_SCALING_FILTER) => FallbackReason::NotBuilt,
+            Stage::Scale => FallbackReason::GpuError,
             Stage::Encode => FallbackReason::NoNvenc,
         };
         Some(Unavailable::new(cause, detail.clone()))
@@ -250,13 +253,19 @@ impl NvidiaOffer {
 /// - `auto`: each stage on NVIDIA where it is offered, else on the CPU, keeping the reason.
 /// - `nvidia`: every stage on NVIDIA that this build has a GPU path for, or an error naming each
 ///   stage that cannot be.
+///
+/// Scaling is on NVIDIA only after an NVIDIA decode (see [`choose_placed`]).
 pub fn choose(hardware: Hardware, nvidia: &NvidiaOffer) -> Result<StagePlan, NoHardware> {
     let mut refused = Vec::new();
-    let mut pick = |stage: Stage| -> Backend {
+    let mut pick = |stage: Stage, after: Option<Backend>| -> Backend {
         if hardware == Hardware::Cpu {
             return Backend::Cpu;
         }
-        match nvidia.unavailable(stage) {
+        let why = nvidia.unavailable(stage).or_else(|| match after {
+            Some(Backend::Cpu) => Some(scale_after_cpu_decode(nvidia.unavailable(Stage::Decode))),
+            _ => None,
+        });
+        match why {
             None => Backend::Nvidia,
             Some(why) => {
                 refused.push(Refused::nvidia(stage, &why));
@@ -264,10 +273,11 @@ pub fn choose(hardware: Hardware, nvidia: &NvidiaOffer) -> Result<StagePlan, NoH
             }
         }
     };
+    let decode = pick(Stage::Decode, None);
     let plan = StagePlan {
-        decode: pick(Stage::Decode),
-        scale: pick(Stage::Scale),
-        encode: pick(Stage::Encode),
+        decode,
+        scale: pick(Stage::Scale, Some(decode)),
+        encode: pick(Stage::Encode, None),
         gpu: None,
         rungs: Vec::new(),
         refused,
@@ -282,8 +292,9 @@ pub fn choose(hardware: Hardware, nvidia: &NvidiaOffer) -> Result<StagePlan, NoH
 /// machine offers it *and* the placement put it on the GPU; otherwise it is on the CPU, refused
 /// with the offer's reason (checked first: it says why no GPU could do it) or the placement's.
 ///
-/// Scaling goes to the GPU only next to an NVIDIA decode or encode: scaling there between a CPU
-/// decoder and x264 would only add an upload and a download.
+/// Scaling goes to the GPU only after an NVIDIA decode: the CUDA scaling graph takes NVDEC's
+/// pictures where they already are. A picture decoded on the CPU is scaled on the CPU, also before
+/// NVENC (which uploads the smaller, scaled picture itself).
 ///
 /// `hardware` is the channel's (`TranscodeConfig::hardware_for`). Under `cpu` the placement is
 /// ignored and every kept rung of it is on the CPU; under `nvidia` any refusal is an error. Where
@@ -333,14 +344,16 @@ pub fn choose_placed(
     let encode =
         pick(&mut refused, offer(Stage::Encode), Stage::Encode, on_gpu && placement.encode_on_gpu > 0, reason.as_ref());
     let beside_gpu = decode == Backend::Nvidia || encode == Backend::Nvidia;
-    // Scaling follows its neighbours, so when it stays on the CPU it is for their reason.
-    let neighbours = refused.last().map(|r| Unavailable::new(r.cause, r.reason.clone()));
+    // Scaling follows the decoder, so when it stays on the CPU for that it is for its reason.
+    let decoder_refused =
+        refused.iter().find(|r| r.stage == Stage::Decode).map(|r| Unavailable::new(r.cause, r.reason.clone()));
+    let after_cpu_decode = (decode == Backend::Cpu).then(|| scale_after_cpu_decode(decoder_refused));
     let scale = pick(
         &mut refused,
         offer(Stage::Scale),
         Stage::Scale,
-        on_gpu && beside_gpu,
-        neighbours.as_ref().or(reason.as_ref()),
+        on_gpu && decode == Backend::Nvidia,
+        after_cpu_decode.as_ref().or(reason.as_ref()),
     );
     refused.sort_by_key(|r| Stage::ALL.iter().position(|s| *s == r.stage));
     if encode == Backend::Cpu {
@@ -356,6 +369,20 @@ pub fn choose_placed(
         return Err(NoHardware { refused: plan.refused });
     }
     Ok(plan)
+}
+
+/// Why scaling is not on NVIDIA when decoding is on the CPU: the decoder's reason where it has
+/// one (the GPU lacks NVDEC, is full, …).
+fn scale_after_cpu_decode(decode_refused: Option<Unavailable>) -> Unavailable {
+    match decode_refused {
+        Some(why) => Unavailable::new(
+            why.cause,
+            format!("CUDA scaling takes NVDEC's pictures, and decoding is on the CPU: {why}"),
+        ),
+        None => {
+            Unavailable::new(FallbackReason::NoNvdec, "CUDA scaling takes NVDEC's pictures, and decoding is on the CPU")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -412,10 +439,13 @@ mod tests {
 
     #[test]
     fn offer_refusals_have_causes() {
-        let o = NvidiaOffer { decode: Err("no NVDEC".into()), scale: Err("not built".into()), encode: Ok(()) };
+        let not_built = gpu_path::NO_SCALING_FILTER.to_string();
+        let o = NvidiaOffer { decode: Err("no NVDEC".into()), scale: Err(not_built), encode: Ok(()) };
         assert_eq!(o.unavailable(Stage::Decode).map(|u| u.cause), Some(FallbackReason::NoNvdec));
         assert_eq!(o.unavailable(Stage::Scale).map(|u| u.cause), Some(FallbackReason::NotBuilt));
         assert_eq!(o.unavailable(Stage::Encode), None);
+        let o = NvidiaOffer { decode: Ok(()), scale: Err("cuModuleLoadData failed".into()), encode: Ok(()) };
+        assert_eq!(o.unavailable(Stage::Scale).map(|u| u.cause), Some(FallbackReason::GpuError));
         let o = offer(true, true, false);
         assert_eq!(o.unavailable(Stage::Encode).map(|u| u.cause), Some(FallbackReason::NoNvenc));
         let none = offer(false, false, false);
@@ -518,5 +548,43 @@ mod tests {
         assert_eq!((info("720p", "encode", "nvidia"), info("720p", "encode", "cpu")), (0, 1));
         assert_eq!((info("", "decode", "nvidia"), info("", "decode", "cpu")), (0, 1));
         assert_eq!(metrics.backend_fallbacks.with_label_values(&["gpu_full"]).get(), 3);
+    }
+
+    #[test]
+    fn scaling_is_on_the_gpu_only_after_nvdec() {
+        // A GPU with NVENC but no NVDEC: CPU decoding, CPU scaling, NVENC encoding.
+        let placer = Placer::new(8);
+        let mut no_nvdec = gpu(0, true);
+        no_nvdec.has_nvdec = false;
+        let mut at = placed(&placer, 2, &[no_nvdec], OnGpuFull::Cpu);
+        let p = choose_placed(Hardware::Auto, &offer(true, true, true), &mut at).expect("plan");
+        assert_eq!((p.decode, p.scale, p.encode, p.gpu), (Backend::Cpu, Backend::Cpu, Backend::Nvidia, Some(0)));
+        let refused: Vec<_> = p.refused.iter().map(|r| (r.stage, r.cause, r.reason.as_str())).collect();
+        assert_eq!(
+            refused,
+            [
+                (Stage::Decode, FallbackReason::NoNvdec, "GPU 0 has no NVDEC"),
+                (
+                    Stage::Scale,
+                    FallbackReason::NoNvdec,
+                    "CUDA scaling takes NVDEC's pictures, and decoding is on the CPU: GPU 0 has no NVDEC"
+                ),
+            ]
+        );
+        // The same from the offer alone.
+        let p = choose(Hardware::Auto, &offer(false, true, true)).expect("plan");
+        assert_eq!((p.decode, p.scale, p.encode), (Backend::Cpu, Backend::Cpu, Backend::Nvidia));
+        assert_eq!(p.refused[1].stage, Stage::Scale);
+        assert!(p.refused[1].reason.starts_with("CUDA scaling takes NVDEC's pictures"), "{:?}", p.refused);
+    }
+
+    #[test]
+    fn a_scaling_filter_missing_from_ffmpeg_does_not_refuse_nvidia() {
+        let o = NvidiaOffer { decode: Ok(()), scale: Err(gpu_path::NO_SCALING_FILTER.into()), encode: Ok(()) };
+        let p = choose(Hardware::Nvidia, &o).expect("not built is no refusal");
+        assert_eq!((p.decode, p.scale, p.encode), (Backend::Nvidia, Backend::Cpu, Backend::Nvidia));
+        let broken = NvidiaOffer { scale: Err("scaling CUDA frames on GPU 0 failed: …".into()), ..o };
+        let e = choose(Hardware::Nvidia, &broken).expect_err("a GPU that cannot scale refuses nvidia");
+        assert_eq!(e.refused[0].cause, FallbackReason::GpuError);
     }
 }

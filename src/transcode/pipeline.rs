@@ -21,15 +21,15 @@ use std::time::SystemTime;
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::format::Pixel;
-use ffmpeg_next::software::scaling;
 use ffmpeg_next::util::error::EAGAIN;
-use ffmpeg_next::{Dictionary, Packet, Rational, codec, frame, picture};
+use ffmpeg_next::{Dictionary, Packet, Rational, codec, frame};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::config::Hardware;
 use crate::ffi::{self, SharedFrame};
 use crate::media::{Alignment, EncodedPacket, RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks, VideoParams, avc};
 use crate::metrics::{DropReason, FrameDrops, Metrics};
+use crate::transcode::gpu_path::{self, EncoderInput, FrameError, Routed, RungFrames, SourceDecoder};
 use crate::transcode::ladder::Rung;
 use crate::transcode::thumbnail::{ThumbnailSpec, Thumbnailer};
 
@@ -73,6 +73,14 @@ pub enum DecoderChoice {
     Cpu,
     /// NVDEC through `h264_cuvid` on the given GPU, pictures handed back in system memory.
     Nvdec { gpu: u32 },
+    /// NVDEC through FFmpeg's h264 decoder with the CUDA hwaccel on the given GPU: pictures stay
+    /// in GPU memory, and one CUDA graph on the decode thread scales them for every rung
+    /// (`transcode::gpu_path`). Chosen when decode and scale are both planned on NVIDIA.
+    NvdecCuda { gpu: u32 },
+    /// The CPU decoder with that graph made of software `scale` filters: the GPU path's
+    /// plumbing where there is no GPU.
+    #[cfg(test)]
+    SoftwareGraph,
 }
 
 /// The encoder a rung runs on.
@@ -111,6 +119,10 @@ pub enum TranscodeError {
     EncoderParams { channel: String, rung: String, source: avc::AvcError },
     #[error("channel {channel}: {source}")]
     Ffi { channel: String, source: ffi::FfiError },
+    #[error("channel {channel}: {source}")]
+    Hw { channel: String, source: ffi::hwctx::HwError },
+    #[error("channel {channel}, rung {rung}, pts {pts}: {source}")]
+    GpuPicture { channel: String, rung: String, pts: Ticks, source: ffi::hwctx::HwError },
     #[error("channel {channel}: cannot start a transcoding thread: {source}")]
     Thread { channel: String, source: std::io::Error },
     #[error("channel {channel}: the decode thread has stopped")]
@@ -155,13 +167,17 @@ impl Transcoder {
         // Which backend each stage runs on was chosen (and logged) by the channel; a GPU decoder or
         // encoder that does not open here falls back below, and says so.
         let mut decoder_choice = spec.decoder;
-        let decoder = match open_decoder(&channel, decoder_choice, &spec.source) {
+        let fallbacks = gpu_path::Fallbacks {
+            decoder: metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]),
+            scaler: metrics.pipeline_errors.with_label_values(&[&channel, "scaler_fallback"]),
+        };
+        let decoder = match open_decoder(&channel, decoder_choice, &spec.source, (&spec.rungs, &fallbacks)) {
             Ok(d) => d,
             Err(e) if decoder_choice != DecoderChoice::Cpu => {
                 tracing::warn!(channel = %channel, error = %e, "NVDEC did not open; decoding on the CPU");
                 metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]).inc();
                 decoder_choice = DecoderChoice::Cpu;
-                open_decoder(&channel, decoder_choice, &spec.source)?
+                open_decoder(&channel, decoder_choice, &spec.source, (&spec.rungs, &fallbacks))?
             }
             Err(e) => return Err(e),
         };
@@ -196,6 +212,7 @@ impl Transcoder {
             source: spec.source.clone(),
             wait_for_keyframe: false,
             decoder_fallbacks: metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]),
+            gpu_fallbacks: fallbacks,
             clock: SegmentClock::new(spec.segment_target, spec.alignment),
             min_frame_gap: (f64::from(TIMESCALE) / spec.max_frame_rate).round() as Ticks,
             pending: BTreeMap::new(),
@@ -259,13 +276,24 @@ fn join(channel: &str, thread: &str, h: JoinHandle<Result<(), TranscodeError>>) 
     h.join().unwrap_or_else(|_| Err(TranscodeError::Panicked { channel: channel.into(), thread: thread.into() }))
 }
 
+/// Opens the source decoder; for the GPU path (`NvdecCuda`) with the channel's scaling graph for
+/// `rungs`, counting its fallbacks in `fallbacks`.
 fn open_decoder(
     channel: &str,
     choice: DecoderChoice,
     source: &VideoParams,
-) -> Result<ffmpeg::decoder::Video, TranscodeError> {
+    (rungs, fallbacks): (&[Rung], &gpu_path::Fallbacks),
+) -> Result<SourceDecoder, TranscodeError> {
     let err = |what, source| TranscodeError::Decoder { channel: channel.into(), what, source };
     let codec = match choice {
+        DecoderChoice::NvdecCuda { gpu } => {
+            let filter = gpu_path::ScaleFilter::available().map_err(ffi::hwctx::HwError);
+            return filter
+                .and_then(|f| SourceDecoder::cuda(channel, gpu, source, f, rungs, fallbacks.clone()))
+                .map_err(|source| TranscodeError::Hw { channel: channel.into(), source });
+        }
+        #[cfg(test)]
+        DecoderChoice::SoftwareGraph => ffmpeg::decoder::find(codec::Id::H264),
         DecoderChoice::Cpu => ffmpeg::decoder::find(codec::Id::H264),
         DecoderChoice::Nvdec { .. } => ffmpeg::decoder::find_by_name("h264_cuvid"),
     }
@@ -276,6 +304,10 @@ fn open_decoder(
     let mut opts = Dictionary::new();
     match choice {
         // Slice threads add no delay; frame threads would hold back one picture per thread.
+        #[cfg(test)]
+        DecoderChoice::SoftwareGraph => {
+            ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() })
+        }
         DecoderChoice::Cpu => {
             ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() })
         }
@@ -285,10 +317,18 @@ fn open_decoder(
             opts.set("gpu", &gpu.to_string());
             opts.set("surfaces", "8");
         }
+        DecoderChoice::NvdecCuda { .. } => {}
     }
     let mut decoder = ctx.decoder();
     decoder.set_packet_time_base(Rational(1, TIMESCALE as i32));
-    decoder.open_as_with(codec, opts).and_then(|o| o.video()).map_err(|e| err("open the h264 decoder", e))
+    let decoder =
+        decoder.open_as_with(codec, opts).and_then(|o| o.video()).map_err(|e| err("open the h264 decoder", e))?;
+    #[cfg(test)]
+    if choice == DecoderChoice::SoftwareGraph {
+        let filter = gpu_path::ScaleFilter::Software;
+        return Ok(SourceDecoder::with_graph(channel, decoder, filter, rungs, fallbacks.clone()));
+    }
+    Ok(SourceDecoder::plain(channel, decoder))
 }
 
 /// The decode thread's state.
@@ -300,7 +340,8 @@ struct DecodeWorker {
     /// After a move to the CPU decoder, packets up to the next keyframe cannot be decoded.
     wait_for_keyframe: bool,
     decoder_fallbacks: IntCounter,
-    decoder: ffmpeg::decoder::Video,
+    gpu_fallbacks: gpu_path::Fallbacks,
+    decoder: SourceDecoder,
     clock: SegmentClock,
     /// Pictures closer together than this are dropped (the `max_frame_rate` cap).
     min_frame_gap: Ticks,
@@ -364,7 +405,7 @@ impl DecodeWorker {
     /// NVDEC failed: decode on the CPU from the next source keyframe. The pictures in between are
     /// lost; the segment clock is unchanged, so cuts stay aligned.
     fn move_to_cpu(&mut self) {
-        match open_decoder(&self.channel, DecoderChoice::Cpu, &self.source) {
+        match open_decoder(&self.channel, DecoderChoice::Cpu, &self.source, (&[], &self.gpu_fallbacks)) {
             Ok(d) => {
                 tracing::warn!(channel = %self.channel, "NVDEC failed; decoding on the CPU from the next keyframe");
                 self.decoder = d;
@@ -436,13 +477,34 @@ impl DecodeWorker {
         }
         self.last_kept = Some(pts);
         let frame_rate = self.decoder.frame_rate().map(f64::from).filter(|r| r.is_finite() && *r > 0.0);
-        let frame = Arc::new(SharedFrame::new(frame));
-        if let Some(t) = self.thumbnails.as_mut() {
-            t.offer(pts, &frame);
-        }
-        let picture = Arc::new(Picture { frame, pts, segment_start, ingest_time, frame_rate });
-        for f in &mut self.feeds {
-            f.offer(&self.channel, &picture);
+        let picture = |frame| {
+            Arc::new(Picture { frame: Arc::new(SharedFrame::new(frame)), pts, segment_start, ingest_time, frame_rate })
+        };
+        // On the GPU path each rung gets its own picture, scaled already; otherwise they share one.
+        match self.decoder.route(frame) {
+            Ok(Routed::Shared(frame)) => {
+                let picture = picture(frame);
+                if let Some(t) = self.thumbnails.as_mut() {
+                    t.offer(pts, &picture.frame);
+                }
+                for f in &mut self.feeds {
+                    f.offer(&self.channel, &picture);
+                }
+            }
+            Ok(Routed::PerRung(frames)) => {
+                let pictures: Vec<_> = frames.into_iter().map(picture).collect();
+                // The top rung's picture, in GPU memory: the thumbnail thread downloads it.
+                if let (Some(t), Some(top)) = (self.thumbnails.as_mut(), pictures.first()) {
+                    t.offer(pts, &top.frame);
+                }
+                for (f, picture) in self.feeds.iter_mut().zip(&pictures) {
+                    f.offer(&self.channel, picture);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, pts, error = %e, "a decoded picture cannot leave the GPU");
+                self.move_to_cpu();
+            }
         }
     }
 }
@@ -520,6 +582,8 @@ struct RungWorker {
 struct Encoding {
     encoder: ffmpeg::encoder::Video,
     choice: EncoderChoice,
+    /// What the encoder was opened to take: system memory, or GPU frames of one frames context.
+    input: EncoderInput,
     /// Pictures sent so far.
     sent: usize,
     /// Pts of the pictures forced to IDR that have not come out yet.
@@ -565,33 +629,14 @@ impl RungWorker {
     }
 
     fn encode_all(&self, rx: Receiver<Arc<Picture>>, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
-        let mut scaler: Option<(scaling::Context, (Pixel, u32, u32))> = None;
+        // Scales on the CPU, downloads GPU pictures, or passes them on to NVENC (gpu_path).
+        let mut frames = RungFrames::new(self.rung.width, self.rung.height);
         let mut encoding: Option<Encoding> = None;
         let mut choice = self.choice;
         let mut waiting_for_cut = false;
         for picture in rx {
             self.queue_depth.dec();
             let src = picture.frame.frame();
-            let input = (src.format(), src.width(), src.height());
-            if scaler.as_ref().is_none_or(|(_, i)| *i != input) {
-                let ctx = scaling::Context::get(
-                    input.0,
-                    input.1,
-                    input.2,
-                    Pixel::YUV420P,
-                    self.rung.width,
-                    self.rung.height,
-                    scaling::Flags::BICUBIC,
-                )
-                .map_err(|e| self.scale_error(picture.pts, e))?;
-                scaler = Some((ctx, input));
-            }
-            let Some((ctx, _)) = scaler.as_mut() else { continue };
-            let mut out = frame::Video::empty();
-            ctx.run(src, &mut out).map_err(|e| self.scale_error(picture.pts, e))?;
-            out.set_pts(Some(picture.pts));
-            out.set_kind(if picture.segment_start { picture::Type::I } else { picture::Type::None });
-
             if encoding.is_none() {
                 if waiting_for_cut && !picture.segment_start {
                     // After a hardware encoder failed: the CPU encoder starts on the next segment,
@@ -600,13 +645,15 @@ impl RungWorker {
                     continue;
                 }
                 waiting_for_cut = false;
-                let e = match self.open_encoder(choice, picture.frame_rate) {
+                let mut input = EncoderInput::for_picture(src, matches!(choice, EncoderChoice::Nvenc { .. }));
+                let e = match self.open_encoder(choice, picture.frame_rate, &input) {
                     Ok(e) => e,
                     Err(err) if choice.is_hardware() => {
                         tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "hardware encoder did not open; this rung runs on libx264");
                         self.fallbacks.inc();
                         choice = EncoderChoice::X264;
-                        self.open_encoder(choice, picture.frame_rate)?
+                        input = EncoderInput::System;
+                        self.open_encoder(choice, picture.frame_rate, &input)?
                     }
                     Err(err) => return Err(err),
                 };
@@ -617,23 +664,38 @@ impl RungWorker {
                         source,
                     })?;
                 sink.params(params);
-                encoding =
-                    Some(Encoding { encoder: e, choice, sent: 0, cuts: VecDeque::new(), ingest: BTreeMap::new() });
+                encoding = Some(Encoding {
+                    encoder: e,
+                    choice,
+                    input,
+                    sent: 0,
+                    cuts: VecDeque::new(),
+                    ingest: BTreeMap::new(),
+                });
             }
             let Some(enc) = encoding.as_mut() else { continue };
             if picture.segment_start {
                 enc.cuts.push_back(picture.pts);
             }
             enc.ingest.insert(picture.pts, picture.ingest_time);
-            let sent = self.send(enc, &out).and_then(|()| self.receive(enc, sink));
+            let sent = frames
+                .prepare(src, &enc.input, picture.pts, picture.segment_start)
+                .map_err(|e| self.frame_error(picture.pts, e))
+                .and_then(|out| self.send(enc, &out))
+                .and_then(|()| self.receive(enc, sink));
             match sent {
                 Ok(()) => {}
-                Err(err) if enc.choice.is_hardware() => {
-                    // A GPU encoder that fails mid-stream (Xid error, lost device, session limit)
-                    // is replaced by libx264 from the next segment: this rendition gets a new init
-                    // segment and a discontinuity there, and its segments stay aligned.
-                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "hardware encoder failed; moving this rung to libx264 at the next segment");
-                    self.fallbacks.inc();
+                Err(err) if enc.choice.is_hardware() || matches!(err, TranscodeError::GpuPicture { .. }) => {
+                    // A GPU encoder that fails mid-stream (Xid error, lost device, session limit),
+                    // or a GPU picture that cannot be used (the GPU is gone, or decoding moved to
+                    // the CPU under an NVENC fed GPU frames): libx264 takes over from the next
+                    // segment. This rendition gets a new init segment and a discontinuity there,
+                    // and its segments stay aligned.
+                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "GPU encoding failed; this rung moves to libx264 at the next segment");
+                    if enc.choice.is_hardware() {
+                        // A libx264 rung that lost its GPU pictures restarts; it did not move.
+                        self.fallbacks.inc();
+                    }
                     // The pictures inside it (this one included) never come out.
                     self.drops.inc_by(DropReason::EncoderFallback, enc.ingest.len() as u64);
                     encoding = None;
@@ -720,6 +782,7 @@ impl RungWorker {
         &self,
         choice: EncoderChoice,
         source_rate: Option<f64>,
+        input: &EncoderInput,
     ) -> Result<ffmpeg::encoder::Video, TranscodeError> {
         let name = match choice {
             EncoderChoice::Nvenc { .. } => "h264_nvenc",
@@ -735,6 +798,17 @@ impl RungWorker {
         enc.set_width(self.rung.width);
         enc.set_height(self.rung.height);
         enc.set_format(Pixel::YUV420P);
+        if let EncoderInput::Gpu(frames) = input {
+            // NVENC reads the GPU pictures of this frames context as they are (libavcodec/nvenc.c
+            // takes its CUDA context and sw_format from it).
+            enc.set_format(Pixel::CUDA);
+            ffi::hwctx::set_hw_frames(&mut enc, frames).map_err(|source| TranscodeError::GpuPicture {
+                channel: self.channel.clone(),
+                rung: self.rung.name.clone(),
+                pts: 0,
+                source,
+            })?;
+        }
         enc.set_time_base(Rational(1, TIMESCALE as i32));
         // A hint for rate control; timestamps carry the real timing.
         enc.set_frame_rate(Some(Rational((fps * 1000.0).round() as i32, 1000)));
@@ -777,7 +851,8 @@ impl RungWorker {
             }
         }
         let enc = enc.open_as_with(codec, opts).map_err(|e| self.encoder_error("open the encoder", e))?;
-        tracing::debug!(channel = %self.channel, rung = %self.rung.name, encoder = name, width = self.rung.width, height = self.rung.height, fps, "encoder opened");
+        let gpu_frames = matches!(input, EncoderInput::Gpu(_));
+        tracing::debug!(channel = %self.channel, rung = %self.rung.name, encoder = name, gpu_frames, width = self.rung.width, height = self.rung.height, fps, "encoder opened");
         Ok(enc)
     }
 
@@ -785,8 +860,12 @@ impl RungWorker {
         TranscodeError::Encoder { channel: self.channel.clone(), rung: self.rung.name.clone(), what, source }
     }
 
-    fn scale_error(&self, pts: Ticks, source: ffmpeg::Error) -> TranscodeError {
-        TranscodeError::Scale { channel: self.channel.clone(), rung: self.rung.name.clone(), pts, source }
+    fn frame_error(&self, pts: Ticks, e: FrameError) -> TranscodeError {
+        let (channel, rung) = (self.channel.clone(), self.rung.name.clone());
+        match e {
+            FrameError::Scale(source) => TranscodeError::Scale { channel, rung, pts, source },
+            FrameError::Gpu(source) => TranscodeError::GpuPicture { channel, rung, pts, source },
+        }
     }
 }
 
@@ -1113,5 +1192,57 @@ mod tests {
         }
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "decoder_fallback"]).get(), 1);
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
+    }
+
+    #[test]
+    fn the_graph_path_scales_every_rung_on_the_decode_thread_with_aligned_cuts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 3);
+        let n = samples.len();
+        let metrics = Arc::new(Metrics::new());
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        // The GPU path's decode thread (one graph, a picture per rung) with software filters.
+        s.decoder = DecoderChoice::SoftwareGraph;
+        let seen = run(s, samples, metrics.clone());
+        for (rung, size) in seen.iter().zip([(320, 240), (160, 120)]) {
+            let rung = rung.lock().expect("lock");
+            assert!(rung.finished);
+            assert_eq!((rung.params[0].width, rung.params[0].height), size);
+            assert_eq!(rung.packets.len(), n, "no picture lost");
+            assert_eq!(cuts(&rung), vec![0, 90_000, 180_000]);
+            let keys: Vec<Ticks> = rung.packets.iter().filter(|p| p.keyframe).map(|p| p.pts).collect();
+            assert_eq!(keys, cuts(&rung), "IDRs only on the cuts, as on the CPU path");
+            assert_eq!(decodes(&rung.params[0], &rung.packets), n);
+        }
+        for stage in ["decoder_fallback", "scaler_fallback", "encoder_fallback"] {
+            assert_eq!(metrics.pipeline_errors.with_label_values(&["test", stage]).get(), 0, "{stage}");
+        }
+    }
+
+    #[test]
+    fn a_plan_with_nvidia_decode_and_scale_falls_back_to_the_cpu_here_with_every_segment() {
+        if ffi::cuda_driver_present() {
+            return; // on a GPU host the GPU path runs instead (scripts/gpu-smoke.sh)
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 3);
+        let n = samples.len();
+        let metrics = Arc::new(Metrics::new());
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        // What channel.rs builds for decode and scale on NVIDIA: NVENC on one rung, libx264 on
+        // the other (as on a GPU without NVENC).
+        s.decoder = DecoderChoice::NvdecCuda { gpu: 0 };
+        s.encoders = vec![EncoderChoice::Nvenc { gpu: 0 }, EncoderChoice::X264];
+        let seen = run(s, samples, metrics.clone());
+        for rung in &seen {
+            let rung = rung.lock().expect("lock");
+            assert_eq!(rung.packets.len(), n, "every picture encoded on the CPU");
+            assert_eq!(cuts(&rung), vec![0, 90_000, 180_000], "every segment, aligned");
+            assert_eq!(rung.params.len(), 1);
+            assert_eq!(decodes(&rung.params[0], &rung.packets), n);
+        }
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "decoder_fallback"]).get(), 1);
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encode"]).get(), 0);
     }
 }

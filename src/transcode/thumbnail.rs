@@ -46,6 +46,8 @@ impl fmt::Debug for ThumbnailSpec {
 pub enum ThumbnailError {
     #[error("{what}: {source}")]
     Ffmpeg { what: &'static str, source: ffmpeg::Error },
+    #[error("cannot download the picture from the GPU: {0}")]
+    Download(String),
 }
 
 fn ffmpeg_error(what: &'static str) -> impl FnOnce(ffmpeg::Error) -> ThumbnailError {
@@ -83,6 +85,15 @@ impl JpegEncoder {
 
     /// The JPEG file of one picture.
     pub fn encode(&mut self, picture: &frame::Video) -> Result<Bytes, ThumbnailError> {
+        // On the zero-copy GPU path the picture is in GPU memory: bring this one down (once per
+        // thumbnail interval, on this thread, never on the decode thread).
+        let downloaded;
+        let picture = if crate::ffi::hwctx::is_hw_frame(picture) {
+            downloaded = crate::ffi::hwctx::download(picture).map_err(|e| ThumbnailError::Download(e.to_string()))?;
+            &downloaded
+        } else {
+            picture
+        };
         let input = (picture.format(), picture.width(), picture.height());
         let (w, h) = thumbnail_size(input.1, input.2);
         if self.scaler.as_ref().is_none_or(|(_, i)| *i != input) {
@@ -271,6 +282,18 @@ mod tests {
         // A source that changes size gets a thumbnail of its new shape.
         let portrait = enc.encode(&picture(720, 1280)).expect("encode");
         assert_eq!(ffprobe(&portrait), "mjpeg,320,568,yuvj420p");
+    }
+
+    #[test]
+    fn a_picture_in_gpu_memory_is_downloaded_for_its_thumbnail() {
+        use crate::ffi::hwctx::{HwFrames, tests::flat_nv12, tests::vulkan_or_skip, upload};
+        // A hardware device this machine has (Mesa's software Vulkan) stands in for CUDA: the
+        // download is the same libavutil call for both.
+        let Some(device) = vulkan_or_skip() else { return };
+        let frames = HwFrames::alloc(&device, Pixel::NV12, 640, 360).expect("frames context");
+        let on_gpu = upload(&frames, &flat_nv12(640, 360, 90)).expect("upload");
+        let jpeg = JpegEncoder::new().encode(&on_gpu).expect("a thumbnail of a GPU picture");
+        assert_eq!(ffprobe(&jpeg), "mjpeg,320,180,yuvj420p");
     }
 
     #[test]
