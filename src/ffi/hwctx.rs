@@ -59,6 +59,41 @@ impl HwDevice {
         })
     }
 
+    /// The process's CUDA device context on GPU `gpu`, shared by every decoder, scaling graph
+    /// and encoder there: one CUDA context per GPU instead of one per channel and rung (each
+    /// context costs GPU memory and a context switch). It is the device's primary context
+    /// (`primary_ctx=1`, libavutil/hwcontext_cuda.c), the one the CUDA runtime and other
+    /// libraries in the process use too. Made on first use; a failure is not kept, so a GPU
+    /// that comes back is used again.
+    pub fn cuda_shared(gpu: u32) -> Result<Self, HwError> {
+        static DEVICES: Mutex<Vec<(u32, HwDevice)>> = Mutex::new(Vec::new());
+        let mut devices = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, d)) = devices.iter().find(|(g, _)| *g == gpu) {
+            return d.new_ref();
+        }
+        let device = Self::create_with(
+            sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
+            Some(&gpu.to_string()),
+            &[("primary_ctx", "1")],
+        )
+        .map_err(|code| {
+            HwError(format!("creating a CUDA device on GPU {gpu} failed: {}{}", error_text(code), nvidia_hint(None)))
+        })?;
+        let shared = device.new_ref()?;
+        devices.push((gpu, device));
+        Ok(shared)
+    }
+
+    /// Another reference to the same device context.
+    pub fn new_ref(&self) -> Result<Self, HwError> {
+        // SAFETY: `self.buf` is a live reference; av_buffer_ref returns a new one (or null on
+        // allocation failure), which the new value owns.
+        let raw = unsafe { sys::av_buffer_ref(self.buf.as_ptr()) };
+        NonNull::new(raw)
+            .map(|buf| HwDevice { buf })
+            .ok_or_else(|| HwError("referencing a device: out of memory".into()))
+    }
+
     /// A Vulkan device on the first Vulkan implementation found (Mesa's software one, lavapipe,
     /// on machines without a GPU): a real hardware device for testing the hardware-frames code
     /// (contexts, transfers, graphs with hardware input) where there is no CUDA.
@@ -70,21 +105,30 @@ impl HwDevice {
 
     /// av_hwdevice_ctx_create; the FFmpeg error code on failure.
     fn create(kind: sys::AVHWDeviceType, device: Option<&str>) -> Result<Self, c_int> {
+        Self::create_with(kind, device, &[])
+    }
+
+    /// av_hwdevice_ctx_create with device-type options (e.g. CUDA's `primary_ctx`).
+    fn create_with(kind: sys::AVHWDeviceType, device: Option<&str>, options: &[(&str, &str)]) -> Result<Self, c_int> {
         super::init();
         let device = device.map(CString::new).transpose().map_err(|_| sys::AVERROR(EINVAL))?;
+        let mut opts = ffmpeg::Dictionary::new();
+        for (k, v) in options {
+            opts.set(k, v);
+        }
+        // SAFETY: disown hands over the AVDictionary (null when empty); it is ours to free after
+        // the call, which only reads it (libavutil/hwcontext.h).
+        let mut opts = unsafe { opts.disown() };
         let mut raw: *mut sys::AVBufferRef = ptr::null_mut();
         // SAFETY: `raw` is a valid out-pointer; `device` is null or a NUL-terminated string that
-        // lives across the call; libavutil/hwcontext.h allows null options and flags 0. On
-        // success `raw` holds a new reference that we own; on failure it is left null.
+        // lives across the call; `opts` is null or a dictionary we own; flags 0
+        // (libavutil/hwcontext.h). On success `raw` holds a new reference that we own; on failure
+        // it is left null.
         let ret = unsafe {
-            sys::av_hwdevice_ctx_create(
-                &mut raw,
-                kind,
-                device.as_ref().map_or(ptr::null(), |d| d.as_ptr()),
-                ptr::null_mut(),
-                0,
-            )
+            sys::av_hwdevice_ctx_create(&mut raw, kind, device.as_ref().map_or(ptr::null(), |d| d.as_ptr()), opts, 0)
         };
+        // SAFETY: `opts` came from Dictionary::disown (null when empty), freed once here.
+        unsafe { sys::av_dict_free(&mut opts) };
         if ret < 0 {
             return Err(ret);
         }
@@ -366,6 +410,23 @@ pub fn set_hw_frames(ctx: &mut codec::Context, frames: &HwFrames) -> Result<(), 
     Ok(())
 }
 
+/// Gives a codec the device context to work in (an NVENC encoder fed system memory, h264_cuvid):
+/// it then uses that device's CUDA context instead of making its own (libavcodec/nvenc.c,
+/// cuviddec.c, `hw_device_ctx`). Must be called before the codec is opened.
+pub fn set_hw_device(ctx: &mut codec::Context, device: &HwDevice) -> Result<(), HwError> {
+    // SAFETY: `ctx` owns a valid AVCodecContext; we hold it mutably.
+    let raw = unsafe { ctx.as_mut_ptr() };
+    let new = device.new_ref()?;
+    // SAFETY: `raw` is valid; a previous hw_device_ctx is a reference the context owns, released
+    // (and nulled) before ours is stored.
+    unsafe { sys::av_buffer_unref(&mut (*raw).hw_device_ctx) };
+    // SAFETY: `raw` is valid and not yet opened. The codec context takes over the reference and
+    // frees it in avcodec_free_context, so `new` must not release it: forget it.
+    unsafe { (*raw).hw_device_ctx = new.raw() };
+    std::mem::forget(new);
+    Ok(())
+}
+
 /// How the `get_format` callback of one decoder went.
 struct FormatState {
     want: Pixel,
@@ -622,6 +683,32 @@ pub(crate) mod tests {
         // SAFETY: as above, with a terminated list.
         let got = unsafe { get_format(bare, [AV_PIX_FMT_CUDA, AV_PIX_FMT_NONE].as_ptr()) };
         assert_eq!(got, AV_PIX_FMT_NONE);
+    }
+
+    #[test]
+    fn the_shared_cuda_device_fails_with_the_reason_and_is_not_kept_failed() {
+        for _ in 0..2 {
+            let e = HwDevice::cuda_shared(0).err().expect("no driver here");
+            assert!(e.0.starts_with("creating a CUDA device on GPU 0 failed"), "{}", e.0);
+        }
+    }
+
+    #[test]
+    fn a_codec_context_takes_its_own_reference_to_a_device() {
+        let Some(device) = vulkan_or_skip() else { return };
+        for _ in 0..3 {
+            let mut ctx = codec::Context::new();
+            set_hw_device(&mut ctx, &device).expect("set");
+            // Replacing it releases the first reference, not the device.
+            set_hw_device(&mut ctx, &device).expect("set again");
+            // SAFETY: reading a field of the live context.
+            assert!(!unsafe { (*ctx.as_mut_ptr()).hw_device_ctx }.is_null());
+            // Dropping the context frees its reference (avcodec_free_context).
+        }
+        // Ours is intact: still usable for frames.
+        let frames = HwFrames::alloc(&device, Pixel::NV12, 64, 64).expect("the device still works");
+        assert_eq!(frames.size(), (64, 64));
+        assert!(device.new_ref().is_ok());
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! one event with target `ffmpeg` and fields `class` (the context's AVClass name, e.g.
 //! `AVCodecContext`, `AVHWDeviceContext`) and `item` (its instance name, e.g. `h264_nvenc`).
 //!
-//! The callback may run on any thread, concurrently (codec and filter threads log too). It keeps
-//! nothing between calls, formats into a fixed buffer on its stack (a longer line is cut at
-//! [`LINE_MAX`] bytes and ends with "…"), skips the formatting when neither FFmpeg's level
-//! (`av_log_get_level`) nor the subscriber wants the event, and never unwinds into C.
+//! The callback may run on any thread, concurrently (codec and filter threads log too). It formats
+//! into a fixed buffer on its stack (a longer line is cut at [`LINE_MAX`] bytes and ends with
+//! "…"), keeps only the start of a line FFmpeg writes in pieces (per thread, until the piece that
+//! ends it), skips the formatting when neither FFmpeg's level (`av_log_get_level`) nor the
+//! subscriber wants the event, and never unwinds into C.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::cell::Cell;
@@ -48,29 +49,62 @@ pub fn install() {
     });
 }
 
+/// The C `va_list` as it crosses a function boundary, the type of the callback's last
+/// parameter: on x86-64 `va_list` is a one-element array of `__va_list_tag` and decays to a
+/// pointer to it; on AArch64 and others it is passed as the `va_list` type itself.
+#[cfg(target_arch = "x86_64")]
+type VaList = *mut sys::__va_list_tag;
+#[cfg(not(target_arch = "x86_64"))]
+type VaList = sys::va_list;
+
+/// A message FFmpeg writes in pieces (its CUDA errors come as "cuInit(0) failed", then
+/// " -> CUDA_ERROR_…: …", then "\n") is one line: pieces wait here until the one that ends it.
+struct Pending {
+    /// The context the first piece came from (its address); a piece from another context is
+    /// another message.
+    context: usize,
+    level: c_int,
+    class: &'static str,
+    item: String,
+    text: String,
+}
+
 thread_local! {
     /// Set while this thread forwards a line, so that a subscriber that itself makes FFmpeg log
     /// does not recurse.
     static FORWARDING: Cell<bool> = const { Cell::new(false) };
+    /// The start of a line not ended yet, on this thread.
+    static PENDING: std::cell::RefCell<Option<Pending>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Clears [`FORWARDING`] however forwarding ends, a subscriber's panic included.
+struct Forwarding;
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        FORWARDING.with(|f| f.set(false));
+    }
 }
 
 /// The callback given to av_log_set_callback.
-unsafe extern "C" fn callback(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: *mut sys::__va_list_tag) {
+unsafe extern "C" fn callback(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: VaList) {
     // A panic in a subscriber must not unwind into C; the line is lost, nothing else.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if FORWARDING.with(|f| f.replace(true)) {
             return;
         }
+        let _forwarding = Forwarding;
         // SAFETY: the arguments are FFmpeg's, passed on unchanged (see `forward`).
         unsafe { forward(avcl, level, fmt, vl) };
-        FORWARDING.with(|f| f.set(false));
     }));
 }
 
 /// # Safety
 /// The arguments are those FFmpeg passed to the log callback: `avcl` null or a logging context,
 /// `fmt` a printf format (or null) and `vl` its arguments, not used before.
-unsafe fn forward(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: *mut sys::__va_list_tag) {
+unsafe fn forward(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: VaList) {
+    // The low byte is the level; higher bits may carry a colour (AV_LOG_C, libavutil/log.h).
+    let level = level & 0xff;
     // As the default callback does: lines above FFmpeg's level are not for anyone.
     // SAFETY: av_log_get_level reads a global int; no preconditions.
     if level > unsafe { sys::av_log_get_level() } || fmt.is_null() {
@@ -93,16 +127,49 @@ unsafe fn forward(avcl: *mut c_void, level: c_int, fmt: *const c_char, vl: *mut 
     if needed < 0 {
         return;
     }
-    let text = CStr::from_bytes_until_nul(&line).map(CStr::to_string_lossy).unwrap_or_default();
-    let text = text.trim_end();
+    let piece = CStr::from_bytes_until_nul(&line).map(CStr::to_string_lossy).unwrap_or_default();
+    let cut = needed as usize >= LINE_MAX;
+    // SAFETY: `avcl` is FFmpeg's context pointer for this call (the caller's guarantee).
+    let (class, item) = unsafe { context_names(avcl) };
+    let ended = piece.ends_with('\n') || cut;
+    let (whole, orphan) = PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        // An unended piece of another context was a message of its own after all.
+        let orphan = pending.take_if(|p| p.context != avcl as usize);
+        let mut line = pending.take().unwrap_or_else(|| Pending {
+            context: avcl as usize,
+            level,
+            class,
+            item: item.to_string(),
+            text: String::new(),
+        });
+        // The most severe level of the pieces is the line's.
+        line.level = line.level.min(level);
+        line.text.push_str(&piece);
+        if ended || line.text.len() >= LINE_MAX {
+            (Some((line, cut)), orphan)
+        } else {
+            *pending = Some(line);
+            (None, orphan)
+        }
+    });
+    if let Some(orphan) = orphan {
+        emit_line(orphan, false, tracing_level);
+    }
+    let Some((line, cut)) = whole else { return };
+    emit_line(line, cut, tracing_level);
+}
+
+/// Emits a whole line; `cut` when FFmpeg's text did not fit in the buffer.
+fn emit_line(line: Pending, cut: bool, fallback: Level) {
+    let text = line.text.trim_end();
     if text.is_empty() {
         return;
     }
     // A line cut at the buffer's end says so, rather than pass for the whole message.
-    let text = if needed as usize >= LINE_MAX { std::borrow::Cow::Owned(format!("{text}…")) } else { text.into() };
-    // SAFETY: `avcl` is FFmpeg's context pointer for this call (the caller's guarantee).
-    let (class, item) = unsafe { context_names(avcl) };
-    emit(tracing_level, class, item, &text);
+    let text = if cut { std::borrow::Cow::Owned(format!("{text}…")) } else { text.into() };
+    let level = level_of(line.level).unwrap_or(fallback);
+    emit(level, line.class, &line.item, &text);
 }
 
 fn enabled(level: Level) -> bool {
@@ -132,7 +199,7 @@ fn emit(level: Level, class: &str, item: &str, text: &str) {
 /// # Safety
 /// `avcl` is null or a live logging context, as FFmpeg passes it to the log callback; the names
 /// are used only while it lives (during the callback).
-unsafe fn context_names<'a>(avcl: *mut c_void) -> (&'a str, &'a str) {
+unsafe fn context_names<'a>(avcl: *mut c_void) -> (&'static str, &'a str) {
     if avcl.is_null() {
         return ("", "");
     }
@@ -267,7 +334,7 @@ mod tests {
             // SAFETY: reads a global int.
             assert!(unsafe { sys::av_log_get_level() } < sys::AV_LOG_INFO);
             log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_INFO, "using cpu capabilities");
-            log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_FATAL, "fatal");
+            log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_FATAL, "fatal\n");
         });
         let got: Vec<(&str, &str)> = seen.iter().map(|s| (s.level.as_str(), s.message.as_str())).collect();
         assert_eq!(got, [("ERROR", "fatal")]);
@@ -289,6 +356,61 @@ mod tests {
             .unwrap_or_else(|| panic!("{seen:?}"));
         assert_eq!((line.level.as_str(), line.class.as_str(), line.item.as_str()), ("ERROR", "AVCodecContext", "h264"));
         assert_eq!(line.message, "Unable to parse option value \"not-a-number\"");
+    }
+
+    #[test]
+    fn a_message_written_in_pieces_is_one_line_and_another_context_ends_it() {
+        // As FFmpeg's CUDA helper logs a failed call: the call, the error, then the line end.
+        let mut a = 0u64;
+        let mut b = 0u64;
+        let (a, b): (*mut c_void, *mut c_void) = ((&raw mut a).cast(), (&raw mut b).cast());
+        // Two contexts whose first word is null: no AVClass, so empty class and item fields.
+        let seen = captured(|| {
+            log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_ERROR, "cuInit(0) failed");
+            log_through_ffmpeg(
+                std::ptr::null_mut(),
+                sys::AV_LOG_ERROR,
+                " -> CUDA_ERROR_NO_DEVICE: no CUDA-capable device",
+            );
+            log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_ERROR, "\n");
+            log_through_ffmpeg(a, sys::AV_LOG_ERROR, "unended");
+            log_through_ffmpeg(b, sys::AV_LOG_ERROR, "other context\n");
+        });
+        let got: Vec<(&str, &str)> = seen.iter().map(|s| (s.level.as_str(), s.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("ERROR", "cuInit(0) failed -> CUDA_ERROR_NO_DEVICE: no CUDA-capable device"),
+                ("ERROR", "unended"),
+                ("ERROR", "other context"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_subscriber_that_panics_loses_its_line_only() {
+        #[derive(Clone, Default)]
+        struct PanicOnce(Arc<Mutex<bool>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnce {
+            fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
+                let mut panicked = self.0.lock().expect("lock");
+                if !*panicked {
+                    *panicked = true;
+                    drop(panicked);
+                    panic!("a subscriber bug");
+                }
+            }
+        }
+        super::super::init();
+        install();
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(PanicOnce::default()).with(capture.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_ERROR, "first\n");
+            log_through_ffmpeg(std::ptr::null_mut(), sys::AV_LOG_ERROR, "second\n");
+        });
+        let seen = capture.0.lock().expect("lock").clone();
+        assert_eq!(seen.last().map(|s| s.message.as_str()), Some("second"), "{seen:?}");
     }
 
     #[test]

@@ -340,7 +340,7 @@ impl DerefMut for SourceDecoder {
 }
 
 fn open_cuda_decoder(gpu: u32, source: &VideoParams) -> Result<HwDecoder, HwError> {
-    let device = HwDevice::cuda(gpu)?;
+    let device = HwDevice::cuda_shared(gpu)?;
     let codec =
         ffmpeg::decoder::find(codec::Id::H264).ok_or_else(|| HwError("no h264 decoder in this FFmpeg".into()))?;
     if !hwctx::decoder_supports(codec, ffmpeg::ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA) {
@@ -472,7 +472,7 @@ pub struct ZeroCopyProbe {
 
 /// Probes the zero-copy path on GPU `gpu` as the pipeline runs it.
 pub fn probe_zero_copy(gpu: u32) -> ZeroCopyProbe {
-    let device = match HwDevice::cuda(gpu) {
+    let device = match HwDevice::cuda_shared(gpu) {
         Ok(d) => d,
         Err(e) => return ZeroCopyProbe { decode: Err(e.0.clone()), scale: Err(e.0) },
     };

@@ -316,6 +316,11 @@ fn open_decoder(
         DecoderChoice::Nvdec { gpu } => {
             opts.set("gpu", &gpu.to_string());
             opts.set("surfaces", "8");
+            // The process's CUDA context on that GPU rather than one of its own; without it
+            // (the device cannot be made) cuvid makes its own from `gpu`, and says why not.
+            if let Ok(device) = ffi::hwctx::HwDevice::cuda_shared(gpu) {
+                let _ = ffi::hwctx::set_hw_device(&mut ctx, &device);
+            }
         }
         DecoderChoice::NvdecCuda { .. } => {}
     }
@@ -839,6 +844,14 @@ impl RungWorker {
                 opts.set("zerolatency", "1");
                 opts.set("g", "100000");
                 opts.set("gpu", &gpu.to_string());
+                // Fed system memory, NVENC works in the process's CUDA context on that GPU
+                // rather than one of its own per rung (fed GPU frames, it takes the frames'
+                // context instead).
+                if !matches!(input, EncoderInput::Gpu(_))
+                    && let Ok(device) = ffi::hwctx::HwDevice::cuda_shared(gpu)
+                {
+                    let _ = ffi::hwctx::set_hw_device(&mut enc, &device);
+                }
             }
             _ => {
                 opts.set("preset", &self.preset);
