@@ -95,6 +95,8 @@ for g in probe["gpus"]:
 if gpu is None:
     no("; ".join(reasons))
 nvenc = ok(gpu, "nvenc_h264")
+# The passes are pinned to this GPU (transcode.gpus), so that placement cannot pick another one.
+open(sys.argv[1] + ".gpu", "w").write(str(gpu["index"]))
 print(f"gpu-smoke: GPU {gpu['index']} ({gpu['name']}): NVDEC to CUDA yes, CUDA scaling yes, NVENC h264 "
       + ("yes" if nvenc else "no: " + gpu["nvenc_h264"]["Err"]), file=sys.stderr)
 if mode in ("all", "zero-copy"):
@@ -137,6 +139,7 @@ hls:   { segment_duration: 2.0, window: 6 }
 log:   { format: json, level: "info,ladderd::transcode=debug" }
 transcode:
   hardware: $hardware
+  gpus: [$(cat "$work/probe.json.gpu")]
 ladders:
   smoke:
     - { name: "720p", width: 1280, height: 720, video_bitrate: 3000000 }

@@ -322,9 +322,6 @@ impl StatsSource for NvmlStats {
     }
 }
 
-/// Every probed GPU's current figures from NVML, read again when the last reading is older than
-/// [`STATS_MAX_AGE`]. Blocks for the NVML calls (milliseconds) when it reads: call it from a
-/// thread that may block, not from an async task. Empty on a machine without GPUs.
 impl GpuStats {
     /// The figures as `ladderd_gpu_*` gauges take them (ratios rather than percents).
     pub fn gauges(&self) -> crate::metrics::GpuStats {
@@ -339,6 +336,10 @@ impl GpuStats {
     }
 }
 
+/// Every probed GPU's current figures from NVML, read again when the last reading is older than
+/// [`STATS_MAX_AGE`]. Blocks for the NVML calls (milliseconds) when it reads: call it from a
+/// thread that may block, not from an async task. Empty on a machine without GPUs. The first call
+/// waits for the GPU probe (`probe_cached`), which takes seconds when it has not run yet.
 pub fn live_stats() -> Arc<Vec<GpuStats>> {
     static CACHE: OnceLock<StatsCache<NvmlStats>> = OnceLock::new();
     CACHE

@@ -337,6 +337,15 @@ pub fn download(src: &frame::Video) -> Result<frame::Video, HwError> {
             nvidia_hint(None)
         )));
     }
+    // The transfer copies pixels only (libavutil/hwcontext.h); timestamps, picture type and
+    // colour properties follow with av_frame_copy_props, so that libx264 on the hybrid path
+    // signals the source's colours as the CPU path does.
+    // SAFETY: both are valid frames; av_frame_copy_props copies metadata fields and side data
+    // into `dst`, which owns what it receives.
+    let ret = unsafe { sys::av_frame_copy_props(dst.as_mut_ptr(), src.as_ptr()) };
+    if ret < 0 {
+        return Err(HwError::code("copying a downloaded picture's properties", ret));
+    }
     Ok(dst)
 }
 
@@ -573,6 +582,8 @@ unsafe extern "C" fn get_format(
         let (chosen, why) = choose_format(&list, state.want, state.chose_hw.load(Ordering::Acquire));
         if chosen == state.want {
             state.chose_hw.store(true, Ordering::Release);
+            // A fallback earlier in the stream no longer holds.
+            *state.fallback.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
         if let Some(why) = why {
             *state.fallback.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);

@@ -148,6 +148,8 @@ pub struct ChannelScaler {
     /// The graph description, or why this ladder cannot be scaled on the GPU.
     description: Result<String, String>,
     rungs: usize,
+    /// Each rung's size, in the order of the graph's outputs.
+    sizes: Vec<(u32, u32)>,
     /// The graph, and the size and frames context of the pictures it was built for.
     graph: Option<(ScaleGraph, (u32, u32), Option<HwFrames>)>,
     /// Set once the graph failed: scaling is on the CPU from then on.
@@ -167,6 +169,7 @@ impl ChannelScaler {
             filter,
             description,
             rungs: rungs.len(),
+            sizes: rungs.iter().map(|r| (r.width, r.height)).collect(),
             graph: None,
             failed: false,
             fallbacks,
@@ -195,6 +198,14 @@ impl ChannelScaler {
     pub fn scale(&mut self, picture: &frame::Video) -> Result<Vec<frame::Video>, HwError> {
         let description = self.description.as_ref().map_err(|why| HwError(why.clone()))?;
         let size = (picture.width(), picture.height());
+        if self.filter == ScaleFilter::Npp && self.sizes.contains(&size) {
+            // scale_npp has no `passthrough` option: a rung of the source's size would get the
+            // decoder's own surface and hold it in its queue until NVDEC runs out of surfaces.
+            return Err(HwError(format!(
+                "scale_npp would pass {}x{} pictures through to a rung of that size, holding the decoder's surfaces",
+                size.0, size.1
+            )));
+        }
         let frames = HwFrames::of_frame(picture);
         let fits = |(_, s, f): &(ScaleGraph, (u32, u32), Option<HwFrames>)| {
             *s == size
@@ -567,6 +578,23 @@ mod tests {
             video_bitrate: Some(1_000_000),
             passthrough: false,
         }
+    }
+
+    #[test]
+    fn scale_npp_is_not_used_for_a_rung_of_the_sources_size() {
+        let mut scaler = ChannelScaler::new(
+            "t",
+            ScaleFilter::Npp,
+            &[rung("360p", 640, 360), rung("180p", 320, 180)],
+            Fallbacks::unregistered(),
+        );
+        let same = frame::Video::new(Pixel::NV12, 640, 360);
+        let e = scaler.scale(&same).err().expect("refused");
+        assert!(e.0.starts_with("scale_npp would pass 640x360 pictures through"), "{}", e.0);
+        // A larger source passes this check (and fails here only for want of CUDA frames).
+        let larger = frame::Video::new(Pixel::NV12, 1280, 720);
+        let e = scaler.scale(&larger).err().expect("no CUDA here");
+        assert!(!e.0.starts_with("scale_npp would pass"), "{}", e.0);
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub enum DecoderChoice {
 pub enum EncoderChoice {
     /// libx264.
     X264,
-    /// `h264_nvenc` on the given GPU, fed system-memory frames (NVENC uploads them itself).
+    /// `h264_nvenc` on the given GPU, fed the rung's GPU pictures on the zero-copy path, or
+    /// system-memory pictures (which NVENC uploads itself) otherwise.
     Nvenc { gpu: u32 },
     /// libx264 that reports an encoder error after this many pictures, as a failing GPU encoder
     /// would: exercises the mid-stream move to the CPU.
@@ -311,9 +312,12 @@ fn open_decoder(
         DecoderChoice::Cpu => {
             ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Slice, ..Default::default() })
         }
-        // cuvid options (libavcodec/cuviddec.c): which GPU, and no extra output surfaces queued
-        // beyond what decoding needs, which would add latency.
+        // cuvid options (libavcodec/cuviddec.c): which GPU, and the decode surface pool (cuvid
+        // raises it to what the stream needs). The low-delay flag asks for no display delay in the
+        // parser (up to four pictures held back otherwise) where cuviddec.c reads it; a version
+        // that does not ignores it.
         DecoderChoice::Nvdec { gpu } => {
+            ctx.set_flags(codec::Flags::LOW_DELAY);
             opts.set("gpu", &gpu.to_string());
             opts.set("surfaces", "8");
             // The process's CUDA context on that GPU rather than one of its own; without it
