@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -72,8 +72,8 @@ pub struct Channels {
 
 struct ChannelState {
     name: String,
-    /// The kick token of the live publish, if one is live.
-    live: Mutex<Option<CancellationToken>>,
+    /// The live publish, if there is one.
+    live: Mutex<Option<LivePublish>>,
     /// The thread of the latest publish (it may still be flushing after the publisher left).
     thread: Mutex<Option<JoinHandle<()>>>,
     history: Arc<Mutex<History>>,
@@ -118,6 +118,25 @@ impl ChannelState {
         })
     }
 }
+
+/// The live publish of a channel.
+struct LivePublish {
+    /// Tells this publish from the one that replaces it (see [`TAKEOVER_SILENCE`]).
+    id: u64,
+    /// Sends the publisher away.
+    kick: CancellationToken,
+    /// When its connection last received bytes ([`crate::ingest::activity_clock`]).
+    activity: Arc<AtomicU64>,
+}
+
+/// A live publisher that has sent nothing for this long gives way to a new connection on its
+/// stream key. An encoder that lost its network (OBS reconnecting after a Wi-Fi drop) comes back
+/// on a new connection while the old one still looks open, until the idle timeout; a publisher
+/// that is sending is never displaced, so a second encoder on the same key is still refused.
+const TAKEOVER_SILENCE: Duration = Duration::from_secs(2);
+
+/// Ids of publishes, unique in the process.
+static PUBLISH_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// What a configuration reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -242,8 +261,8 @@ impl Channels {
         self.draining.store(true, Ordering::SeqCst);
         let states = self.all_states();
         for state in &states {
-            if let Some(kick) = lock(&state.live).as_ref() {
-                kick.cancel();
+            if let Some(live) = lock(&state.live).as_ref() {
+                live.kick.cancel();
             }
         }
         for state in &states {
@@ -305,8 +324,7 @@ impl Channels {
     pub fn disconnect(&self, channel: &str) -> Result<(), PostError> {
         let state = self.state(channel).ok_or(PostError::UnknownChannel)?;
         let live = lock(&state.live);
-        let kick = live.as_ref().ok_or(PostError::NotLive)?;
-        kick.cancel();
+        live.as_ref().ok_or(PostError::NotLive)?.kick.cancel();
         tracing::info!(channel, "publisher disconnected through the admin API");
         Ok(())
     }
@@ -519,11 +537,21 @@ impl PublishGate for Channels {
         let name = &channel.name;
         let state = self.state(name).ok_or(Refusal::UnknownKey)?;
         let mut live = lock(&state.live);
-        if live.is_some() {
-            return Err(Refusal::Busy);
+        if let Some(current) = live.as_ref() {
+            let silent_ms = crate::ingest::activity_clock().saturating_sub(current.activity.load(Ordering::Relaxed));
+            if silent_ms < TAKEOVER_SILENCE.as_millis() as u64 {
+                return Err(Refusal::Busy);
+            }
+            // The live connection has gone quiet: it is most likely this same encoder's, left
+            // behind by a reconnect. Send it away; its thread flushes before the new one starts.
+            tracing::info!(channel = %name, %peer, silent_ms, "the live publisher is silent; the new connection takes over");
+            current.kick.cancel();
+            self.metrics.publisher_takeovers.with_label_values(&[name]).inc();
         }
         let kick = CancellationToken::new();
-        *live = Some(kick.clone());
+        let id = PUBLISH_IDS.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(AtomicU64::new(crate::ingest::activity_clock()));
+        *live = Some(LivePublish { id, kick: kick.clone(), activity: activity.clone() });
         // Set under `live` so that a status read never pairs this publish with the last one's facts.
         let since = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
         *lock(&state.publisher) = Some(PublisherStatus { peer: peer.to_string(), since });
@@ -539,6 +567,7 @@ impl PublishGate for Channels {
             objects: self.store.channel(name),
             metrics: self.metrics.clone(),
             kick: kick.clone(),
+            id,
         };
         self.metrics.publishes.with_label_values(&[name]).inc();
         self.metrics.channel_live.with_label_values(&[name]).set(1);
@@ -556,11 +585,14 @@ impl PublishGate for Channels {
         match spawned {
             Ok(h) => {
                 *thread = Some(h);
-                Ok(Publish { channel: name.clone(), media: tx, kick })
+                Ok(Publish { channel: name.clone(), media: tx, kick, activity })
             }
             Err(e) => {
                 tracing::error!(channel = %name, error = %e, "cannot start channel thread");
-                *lock(&state.live) = None;
+                let mut live = lock(&state.live);
+                if live.as_ref().is_some_and(|l| l.id == id) {
+                    *live = None;
+                }
                 self.metrics.channel_live.with_label_values(&[name]).set(0);
                 Err(Refusal::Draining)
             }
@@ -578,6 +610,8 @@ struct PublishContext {
     objects: Arc<ChannelObjects>,
     metrics: Arc<Metrics>,
     kick: CancellationToken,
+    /// This publish's id in the channel's `live` slot.
+    id: u64,
 }
 
 /// The channel thread of one publish: runs until the publisher leaves, then flushes.
@@ -590,7 +624,7 @@ fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
         ctx.kick.cancel();
         // The loop did not get to free the channel: do it, unless a new publish already has it.
         let mut live = lock(&ctx.state.live);
-        if live.as_ref().is_some_and(|t| t.is_cancelled()) {
+        if live.as_ref().is_some_and(|l| l.id == ctx.id) {
             *live = None;
             ctx.metrics.channel_live.with_label_values(&[&name]).set(0);
         }
@@ -673,10 +707,17 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     // this thread flushes.
     ctx.kick.cancel();
     drop(rx);
-    // Posts not yet stamped belong to this publish, not to the next one.
-    lock(&ctx.state.posted_metadata).clear();
-    *lock(&ctx.state.live) = None;
-    ctx.metrics.channel_live.with_label_values(&[name]).set(0);
+    // Unless a new publish has taken the channel over already: then the slot, the posts waiting to
+    // be stamped and the live gauge are the new publish's.
+    {
+        let mut live = lock(&ctx.state.live);
+        if live.as_ref().is_some_and(|l| l.id == ctx.id) {
+            *live = None;
+            // Posts not yet stamped belong to this publish, not to the next one.
+            lock(&ctx.state.posted_metadata).clear();
+            ctx.metrics.channel_live.with_label_values(&[name]).set(0);
+        }
+    }
     if dropped_before_start > 0 {
         tracing::debug!(channel = %name, packets = dropped_before_start, "dropped video before the first keyframe");
     }

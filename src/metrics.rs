@@ -36,6 +36,8 @@ pub struct Metrics {
     pub publishes: IntCounterVec,
     /// Publishes refused, by reason (`unknown_key`, `busy`, `unsupported_codec`, `bad_app`, `protocol`).
     pub publish_rejections: IntCounterVec,
+    /// Publishes that replaced a live publisher gone silent (a reconnecting encoder), per channel.
+    pub publisher_takeovers: IntCounterVec,
     /// RTMP connections open now.
     pub rtmp_connections: IntGauge,
     /// RTMP connections closed by the server, by reason (`limit`, `handshake_timeout`, `idle_timeout`, `protocol`, `tls`, `panic`).
@@ -252,6 +254,11 @@ impl Metrics {
         );
         let publishes = b.counter("publishes_total", "Publishes accepted", &["channel"]);
         let publish_rejections = b.counter("publish_rejections_total", "Publishes refused, by reason", &["reason"]);
+        let publisher_takeovers = b.counter(
+            "publisher_takeovers_total",
+            "Publishes that replaced a live publisher that had gone silent",
+            &["channel"],
+        );
         let rtmp_connections = b.scalar_gauge("rtmp_connections", "RTMP connections open now");
         let rtmp_connections_dropped = b.counter(
             "rtmp_connections_dropped_total",
@@ -351,6 +358,7 @@ impl Metrics {
             ingest_keyframe_interval,
             publishes,
             publish_rejections,
+            publisher_takeovers,
             rtmp_connections,
             rtmp_connections_dropped,
             channel_live,

@@ -7,6 +7,9 @@ pub mod rtmp;
 pub mod timeline;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +21,7 @@ use crate::media::Arrival;
 pub enum Refusal {
     /// No channel has this stream key.
     UnknownKey,
-    /// The channel already has a live publisher.
+    /// The channel already has a live publisher, and it is sending.
     Busy,
     /// The URL's application name is not the configured one.
     BadApp,
@@ -45,6 +48,16 @@ pub struct Publish {
     pub media: mpsc::Sender<Arrival>,
     /// Cancelled when the daemon wants the publisher gone (kick, shutdown, pipeline failure).
     pub kick: CancellationToken,
+    /// When bytes last came from the publisher, on [`activity_clock`]: ingest sets it on every
+    /// read, and the gate reads it to tell a connection that went silent (a publisher that
+    /// reconnects after a network drop leaves one behind) from one that is sending.
+    pub activity: Arc<AtomicU64>,
+}
+
+/// Milliseconds on a monotonic clock that ingest and the gate share.
+pub fn activity_clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// The daemon's side of a publish request.

@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -357,6 +358,7 @@ struct ActivePublish {
     channel: String,
     media: mpsc::Sender<Arrival>,
     kick: CancellationToken,
+    activity: Arc<AtomicU64>,
     timeline: Timeline,
     video: VideoDemuxer,
     ingest_bytes: IntCounter,
@@ -381,6 +383,7 @@ impl ActivePublish {
             channel: publish.channel,
             media: publish.media,
             kick: publish.kick,
+            activity: publish.activity,
             timeline: Timeline::new(),
             video: VideoDemuxer::new(),
             ingest_bytes,
@@ -563,7 +566,12 @@ impl Connection {
             },
         };
         match outcome {
-            ReadOutcome::Bytes(n) => Ok(n),
+            ReadOutcome::Bytes(n) => {
+                if let Some(p) = &self.publish {
+                    p.activity.store(super::activity_clock(), Ordering::Relaxed);
+                }
+                Ok(n)
+            }
             ReadOutcome::Stop(stop) => Err(stop),
             ReadOutcome::TimedOut => Err(self.timeout_error().into()),
         }
@@ -1513,7 +1521,7 @@ mod tests {
                 return Err(Refusal::UnknownKey);
             }
             let media = self.media.lock().expect("lock").take().ok_or(Refusal::Busy)?;
-            Ok(Publish { channel: "test".into(), media, kick: self.kick.clone() })
+            Ok(Publish { channel: "test".into(), media, kick: self.kick.clone(), activity: Default::default() })
         }
     }
 

@@ -1,0 +1,79 @@
+//! An encoder that lost its network reconnects while its old connection still looks open: the
+//! new connection takes the channel over once the old one has been silent for two seconds, and
+//! the playlists go on behind a discontinuity. A second encoder that is sending is still refused.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const LADDER: &str = r#"
+ladders:
+  small:
+    - { name: "180p", width: 320, height: 180, video_bitrate: 300000 }
+channels:
+  - { name: "shop", stream_key: "shop-key", ladder: "small" }
+"#;
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success());
+}
+
+fn playlist(http: std::net::SocketAddr) -> Option<(MediaPlaylist, String)> {
+    let r = http_get(http, "/live/shop/180p/index.m3u8");
+    (r.status == 200).then(|| (parse_media_playlist(&r.text()), r.text()))
+}
+
+#[test]
+fn a_silent_publisher_gives_way_to_a_reconnecting_one_and_a_sending_one_does_not() {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = CancellationToken::new();
+    // An idle timeout far beyond the test, so that only the takeover can free the channel.
+    let mut cfg = config(LADDER, 1.0);
+    cfg.rtmp.idle_timeout = 60.0;
+    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
+    let (rtmp, http, metrics) = (daemon.rtmp_addr, daemon.http_addr, daemon.metrics.clone());
+    let waiter = rt.spawn(daemon.wait());
+    let takeovers = || metrics.publisher_takeovers.with_label_values(&["shop"]).get();
+
+    let mut first = publish(rtmp, "shop-key", "320x180", 60, &[]);
+    let (before, _) =
+        eventually(Duration::from_secs(20), "two segments", || playlist(http).filter(|(p, _)| p.segments.len() >= 2));
+
+    // While the first encoder is sending, a second one on the same key is refused.
+    let intruder = wait_with_timeout(publish(rtmp, "shop-key", "320x180", 3, &[]), Duration::from_secs(20));
+    assert!(!intruder.status.success(), "a second encoder that is sending is refused");
+    assert_eq!(takeovers(), 0);
+
+    // The first encoder's network goes away: its process stops, its connection stays open.
+    signal(first.id(), "STOP");
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = publish(rtmp, "shop-key", "320x180", 5, &[]);
+    let out = wait_with_timeout(second, Duration::from_secs(30));
+    assert!(out.status.success(), "the reconnecting encoder is taken: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(takeovers(), 1);
+
+    let (after, text) =
+        eventually(Duration::from_secs(20), "the second publish ended", || playlist(http).filter(|(p, _)| p.ended));
+    // One playlist across both: the first publish's segments, then the second's after a
+    // discontinuity, with no gap in the media sequence.
+    assert_eq!(after.media_sequence, before.media_sequence);
+    assert_eq!(&after.segments[..before.segments.len()], &before.segments[..]);
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+    let second_part: f64 = text
+        .split("#EXT-X-DISCONTINUITY\n")
+        .nth(1)
+        .map(|t| parse_media_playlist(t).segments.iter().map(|(_, d)| d).sum())
+        .unwrap_or(0.0);
+    assert!((4.0..=6.0).contains(&second_part), "about 5 s from the second encoder, got {second_part:.2} s");
+
+    signal(first.id(), "KILL");
+    let _ = first.wait();
+    shutdown.cancel();
+    rt.block_on(waiter).expect("daemon stops");
+}
