@@ -93,8 +93,85 @@ impl http_body::Body for Body {
 /// How long a connection may take to send its request headers (slowloris bound). Over HTTP/1.1
 /// the timer runs only while hyper waits for a request head, never while a response is pending,
 /// so requests the origin holds (LL-HLS blocking reloads, up to three target durations) do not
-/// count against it.
+/// count against it. Before that, a new connection has as long to show which protocol it speaks
+/// (see [`Opening`]).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which a prior-knowledge client sends first.
+const H2_PREFACE_LEN: usize = 24;
+
+/// A new connection until it has shown its protocol: its first byte, or for HTTP/2 the whole
+/// 24-byte preface, must come within [`HEADER_READ_TIMEOUT`]. hyper's own header timeout starts
+/// only after the automatic HTTP/1-or-2 detection has read those bytes, so without this a client
+/// that connects and sends nothing (or half a preface) would hold a connection slot for ever.
+struct Opening<S> {
+    inner: S,
+    /// Bytes still to come before the protocol is known; 0 once it is.
+    awaiting: usize,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Opening<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, awaiting: H2_PREFACE_LEN, deadline: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Opening<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if self.awaiting > 0 && !read.is_empty() {
+                    self.awaiting = if before == 0 && self.awaiting == H2_PREFACE_LEN && read[0] != b'P' {
+                        // Not "PRI * HTTP/2.0…": HTTP/1, whose head hyper's timer now bounds.
+                        0
+                    } else {
+                        self.awaiting.saturating_sub(read.len())
+                    };
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.awaiting > 0 && self.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Opening<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// Streams one HTTP/2 connection may have open. A CDN multiplexes its viewers' requests onto few
 /// connections, and with LL-HLS each viewer keeps a blocking playlist reload and a preload-hinted
@@ -210,7 +287,7 @@ async fn connection<S, H, F>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(Opening::new(stream)), service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
@@ -236,6 +313,42 @@ mod tests {
         let mut buf = vec![0u8; 1024];
         let n = stream.read(&mut buf).await.expect("read");
         String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// A request on a fresh connection, answered once a slot is free.
+    async fn served(addr: std::net::SocketAddr) -> String {
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        get(&mut c).await
+    }
+
+    // Paused time: the runtime jumps to the next timer whenever it has nothing else to do, so the
+    // ten-second limit passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_shows_its_protocol_gives_its_slot_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::new(Semaphore::new(1)),
+            "test",
+            |_req| async { Response::new(Body::from("ok")) },
+            shutdown.clone(),
+        ));
+        // Silent, then half an HTTP/2 preface: each holds the only slot until the limit.
+        for opening in [&b""[..], b"PRI * HTTP/2.0\r\n\r\n"] {
+            let mut stalled = TcpStream::connect(addr).await.expect("connect");
+            stalled.write_all(opening).await.expect("send");
+            let started = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(60), served(addr)).await;
+            assert!(answer.expect("served within a minute").starts_with("HTTP/1.1 200"));
+            assert!(started.elapsed() >= HEADER_READ_TIMEOUT, "served only once the stalled one was closed");
+            let mut rest = Vec::new();
+            assert_eq!(stalled.read_to_end(&mut rest).await.expect("closed"), 0, "the server closed it");
+        }
+        shutdown.cancel();
+        server.await.expect("server stops");
     }
 
     #[tokio::test]
