@@ -148,7 +148,7 @@ pub struct ReloadSummary {
     /// Removed channels whose publish goes on until the publisher leaves.
     pub still_live: Vec<String>,
     /// Changed settings that take a restart; their running values are kept.
-    pub restart_only: Vec<&'static str>,
+    pub restart_only: Vec<String>,
 }
 
 /// Posted metadata the channel thread has not stamped yet; more than a few means it is stuck.
@@ -187,9 +187,10 @@ impl Channels {
     /// Replaces the configuration that new publishes use (SIGHUP). Channels, stream keys,
     /// ladders, `transcode` and the admin API's token and metadata limits take effect at once;
     /// live publishes keep the configuration they started with until their publisher leaves. A
-    /// channel removed while live stays live until then. Settings that only a restart applies
-    /// (listeners, `hls`, `rtmp` limits, `log`, `http.player_js`) keep their running values and
-    /// are named in the returned summary.
+    /// channel removed while live stays live until then. Settings that only a restart applies (all
+    /// of `rtmp` and `http`, `admin.listen`, `hls` timing and containers, `log`,
+    /// `transcode.max_sessions_per_gpu`, TLS on or off) keep their running values and are named in
+    /// the returned summary.
     pub fn reload(&self, new: Config) -> ReloadSummary {
         let mut new = new;
         let old = self.config();
@@ -199,7 +200,7 @@ impl Channels {
         macro_rules! keep {
             ($($field:ident).+, $name:expr) => {
                 if new.$($field).+ != old.$($field).+ {
-                    restart_only.push($name);
+                    restart_only.push($name.to_string());
                     new.$($field).+ = old.$($field).+.clone();
                 }
             };
@@ -214,10 +215,21 @@ impl Channels {
         // New certificate paths apply (the daemon reads them); turning TLS on or off takes
         // listeners, so a restart.
         if new.tls.is_some() != old.tls.is_some() {
-            restart_only.push("tls");
+            restart_only.push("tls".into());
             new.tls = old.tls.clone();
         }
         keep!(transcode.max_sessions_per_gpu, "transcode.max_sessions_per_gpu");
+        // A channel's playlists continue across publishes, and fMP4 and TS segments cannot share
+        // one (the TS ones would follow the fMP4 EXT-X-MAP): the container a channel has keeps.
+        keep!(hls.container, "hls.container");
+        for c in &mut new.channels {
+            if let Some(before) = old.channel(&c.name)
+                && old.container(before) != new.hls.container_for(c)
+            {
+                restart_only.push(format!("channels[{}].container", c.name));
+                c.container = before.container;
+            }
+        }
 
         let mut summary = ReloadSummary { restart_only, ..ReloadSummary::default() };
         let new = Arc::new(new);
@@ -226,7 +238,10 @@ impl Channels {
             for c in &new.channels {
                 match old.channel(&c.name) {
                     None => summary.added.push(c.name.clone()),
-                    Some(before) if before != c => summary.changed.push(c.name.clone()),
+                    // Its own settings, or the rungs of its ladder.
+                    Some(before) if before != c || old.ladders.get(&before.ladder) != new.ladders.get(&c.ladder) => {
+                        summary.changed.push(c.name.clone())
+                    }
                     Some(_) => {}
                 }
                 channels
@@ -535,8 +550,16 @@ impl PublishGate for Channels {
         }
         let channel = config.channel_by_key(stream_key).ok_or(Refusal::UnknownKey)?.clone();
         let name = &channel.name;
-        let state = self.state(name).ok_or(Refusal::UnknownKey)?;
+        // The channel map stays read-locked until this publish is in its channel's `live` slot and
+        // its thread is recorded: a reload cannot drop the channel in between (it takes the map
+        // for writing), and a drain that begins meanwhile finds both, to kick and to join.
+        let channels = read(&self.channels);
+        let state = channels.get(name).cloned().ok_or(Refusal::UnknownKey)?;
         let mut live = lock(&state.live);
+        // Again under the lock: drain sets the flag before it takes any channel's `live`.
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Draining);
+        }
         if let Some(current) = live.as_ref() {
             let silent_ms = crate::ingest::activity_clock().saturating_sub(current.activity.load(Ordering::Relaxed));
             if silent_ms < TAKEOVER_SILENCE.as_millis() as u64 {
@@ -551,12 +574,6 @@ impl PublishGate for Channels {
         let kick = CancellationToken::new();
         let id = PUBLISH_IDS.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(AtomicU64::new(crate::ingest::activity_clock()));
-        *live = Some(LivePublish { id, kick: kick.clone(), activity: activity.clone() });
-        // Set under `live` so that a status read never pairs this publish with the last one's facts.
-        let since = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-        *lock(&state.publisher) = Some(PublisherStatus { peer: peer.to_string(), since });
-        *lock(&state.source) = None;
-        drop(live);
 
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
         let ctx = PublishContext {
@@ -569,34 +586,38 @@ impl PublishGate for Channels {
             kick: kick.clone(),
             id,
         };
-        self.metrics.publishes.with_label_values(&[name]).inc();
-        self.metrics.channel_live.with_label_values(&[name]).set(1);
-        tracing::info!(channel = %name, %peer, "publish started");
-
         let mut thread = lock(&state.thread);
         let previous = thread.take();
+        let (previous_tx, previous_rx) = std::sync::mpsc::channel::<Option<JoinHandle<()>>>();
         let spawned = std::thread::Builder::new().name(format!("ch-{name}")).spawn(move || {
             // The previous publish may still be flushing its last segments; keep the order.
-            if let Some(p) = previous {
+            if let Ok(Some(p)) = previous_rx.recv() {
                 let _ = p.join();
             }
             run_publish(ctx, rx);
         });
-        match spawned {
-            Ok(h) => {
-                *thread = Some(h);
-                Ok(Publish { channel: name.clone(), media: tx, kick, activity })
-            }
+        let handle = match spawned {
+            Ok(h) => h,
             Err(e) => {
                 tracing::error!(channel = %name, error = %e, "cannot start channel thread");
-                let mut live = lock(&state.live);
-                if live.as_ref().is_some_and(|l| l.id == id) {
-                    *live = None;
-                }
-                self.metrics.channel_live.with_label_values(&[name]).set(0);
-                Err(Refusal::Draining)
+                *thread = previous;
+                return Err(Refusal::Draining);
             }
-        }
+        };
+        let _ = previous_tx.send(previous);
+        *thread = Some(handle);
+        *live = Some(LivePublish { id, kick: kick.clone(), activity: activity.clone() });
+        // Set under `live` so that a status read never pairs this publish with the last one's facts.
+        let since = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        *lock(&state.publisher) = Some(PublisherStatus { peer: peer.to_string(), since });
+        *lock(&state.source) = None;
+        self.metrics.publishes.with_label_values(&[name]).inc();
+        self.metrics.channel_live.with_label_values(&[name]).set(1);
+        tracing::info!(channel = %name, %peer, "publish started");
+        drop(thread);
+        drop(live);
+        drop(channels);
+        Ok(Publish { channel: name.clone(), media: tx, kick, activity })
     }
 }
 
@@ -623,13 +644,27 @@ fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
         tracing::error!(channel = %name, "channel pipeline panicked; publish ended");
         ctx.kick.cancel();
         // The loop did not get to free the channel: do it, unless a new publish already has it.
-        let mut live = lock(&ctx.state.live);
-        if live.as_ref().is_some_and(|l| l.id == ctx.id) {
-            *live = None;
-            ctx.metrics.channel_live.with_label_values(&[&name]).set(0);
-        }
+        release_live(&ctx);
+        ctx.objects.remove(THUMBNAIL);
     }
     tracing::info!(channel = %name, "publish ended");
+}
+
+/// Frees the channel's `live` slot if it still holds this publish, with the posts waiting to be
+/// stamped and the live gauge; whether another publish holds it (took the channel over).
+fn release_live(ctx: &PublishContext) -> bool {
+    let mut live = lock(&ctx.state.live);
+    match live.as_ref() {
+        Some(l) if l.id == ctx.id => {
+            *live = None;
+            // Posts not yet stamped belong to this publish, not to the next one.
+            lock(&ctx.state.posted_metadata).clear();
+            ctx.metrics.channel_live.with_label_values(&[&ctx.channel.name]).set(0);
+            false
+        }
+        Some(_) => true,
+        None => false,
+    }
 }
 
 fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
@@ -643,6 +678,12 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
         ctx.metrics.frames_dropped.with_label_values(&[name, "", DropReason::AwaitingKeyframe.as_str()]);
 
     while let Some(arrival) = rx.blocking_recv() {
+        // Sent away (disconnect, drain, or a new connection took over): what is still queued is
+        // not this publish's to package any more, and must not touch what is now the successor's
+        // (posted metadata, the source in the status).
+        if ctx.kick.is_cancelled() {
+            break;
+        }
         let result = match arrival.packet {
             MediaPacket::VideoParams(p) => {
                 if session.as_ref().is_some_and(|s| s.source != p) {
@@ -708,25 +749,49 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     ctx.kick.cancel();
     drop(rx);
     // Unless a new publish has taken the channel over already: then the slot, the posts waiting to
-    // be stamped and the live gauge are the new publish's.
-    {
-        let mut live = lock(&ctx.state.live);
-        if live.as_ref().is_some_and(|l| l.id == ctx.id) {
-            *live = None;
-            // Posts not yet stamped belong to this publish, not to the next one.
-            lock(&ctx.state.posted_metadata).clear();
-            ctx.metrics.channel_live.with_label_values(&[name]).set(0);
-        }
-    }
+    // be stamped and the live gauge are the new publish's, and the playlists stay open for it (an
+    // ENDLIST now would make players stop before the new publisher's first segment).
+    let superseded = release_live(ctx);
     if dropped_before_start > 0 {
         tracing::debug!(channel = %name, packets = dropped_before_start, "dropped video before the first keyframe");
     }
-    if let Some(s) = session {
-        s.finish(false);
+    match session {
+        Some(s) => s.finish(superseded),
+        None if !superseded => end_open_playlists(ctx),
+        None => {}
     }
     // The thumbnail shows the stream live; once it is over there is none (its thread has been
     // joined by the transcoder's finish, so no later one comes).
     ctx.objects.remove(THUMBNAIL);
+}
+
+/// A publisher of one rendition of this publish; `anchor` is the wall-clock time of pts 0.
+fn rendition_publisher(ctx: &PublishContext, rendition: &str, anchor: SystemTime) -> RenditionPublisher {
+    RenditionPublisher {
+        channel: ctx.channel.name.clone(),
+        rendition: rendition.to_string(),
+        history: ctx.state.history.clone(),
+        objects: ctx.objects.clone(),
+        metrics: ctx.metrics.clone(),
+        config: ctx.config.clone(),
+        segmenter: None,
+        track: None,
+        anchor,
+        metadata_latest: ctx.state.metadata_latest.clone(),
+        metadata_seen: ctx.state.metadata_latest.load(Ordering::Acquire),
+        container: ctx.config.container(&ctx.channel),
+        finished: false,
+    }
+}
+
+/// Ends every playlist of the channel still open: after a publish that never started a session,
+/// playlists a predecessor left open for it (it was taken over) would otherwise stay open.
+fn end_open_playlists(ctx: &PublishContext) {
+    let open: Vec<String> =
+        lock(&ctx.state.history).renditions.iter().filter(|(_, log)| !log.ended).map(|(n, _)| n.clone()).collect();
+    for rendition in open {
+        rendition_publisher(ctx, &rendition, SystemTime::now()).end();
+    }
 }
 
 /// Where a session's stages run: places the channel on a GPU (or not), applies `on_gpu_full`,
@@ -970,21 +1035,7 @@ impl Session {
             .filter(|(name, log)| !log.ended && !renditions.contains(name))
             .map(|(name, _)| name.clone())
             .collect();
-        let publisher = |rendition: &str| RenditionPublisher {
-            channel: name.clone(),
-            rendition: rendition.to_string(),
-            history: ctx.state.history.clone(),
-            objects: ctx.objects.clone(),
-            metrics: ctx.metrics.clone(),
-            config: ctx.config.clone(),
-            segmenter: None,
-            track: None,
-            anchor,
-            metadata_latest: ctx.state.metadata_latest.clone(),
-            metadata_seen: ctx.state.metadata_latest.load(Ordering::Acquire),
-            container: ctx.config.container(&ctx.channel),
-            finished: false,
-        };
+        let publisher = |rendition: &str| rendition_publisher(ctx, rendition, anchor);
 
         for name in &stale {
             publisher(name).end();
@@ -1681,6 +1732,10 @@ mod tests {
         Config::parse(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
+    fn before_http() -> &'static str {
+        "http: { listen: \"127.0.0.1:8080\" }"
+    }
+
     #[test]
     fn a_reload_applies_channels_at_once_and_keeps_what_takes_a_restart() {
         let store = Arc::new(Store::new());
@@ -1710,5 +1765,17 @@ mod tests {
         assert!(channels.status("y").is_none() && channels.status("z").is_some_and(|s| !s.live));
         let names: Vec<String> = channels.statuses().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["x", "z"]);
+
+        // A channel's container keeps: its playlists continue across publishes.
+        let mut ts = config(before_http(), &[("x", "m"), ("z", "l")]);
+        ts.channels[0].container = Some(Container::Ts);
+        let summary = channels.reload(ts);
+        assert_eq!(summary.restart_only, ["channels[x].container"]);
+        assert_eq!(channels.config().container(&channels.config().channels[0]), Container::Fmp4);
+        assert!(summary.changed.is_empty(), "{summary:?}");
+        // New rungs in its ladder count as a change of the channel.
+        let mut taller = config(before_http(), &[("x", "m"), ("z", "l")]);
+        taller.ladders.get_mut("m").expect("ladder m")[0].height = Some(200);
+        assert_eq!(channels.reload(taller).changed, ["x"]);
     }
 }

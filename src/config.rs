@@ -276,6 +276,13 @@ pub enum Container {
     Ts,
 }
 
+impl HlsConfig {
+    /// The segment format of `channel` under these settings.
+    pub fn container_for(&self, channel: &ChannelConfig) -> Container {
+        channel.container.unwrap_or(self.container)
+    }
+}
+
 impl Default for HlsConfig {
     fn default() -> Self {
         Self {
@@ -621,6 +628,13 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.http.max_connections) {
             bad("http.max_connections".into(), "must be between 1 and 1000000".into());
+        } else if self.http.tls_listen.is_some() && self.http.max_connections < 2 {
+            // Each origin listener waits for a free slot before it accepts; with one slot, one
+            // listener would keep the other from ever accepting.
+            bad(
+                "http.max_connections".into(),
+                "must be at least 2 with http.tls_listen (two listeners share it)".into(),
+            );
         }
         if self.rtmp.max_connections == 0 {
             bad("rtmp.max_connections".into(), "must be at least 1".into());
@@ -809,7 +823,7 @@ impl Config {
 
     /// The segment format of a channel.
     pub fn container(&self, channel: &ChannelConfig) -> Container {
-        channel.container.unwrap_or(self.hls.container)
+        self.hls.container_for(channel)
     }
 }
 

@@ -108,8 +108,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     // ended playlists are still served (see `Daemon::wait`).
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    // RTMP and RTMPS connections share one limit, as the origin's do.
+    let rtmp_slots = Arc::new(Semaphore::new(config.rtmp.max_connections.min(Semaphore::MAX_PERMITS)));
     let rtmp_serve = |listener, tls| {
-        ingest::rtmp::serve(listener, tls, channels.clone(), config.rtmp.clone(), metrics.clone(), stop.clone())
+        ingest::rtmp::serve(
+            listener,
+            tls,
+            rtmp_slots.clone(),
+            channels.clone(),
+            config.rtmp.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )
     };
     tasks.spawn(rtmp_serve(rtmp, None));
     if let (Some(listener), Some(certs)) = (rtmps, &certificates) {
@@ -158,7 +168,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
             tokio::select! {
                 _ = gauges_stop.cancelled() => break,
                 _ = tick.tick() => {
-                    let Ok(stats) = tokio::task::spawn_blocking(gpu::live_stats).await else { continue };
+                    // A hung NVML call must not hold up shutdown: stop waits for nobody.
+                    let stats = tokio::select! {
+                        _ = gauges_stop.cancelled() => break,
+                        stats = tokio::task::spawn_blocking(gpu::live_stats) => stats,
+                    };
+                    let Ok(stats) = stats else { continue };
                     for s in stats.iter() {
                         gauges.set_gpu_stats(s.index, &s.gauges());
                     }
@@ -283,7 +298,7 @@ impl Reloader {
             certs.reload(tls)?;
         }
         let summary = self.channels.reload(new);
-        self.admin.configure(&self.channels.config());
+        self.admin.configure(&self.channels.config(), &summary.still_live);
         Ok(summary)
     }
 }

@@ -47,6 +47,13 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe(json),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                // What the daemon would refuse at start or reload: certificates that do not load.
+                if let Some(tls) = &c.tls
+                    && let Err(e) = ladderd::tls::Certificates::load(tls)
+                {
+                    eprintln!("{}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
                 println!(
                     "{}: ok ({} channel{}, {} ladder{})",
                     file.display(),
@@ -144,7 +151,7 @@ fn init_logging(format: LogFormat, level: &str) {
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ladderd-io").build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = watch_signals();
         let hangups = watch_hangups();
@@ -174,7 +181,11 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         });
         daemon.wait().await;
         Ok(())
-    })
+    });
+    // A blocking call that never returns (a hung GPU driver in an NVML read) must not keep the
+    // process from exiting once the drain is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
 }
 
 /// SIGHUP, watched from before READY=1 so that an early `systemctl reload` reloads instead of

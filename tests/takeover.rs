@@ -54,6 +54,13 @@ fn a_silent_publisher_gives_way_to_a_reconnecting_one_and_a_sending_one_does_not
     signal(first.id(), "STOP");
     std::thread::sleep(Duration::from_millis(2500));
     let second = publish(rtmp, "shop-key", "320x180", 5, &[]);
+    // Players never see the playlist end between the two encoders: it goes straight on to the
+    // second one's segments.
+    eventually(Duration::from_secs(20), "the second encoder's first segment", || {
+        let (p, text) = playlist(http)?;
+        assert!(!p.ended, "no ENDLIST across a takeover: {text}");
+        text.split("#EXT-X-DISCONTINUITY\n").nth(1).is_some_and(|t| t.contains(".m4s\n")).then_some(())
+    });
     let out = wait_with_timeout(second, Duration::from_secs(30));
     assert!(out.status.success(), "the reconnecting encoder is taken: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(takeovers(), 1);

@@ -125,6 +125,10 @@ fn rtmps_ingest_https_origin_and_certificate_reload() {
     let err = reloader.reload(&file).expect_err("a broken certificate is refused");
     assert!(err.to_string().contains("cert.pem"), "{err}");
     assert_eq!(String::from_utf8_lossy(&curl(&second_ca, &master).stdout), "200 2");
+    // `check-config` (what `systemctl reload` runs first) refuses it too.
+    let check = Command::new(env!("CARGO_BIN_EXE_ladderd")).arg("check-config").arg(&file).output().expect("ladderd");
+    assert_eq!(check.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("cert.pem"), "{}", String::from_utf8_lossy(&check.stderr));
 
     let out = wait_with_timeout(publisher, Duration::from_secs(30));
     assert!(out.status.success(), "the RTMPS publish ran to its end: {}", String::from_utf8_lossy(&out.stderr));

@@ -39,10 +39,12 @@ impl Admin {
     }
 
     /// Follows a reloaded configuration (the channels' is already in force): metadata limits for
-    /// the channels now configured. The token is read from the configuration on every request.
-    pub fn configure(&self, config: &Config) {
+    /// the channels now configured, and for `still_live` ones a reload removed while they were
+    /// live (they take metadata until their publisher leaves). The token is read from the
+    /// configuration on every request.
+    pub fn configure(&self, config: &Config, still_live: &[String]) {
         self.limits.configure(
-            config.channels.iter().map(|c| c.name.as_str()),
+            config.channels.iter().map(|c| c.name.as_str()).chain(still_live.iter().map(String::as_str)),
             config.admin.metadata_rate,
             config.admin.metadata_burst,
         );

@@ -63,6 +63,8 @@ const MALFORMED_TAGS_LIMIT: u32 = 50;
 /// How long a connection we are closing is drained, so that our last response (a refusal) reaches
 /// the client instead of being discarded by the reset a close with unread data would cause.
 const LINGER: Duration = Duration::from_secs(1);
+/// How often a publish waiting on a full ingest queue is marked as active.
+const ACTIVITY_REFRESH: Duration = Duration::from_millis(500);
 /// Pause after a failed accept (e.g. out of file descriptors), which would otherwise fail at once again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -72,16 +74,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
 /// Accepts RTMP connections until `shutdown`; with `tls`, each connection is RTMPS (RTMP inside a
 /// TLS session, as OBS and ffmpeg speak it for `rtmps://` URLs).
+/// `slots` bounds the connections open at once (`rtmp.max_connections`); RTMP and RTMPS share it.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<G: PublishGate>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
     gate: Arc<G>,
     config: RtmpConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let limits = Limits::new(&config);
-    let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
     let tasks = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -846,14 +850,24 @@ impl Connection {
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), Stop> {
         let Some(p) = self.publish.as_ref() else { return Ok(()) };
         let arrival = Arrival { packet, at: SystemTime::now() };
-        tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => Err(Ended::Shutdown.into()),
-            () = p.kick.cancelled() => Err(Ended::Kicked.into()),
-            sent = p.media.send(arrival) => match sent {
-                Ok(()) => Ok(()),
-                Err(_) => Err(Ended::ChannelClosed.into()),
-            },
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(Ended::Shutdown.into()),
+                () = p.kick.cancelled() => return Err(Ended::Kicked.into()),
+                permit = p.media.reserve() => return match permit {
+                    Ok(permit) => {
+                        permit.send(arrival);
+                        Ok(())
+                    }
+                    Err(_) => Err(Ended::ChannelClosed.into()),
+                },
+                // The channel is behind and the socket is not being read: the publisher is still
+                // sending, and must not look silent to a connection that would take its place.
+                () = tokio::time::sleep(ACTIVITY_REFRESH) => {
+                    p.activity.store(super::activity_clock(), Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -1547,7 +1561,8 @@ mod tests {
             };
             let metrics = Arc::new(Metrics::new());
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(listener, None, gate, config, metrics.clone(), shutdown.clone()));
+            let slots = Arc::new(Semaphore::new(max_connections));
+            let task = tokio::spawn(serve(listener, None, slots, gate, config, metrics.clone(), shutdown.clone()));
             Server { addr, metrics, shutdown, task }
         }
 

@@ -512,6 +512,8 @@ impl DecodeWorker {
             }
             Err(e) => {
                 tracing::warn!(channel = %self.channel, pts, error = %e, "a decoded picture cannot leave the GPU");
+                // Lost with the GPU, as a picture the decoder could not give.
+                self.count_drop(DropReason::DecodeError);
                 self.move_to_cpu();
             }
         }
