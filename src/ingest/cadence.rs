@@ -69,28 +69,37 @@ pub struct CadenceGauges {
     cadence: VideoCadence,
     frame_rate: Gauge,
     keyframe_interval: Gauge,
+    /// What this publish last set, so that its end zeroes only values that are still its own (a
+    /// publish that took the channel over may have set them since).
+    last: (f64, f64),
 }
 
 impl CadenceGauges {
     pub fn new(frame_rate: Gauge, keyframe_interval: Gauge) -> Self {
-        Self { cadence: VideoCadence::new(), frame_rate, keyframe_interval }
+        Self { cadence: VideoCadence::new(), frame_rate, keyframe_interval, last: (0.0, 0.0) }
     }
 
     pub fn frame(&mut self, dts: Ticks, pts: Ticks, keyframe: bool) {
         let update = self.cadence.frame(dts, pts, keyframe);
         if let Some(fps) = update.frame_rate {
             self.frame_rate.set(fps);
+            self.last.0 = fps;
         }
         if let Some(interval) = update.keyframe_interval {
             self.keyframe_interval.set(interval);
+            self.last.1 = interval;
         }
     }
 }
 
 impl Drop for CadenceGauges {
     fn drop(&mut self) {
-        self.frame_rate.set(0.0);
-        self.keyframe_interval.set(0.0);
+        if self.frame_rate.get() == self.last.0 {
+            self.frame_rate.set(0.0);
+        }
+        if self.keyframe_interval.get() == self.last.1 {
+            self.keyframe_interval.set(0.0);
+        }
     }
 }
 
@@ -160,6 +169,20 @@ mod tests {
         }
         assert_eq!((fps.get(), gop.get()), (30.0, 1.0));
         drop(g);
+        assert_eq!((fps.get(), gop.get()), (0.0, 0.0));
+
+        // A publish that took the channel over has set the gauges: the old one's end leaves them.
+        let mut old = CadenceGauges::new(fps.clone(), gop.clone());
+        let mut new = CadenceGauges::new(fps.clone(), gop.clone());
+        for i in 0..=60 {
+            old.frame(i * 3000, i * 3000, i % 30 == 0);
+        }
+        for i in 0..=100 {
+            new.frame(i * 3600, i * 3600, i % 50 == 0);
+        }
+        drop(old);
+        assert_eq!((fps.get(), gop.get()), (25.0, 2.0));
+        drop(new);
         assert_eq!((fps.get(), gop.get()), (0.0, 0.0));
     }
 }
