@@ -275,9 +275,18 @@ async fn connection<S, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    // Requests in flight on this connection, and when the last one ended: a connection with none
+    // for IDLE_TIMEOUT gives its slot back.
+    let idle = Arc::new(Idle::default());
+    let tracked = idle.clone();
     let service = service_fn(move |req| {
         let fut = handler(req);
-        async move { Ok::<_, Infallible>(fut.await) }
+        let request = tracked.begin();
+        async move {
+            let resp = fut.await;
+            drop(request);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -289,15 +298,65 @@ async fn connection<S, H, F>(
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(Opening::new(stream)), service);
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended");
+    let mut check = tokio::time::interval(IDLE_TIMEOUT / 4);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = shutdown.cancelled() => break,
+            _ = check.tick() => {
+                if idle.for_at_least(IDLE_TIMEOUT) {
+                    tracing::debug!(listener = name, %peer, "connection idle; closing it");
+                    break;
+                }
             }
         }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+}
+
+/// How long a connection may stay without a request in flight before it is closed. Between
+/// HTTP/1.1 requests hyper's header timeout already ends it sooner; an HTTP/2 connection with no
+/// stream open has no bound in hyper (a client that answers pings would keep its slot for ever).
+/// A CDN that reuses its connections sends far more often than this.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The requests in flight on one connection and when the last one ended.
+#[derive(Default)]
+struct Idle {
+    in_flight: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// One request in flight; ending it (drop, also on cancellation) may make the connection idle.
+struct InFlight(Arc<Idle>);
+
+impl Idle {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// No request in flight, and none for `limit`.
+    fn for_at_least(&self, limit: Duration) -> bool {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return false;
+        }
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let start = *since.get_or_insert_with(tokio::time::Instant::now);
+        start.elapsed() >= limit
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -347,6 +406,66 @@ mod tests {
             let mut rest = Vec::new();
             assert_eq!(stalled.read_to_end(&mut rest).await.expect("closed"), 0, "the server closed it");
         }
+        shutdown.cancel();
+        server.await.expect("server stops");
+    }
+
+    /// Reads one HTTP/2 frame (RFC 9113 §4.1): its type, flags and payload; `None` at the end.
+    async fn frame(c: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        c.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        c.read_exact(&mut payload).await.ok()?;
+        Some((head[3], head[4], payload))
+    }
+
+    // An HTTP/2 client that opens no stream but answers every PING: hyper's keep-alive sees a live
+    // peer and would keep the connection, and its slot, for ever.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_without_streams_is_closed_after_the_idle_limit() {
+        const SETTINGS: u8 = 0x4;
+        const PING: u8 = 0x6;
+        const GOAWAY: u8 = 0x7;
+        const ACK: u8 = 0x1;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::new(Semaphore::new(4)),
+            "test",
+            |_req| async { Response::new(Body::from("ok")) },
+            shutdown.clone(),
+        ));
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+        c.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await.expect("settings");
+        let opened = tokio::time::Instant::now();
+        let (mut pings, mut goaway) = (0, false);
+        let ended = tokio::time::timeout(4 * IDLE_TIMEOUT, async {
+            while let Some((kind, flags, payload)) = frame(&mut c).await {
+                match kind {
+                    SETTINGS if flags & ACK == 0 => {
+                        c.write_all(&[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0]).await.expect("ack")
+                    }
+                    PING if flags & ACK == 0 => {
+                        pings += 1;
+                        let mut ack = vec![0, 0, 8, PING, ACK, 0, 0, 0, 0];
+                        ack.extend_from_slice(&payload);
+                        c.write_all(&ack).await.expect("pong");
+                    }
+                    GOAWAY => goaway = true,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the server closed the connection");
+        assert!(goaway, "with a GOAWAY first (graceful)");
+        assert!(pings >= 2, "the client kept answering pings ({pings})");
+        assert!(opened.elapsed() >= IDLE_TIMEOUT, "not before the idle limit: {:?}", opened.elapsed());
         shutdown.cancel();
         server.await.expect("server stops");
     }
