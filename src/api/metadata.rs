@@ -38,7 +38,13 @@ enum PayloadError {
     NotUtf8,
     /// The body stream failed (client gone, malformed chunked encoding).
     Unreadable,
+    /// The body did not arrive within [`BODY_TIMEOUT`].
+    TimedOut,
 }
+
+/// How long a client has to send the (at most 1 KiB) body once the request head is in: a client
+/// that trickles or stalls it must not hold the request, and its connection, open.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Admin {
     pub(super) async fn post_metadata<B>(&self, req: Request<B>, channel: &str, now: Instant) -> Response<Body>
@@ -80,6 +86,13 @@ impl Admin {
             Err(PayloadError::Unreadable) => {
                 return error(StatusCode::BAD_REQUEST, "unreadable_body", "the request body could not be read");
             }
+            Err(PayloadError::TimedOut) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    &format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+                );
+            }
         };
         match self.limits.admit(channel, now) {
             Some(Admission::Admitted) => {}
@@ -109,7 +122,10 @@ where
     if declared.is_some_and(|len| len > MAX_PAYLOAD as u64) {
         return Err(PayloadError::TooLarge);
     }
-    let payload = match Limited::new(body, MAX_PAYLOAD).collect().await {
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_PAYLOAD).collect())
+        .await
+        .map_err(|_| PayloadError::TimedOut)?;
+    let payload = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(PayloadError::TooLarge),
         Err(_) => return Err(PayloadError::Unreadable),
@@ -278,6 +294,31 @@ mod tests {
             let r = send(&admin, Request::get("/nope").body(Full::new(Bytes::new())).unwrap()).await;
             assert_eq!(r.status, StatusCode::NOT_FOUND);
         }
+    }
+
+    /// A body that never sends anything.
+    struct Stalled;
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    // Paused time: the five seconds pass as soon as nothing else can run.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_comes_is_a_408_after_the_body_timeout() {
+        let admin = admin();
+        let req = post("demo").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Stalled).unwrap();
+        let started = tokio::time::Instant::now();
+        let r = send(&admin, req).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::REQUEST_TIMEOUT, "body_timeout"));
+        assert!(started.elapsed() >= BODY_TIMEOUT);
     }
 
     #[tokio::test]
