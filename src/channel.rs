@@ -544,16 +544,17 @@ impl PublishGate for Channels {
         if self.draining.load(Ordering::SeqCst) {
             return Err(Refusal::Draining);
         }
+        // The channel map stays read-locked until this publish is in its channel's `live` slot and
+        // its thread is recorded: a reload cannot drop the channel in between (it takes the map
+        // for writing, and replaces the configuration inside that), and a drain that begins
+        // meanwhile finds both, to kick and to join.
+        let channels = read(&self.channels);
         let config = self.config();
         if app != config.rtmp.app {
             return Err(Refusal::BadApp);
         }
         let channel = config.channel_by_key(stream_key).ok_or(Refusal::UnknownKey)?.clone();
         let name = &channel.name;
-        // The channel map stays read-locked until this publish is in its channel's `live` slot and
-        // its thread is recorded: a reload cannot drop the channel in between (it takes the map
-        // for writing), and a drain that begins meanwhile finds both, to kick and to join.
-        let channels = read(&self.channels);
         let state = channels.get(name).cloned().ok_or(Refusal::UnknownKey)?;
         let mut live = lock(&state.live);
         // Again under the lock: drain sets the flag before it takes any channel's `live`.
