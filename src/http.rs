@@ -374,6 +374,22 @@ mod tests {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// A server answering "ok" with `slots` connection slots: its address, its shutdown token, its task.
+    async fn start(slots: usize) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::new(Semaphore::new(slots)),
+            "test",
+            |_req| async { Response::new(Body::from("ok")) },
+            shutdown.clone(),
+        ));
+        (addr, shutdown, server)
+    }
+
     /// A request on a fresh connection, answered once a slot is free.
     async fn served(addr: std::net::SocketAddr) -> String {
         let mut c = TcpStream::connect(addr).await.expect("connect");
@@ -384,17 +400,7 @@ mod tests {
     // ten-second limit passes at once.
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_never_shows_its_protocol_gives_its_slot_back() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Arc::new(Semaphore::new(1)),
-            "test",
-            |_req| async { Response::new(Body::from("ok")) },
-            shutdown.clone(),
-        ));
+        let (addr, shutdown, server) = start(1).await;
         // Silent, then half an HTTP/2 preface: each holds the only slot until the limit.
         for opening in [&b""[..], b"PRI * HTTP/2.0\r\n\r\n"] {
             let mut stalled = TcpStream::connect(addr).await.expect("connect");
@@ -428,17 +434,7 @@ mod tests {
         const PING: u8 = 0x6;
         const GOAWAY: u8 = 0x7;
         const ACK: u8 = 0x1;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Arc::new(Semaphore::new(4)),
-            "test",
-            |_req| async { Response::new(Body::from("ok")) },
-            shutdown.clone(),
-        ));
+        let (addr, shutdown, server) = start(4).await;
         let mut c = TcpStream::connect(addr).await.expect("connect");
         c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
         c.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await.expect("settings");
@@ -472,17 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_listener_makes_new_connections_wait_for_a_free_slot() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Arc::new(Semaphore::new(1)),
-            "test",
-            |_req| async { Response::new(Body::from("ok")) },
-            shutdown.clone(),
-        ));
+        let (addr, shutdown, server) = start(1).await;
         let mut first = TcpStream::connect(addr).await.expect("connect");
         assert!(get(&mut first).await.starts_with("HTTP/1.1 200"));
         // The first connection is kept alive and holds the only slot.
