@@ -64,7 +64,8 @@ pub(super) fn nvidia_hint(needs: Option<&str>) -> String {
 
 /// Whether FFmpeg can create a CUDA device on GPU `gpu`.
 pub fn probe_cuda_device(gpu: u32) -> Result<(), String> {
-    super::hwctx::HwDevice::cuda(gpu).map(drop).map_err(|e| e.to_string())
+    // The shared device the pipeline uses, so the probe also makes it ready.
+    super::hwctx::HwDevice::cuda_shared(gpu).map(drop).map_err(|e| e.to_string())
 }
 
 /// Whether the named encoder (`h264_nvenc`, `hevc_nvenc`) opens on GPU `gpu` for a small

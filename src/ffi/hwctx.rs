@@ -50,16 +50,8 @@ unsafe impl Send for HwDevice {}
 unsafe impl Sync for HwDevice {}
 
 impl HwDevice {
-    /// Creates a CUDA device context on GPU `gpu` (the CUDA device ordinal, which is also what
-    /// the `gpu` option of h264_nvenc and h264_cuvid means).
-    pub fn cuda(gpu: u32) -> Result<Self, HwError> {
-        // hwcontext_cuda.c reads the device string with strtol: the ordinal in decimal.
-        Self::create(sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA, Some(&gpu.to_string())).map_err(|code| {
-            HwError(format!("creating a CUDA device on GPU {gpu} failed: {}{}", error_text(code), nvidia_hint(None)))
-        })
-    }
-
-    /// The process's CUDA device context on GPU `gpu`, shared by every decoder, scaling graph
+    /// The process's CUDA device context on GPU `gpu` (the CUDA device ordinal, which is also what
+    /// the `gpu` option of h264_nvenc and h264_cuvid means), shared by every decoder, scaling graph
     /// and encoder there: one CUDA context per GPU instead of one per channel and rung (each
     /// context costs GPU memory and a context switch). It is the device's primary context
     /// (`primary_ctx=1`, libavutil/hwcontext_cuda.c), the one the CUDA runtime and other
@@ -71,6 +63,7 @@ impl HwDevice {
         if let Some((_, d)) = devices.iter().find(|(g, _)| *g == gpu) {
             return d.new_ref();
         }
+        // hwcontext_cuda.c reads the device string with strtol: the ordinal in decimal.
         let device = Self::create_with(
             sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
             Some(&gpu.to_string()),
@@ -99,16 +92,12 @@ impl HwDevice {
     /// (contexts, transfers, graphs with hardware input) where there is no CUDA.
     #[cfg(test)]
     pub(crate) fn vulkan() -> Result<Self, HwError> {
-        Self::create(sys::AVHWDeviceType::AV_HWDEVICE_TYPE_VULKAN, None)
+        Self::create_with(sys::AVHWDeviceType::AV_HWDEVICE_TYPE_VULKAN, None, &[])
             .map_err(|code| HwError(format!("creating a Vulkan device failed: {}", error_text(code))))
     }
 
-    /// av_hwdevice_ctx_create; the FFmpeg error code on failure.
-    fn create(kind: sys::AVHWDeviceType, device: Option<&str>) -> Result<Self, c_int> {
-        Self::create_with(kind, device, &[])
-    }
-
-    /// av_hwdevice_ctx_create with device-type options (e.g. CUDA's `primary_ctx`).
+    /// av_hwdevice_ctx_create with device-type options (e.g. CUDA's `primary_ctx`); the FFmpeg
+    /// error code on failure.
     fn create_with(kind: sys::AVHWDeviceType, device: Option<&str>, options: &[(&str, &str)]) -> Result<Self, c_int> {
         super::init();
         let device = device.map(CString::new).transpose().map_err(|_| sys::AVERROR(EINVAL))?;
@@ -742,7 +731,7 @@ pub(crate) mod tests {
         if super::super::cuda_driver_present() {
             return; // a GPU host: the device opens (or fails for its own reason)
         }
-        let e = HwDevice::cuda(0).err().expect("no driver here");
+        let e = HwDevice::cuda_shared(0).err().expect("no driver here");
         assert!(e.0.starts_with("creating a CUDA device on GPU 0 failed: Operation not permitted"), "{e}");
         assert!(e.0.contains("libcuda.so.1"), "{e}");
     }
