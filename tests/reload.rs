@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{eventually, http_get, http_get_auth, metric, parse_media_playlist, publish, wait_with_timeout};
+use support::{
+    eventually, http_get, http_get_auth, metric, parse_media_playlist, publish, try_http_get, wait_with_timeout,
+};
 
 const TOKEN: &str = "reload-test-token";
 
@@ -170,21 +172,33 @@ fn sighup_adds_and_removes_channels_refuses_a_bad_file_and_keeps_live_publishes(
     assert_eq!(gone.status, 404);
     assert_eq!(gone.header("cache-control"), Some("no-store"), "a removed channel is unknown");
 
-    // SIGTERM drains: a request held for a later update is answered with the ended playlist
-    // before the listeners close, and the daemon exits 0.
+    // SIGTERM drains: a viewer following the playlist with blocking reloads gets the ended
+    // playlist (held requests are answered with it) before the listeners close, and the daemon
+    // exits 0.
     let publisher_b = publish(daemon.rtmp, "b-key", "320x180", 30, &[]);
     let live = eventually(Duration::from_secs(20), "b live again", || {
         playlist(daemon.http, "b").filter(|p| !p.ended && p.segments.len() >= 4)
     });
     let http = daemon.http;
-    let held = std::thread::spawn(move || {
-        http_get(http, &format!("/live/b/180p/index.m3u8?_HLS_msn={}", last_msn(&live) + 2))
+    let follower = std::thread::spawn(move || {
+        let mut msn = last_msn(&live) + 2;
+        loop {
+            let r = try_http_get(http, &format!("/live/b/180p/index.m3u8?_HLS_msn={msn}"))?;
+            if r.status != 200 {
+                return Some(r);
+            }
+            let p = parse_media_playlist(&r.text());
+            if p.ended {
+                return Some(r);
+            }
+            msn = last_msn(&p) + 2;
+        }
     });
     std::thread::sleep(Duration::from_millis(100));
     daemon.signal("TERM");
-    let answer = held.join().expect("held request");
+    let answer = follower.join().expect("follower").expect("answered before the listeners closed");
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(parse_media_playlist(&answer.text()).ended, "the held request gets the ended playlist");
+    assert!(parse_media_playlist(&answer.text()).ended, "the follower gets the ended playlist");
     let status = daemon.child.wait().expect("exit status");
     assert!(status.success(), "{status:?}");
     let _ = wait_with_timeout(publisher_b, Duration::from_secs(5));

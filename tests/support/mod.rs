@@ -95,10 +95,15 @@ impl HttpResponse {
 
 /// A plain HTTP/1.1 GET (the server always sends Content-Length).
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).expect("connect");
+    try_http_get(addr, path).expect("connect")
+}
+
+/// [`http_get`], or `None` when nothing listens at `addr` any more.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
-    read_response(s)
+    Some(read_response(s))
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, panicking with `what` after `limit`.
