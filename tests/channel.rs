@@ -82,8 +82,7 @@ fn a_phone_turning_sideways_restarts_the_ladder_behind_a_discontinuity() {
     assert!(!live.contains("#EXT-X-ENDLIST"), "no ENDLIST while live:\n{live}");
     assert!(channels.is_live("phone"));
 
-    drop(publish);
-    channels.drain();
+    end_publish(&channels, publish);
 
     for (rung, before, after) in [("240p", "320x240", "240x320"), ("120p", "160x120", "120x160")] {
         let playlist = text(&store, &format!("{rung}/index.m3u8"));

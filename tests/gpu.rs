@@ -54,8 +54,7 @@ fn publish_to(hardware: &str) -> (Arc<Metrics>, Arc<Store>) {
             }
         }
     }
-    drop(publish);
-    channels.drain();
+    end_publish(&channels, publish);
     (metrics, store)
 }
 

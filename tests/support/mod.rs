@@ -118,6 +118,16 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Ends a publish the way a publisher leaving does: drops its sender, waits until the channel has
+/// taken everything queued and freed its slot, then joins the channel thread. (`Channels::drain`
+/// alone sends the publish away, and what is still queued is then not packaged.)
+pub fn end_publish(channels: &ladderd::channel::Channels, publish: ladderd::ingest::Publish) {
+    let channel = publish.channel.clone();
+    drop(publish);
+    eventually(Duration::from_secs(30), "the publish to end", || (!channels.is_live(&channel)).then_some(()));
+    channels.drain();
+}
+
 /// Runs ffprobe on bytes given on stdin and returns its stdout.
 pub fn ffprobe_stdin(bytes: &[u8], args: &[&str]) -> String {
     let mut child = Command::new(ffprobe())
