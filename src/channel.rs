@@ -1531,9 +1531,9 @@ impl RenditionPublisher {
         let hls = &self.config.hls;
         let low_latency = LowLatency {
             part_target: hls.part_duration,
-            // Three part targets is the least RFC 8216bis §4.4.3.8 allows, and what makes hls.js
+            // Three part targets: what RFC 8216bis §4.4.3.8 recommends, and what makes hls.js
             // play closest to the live edge.
-            part_hold_back: 3.0 * hls.part_duration,
+            part_hold_back_parts: 3.0,
             // §4.4.3.8: at least six target durations.
             can_skip_until: 6.0 * log.target_duration as f64,
             open: log.open_pdt.filter(|_| !log.open_parts.is_empty()).map(|pdt| OpenSegment {

@@ -109,3 +109,60 @@ fn a_phone_turning_sideways_restarts_the_ladder_behind_a_discontinuity() {
     let master = text(&store, "master.m3u8");
     assert!(master.contains("RESOLUTION=240x320") && !master.contains("RESOLUTION=320x240"), "{master}");
 }
+
+/// At 24 fps a part of whole frames cannot last the configured 0.2 s: four frames make 1/6 s. The
+/// playlist's PART-TARGET follows the parts, so each one but a segment's last reaches 85 % of it
+/// (RFC 8216bis §4.4.4.9) and none exceeds it.
+#[test]
+fn parts_of_a_24_fps_source_keep_within_85_percent_of_part_target() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (params, samples) = encoded_video(dir.path(), "320x240", 24, 3);
+    // On RTMP's millisecond clock, as ingest hands them on: 41 and 42 ms apart.
+    let ms = |t: i64| (t as f64 / 90.0).round() as i64 * 90;
+    let samples: Vec<Sample> = samples.into_iter().map(|s| Sample { pts: ms(s.pts), dts: ms(s.dts), ..s }).collect();
+    let store = Arc::new(Store::new());
+    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+    publish
+        .media
+        .blocking_send(Arrival { packet: MediaPacket::VideoParams(params), at: SystemTime::now() })
+        .expect("live");
+    feed(&publish.media, &samples, 0);
+    end_publish(&channels, publish);
+
+    for rung in ["240p", "120p"] {
+        let playlist = text(&store, &format!("{rung}/index.m3u8"));
+        let target: f64 = playlist
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-PART-INF:PART-TARGET="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("PART-TARGET:\n{playlist}"));
+        assert!((0.166..=0.168).contains(&target), "four frames, not the configured 0.2 s:\n{playlist}");
+        // (duration, independent, last part of its segment)
+        let mut parts: Vec<(f64, bool, bool)> = Vec::new();
+        for line in playlist.lines() {
+            if let Some(attrs) = line.strip_prefix("#EXT-X-PART:") {
+                let duration = attrs
+                    .split(',')
+                    .find_map(|a| a.strip_prefix("DURATION="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("DURATION in {line}"));
+                parts.push((duration, attrs.contains("INDEPENDENT=YES"), false));
+            } else if !line.starts_with('#')
+                && !line.is_empty()
+                && let Some(last) = parts.last_mut()
+            {
+                last.2 = true;
+            }
+        }
+        assert!(parts.len() >= 10, "{rung}: parts are listed:\n{playlist}");
+        for (duration, independent, last) in parts {
+            assert!(duration <= target, "{rung}: a {duration} s part over PART-TARGET:\n{playlist}");
+            if !independent && !last {
+                assert!(duration >= 0.85 * target, "{rung}: a {duration} s part under 85 %:\n{playlist}");
+            }
+        }
+    }
+}

@@ -52,10 +52,14 @@ pub struct RenditionReport {
 /// What makes a media playlist an LL-HLS one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LowLatency {
-    /// `EXT-X-PART-INF:PART-TARGET`, seconds.
+    /// The longest a part may be, seconds: `EXT-X-PART-INF:PART-TARGET` until the playlist lists
+    /// a part. Then PART-TARGET is the longest part in the window: parts hold whole frames, so at 24 fps
+    /// a 0.2 s limit makes 0.167 s parts, which a 0.2 s PART-TARGET would put below the 85 % of it
+    /// that every part but a segment's last must reach (RFC 8216bis §4.4.4.9).
     pub part_target: f64,
-    /// `EXT-X-SERVER-CONTROL:PART-HOLD-BACK`, seconds (at least 3 × part target).
-    pub part_hold_back: f64,
+    /// `EXT-X-SERVER-CONTROL:PART-HOLD-BACK`, in PART-TARGETs (raised to 2, the least §4.4.3.8
+    /// allows).
+    pub part_hold_back_parts: f64,
     /// `EXT-X-SERVER-CONTROL:CAN-SKIP-UNTIL`, seconds (at least 6 × target duration).
     pub can_skip_until: f64,
     /// The segment being built, if it has parts already.
@@ -297,14 +301,16 @@ impl ServerControl {
     fn new(p: &MediaPlaylist, ll: &LowLatency) -> Self {
         let open = ll.open.iter().flat_map(|o| &o.parts);
         let longest_part = p.segments.iter().flat_map(|s| &s.parts).chain(open).map(|part| seconds(part.duration));
-        // §4.4.4.9: every part's DURATION must be <= PART-TARGET. `decimal` rounds both the same
+        // §4.4.4.9: every part's DURATION must be <= PART-TARGET, and all but a segment's last (or
+        // an INDEPENDENT one) at least 85 % of it. The longest part in the window keeps both for parts
+        // of whole frames at a steady rate. `decimal` rounds durations and PART-TARGET the same
         // way, and rounding never reverses an order, so the written values keep to it too.
-        let part_target = longest_part.fold(seconds(ll.part_target), f64::max);
+        let part_target = longest_part.reduce(f64::max).filter(|d| *d > 0.0).unwrap_or(seconds(ll.part_target));
         Self {
             part_target,
             // §4.4.3.8: PART-HOLD-BACK must be at least twice PART-TARGET (three times is only a
-            // SHOULD, left to configuration).
-            part_hold_back: seconds(ll.part_hold_back).max(2.0 * part_target),
+            // SHOULD, left to the caller).
+            part_hold_back: ll.part_hold_back_parts.max(2.0) * part_target,
             // §4.4.3.8: CAN-SKIP-UNTIL must be at least six target durations.
             can_skip_until: seconds(ll.can_skip_until).max(6.0 * target_duration(p) as f64),
         }
@@ -679,7 +685,7 @@ mod tests {
             ended: false,
             low_latency: Some(LowLatency {
                 part_target: 0.2,
-                part_hold_back: 0.6,
+                part_hold_back_parts: 3.0,
                 can_skip_until: 12.0,
                 open: Some(OpenSegment {
                     map_uri: "init-103.mp4".into(),
@@ -718,7 +724,7 @@ mod tests {
             ended: false,
             low_latency: Some(LowLatency {
                 part_target: 0.2,
-                part_hold_back: 0.6,
+                part_hold_back_parts: 3.0,
                 can_skip_until: 6.0,
                 open: Some(OpenSegment {
                     map_uri: "init-1016.mp4".into(),
@@ -809,7 +815,7 @@ mod tests {
             ended: true,
             low_latency: Some(LowLatency {
                 part_target: 0.5,
-                part_hold_back: 1.5,
+                part_hold_back_parts: 3.0,
                 can_skip_until: 12.0,
                 open: None,
                 // §4.4.5.3 forbids it with ENDLIST; the renderer leaves it out even if given.
@@ -914,7 +920,7 @@ mod tests {
         let ll = p.low_latency.as_mut().expect("ll");
         // Below 6 × target duration, below 2 × part target, and below the longest part.
         ll.can_skip_until = 1.0;
-        ll.part_hold_back = 0.1;
+        ll.part_hold_back_parts = 0.5;
         ll.part_target = 0.1;
         p.segments[4].parts[9].duration = 0.25;
         let text = render_media(&p);
@@ -927,6 +933,28 @@ mod tests {
         );
         // The delta skips by the advertised boundary, not the caller's.
         assert_eq!(render_media_delta(&p), text);
+    }
+
+    #[test]
+    fn part_target_is_the_longest_part_so_24_fps_parts_reach_85_percent_of_it() {
+        // 0.2 s parts limit, 24 fps: four frames (1/6 s) per part, as RTMP's milliseconds give them.
+        let mut p = ll_playlist();
+        for (msn, s) in (100..).zip(&mut p.segments) {
+            s.parts = parts(msn, 12, 1.0 / 6.0);
+            s.parts[1].duration = 0.167;
+            s.parts[2].duration = 0.166;
+        }
+        let ll = p.low_latency.as_mut().expect("ll");
+        ll.open.as_mut().expect("open").parts = parts(105, 2, 1.0 / 6.0);
+        let text = render_media(&p);
+        assert!(text.contains("PART-HOLD-BACK=0.501,"), "three PART-TARGETs:\n{text}");
+        assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.167\n"), "{text}");
+        assert!(0.166 >= 0.85 * 0.167);
+
+        // Before the first part, the configured limit.
+        let mut p = MediaPlaylist { segments: vec![], ..ll_playlist() };
+        p.low_latency.as_mut().expect("ll").open = None;
+        assert!(render_media(&p).contains("#EXT-X-PART-INF:PART-TARGET=0.2\n"), "{}", render_media(&p));
     }
 
     #[test]
