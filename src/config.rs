@@ -92,6 +92,12 @@ pub struct HttpConfig {
     /// (`LimitNOFILE=65536` in the systemd unit).
     #[serde(default = "default_http_max_connections")]
     pub max_connections: usize,
+    /// Seconds an origin or admin connection may stay without a request in flight before it is
+    /// closed; over HTTP/1.1 also the most a request's headers may take to arrive. Longer than
+    /// the keep-alive of the CDN in front, so that it is the CDN that closes an idle connection:
+    /// a request sent just as the origin closes one fails at the CDN.
+    #[serde(default = "default_http_idle_timeout")]
+    pub idle_timeout: f64,
     /// hls.js for the `/preview/` player page, read once at startup; relative paths are from the
     /// working directory. A missing file only disables the player (with a warning).
     #[serde(default = "default_player_js")]
@@ -190,6 +196,7 @@ impl Default for HttpConfig {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             tls_listen: None,
             max_connections: default_http_max_connections(),
+            idle_timeout: default_http_idle_timeout(),
             player_js: default_player_js(),
             cache: CacheConfig::default(),
         }
@@ -199,6 +206,12 @@ impl Default for HttpConfig {
 /// A CDN shield holds few, long-lived HTTP/2 connections; direct viewers hold one or two each.
 fn default_http_max_connections() -> usize {
     16_384
+}
+
+/// Above the origin keep-alive of the common CDNs (CloudFront allows at most 60 s), and what
+/// nginx keeps idle connections for.
+fn default_http_idle_timeout() -> f64 {
+    75.0
 }
 
 /// Where scripts/setup.sh installs hls.js (`npm ci` in `web/`), for running from a checkout;
@@ -636,6 +649,9 @@ impl Config {
                 "must be at least 2 with http.tls_listen (two listeners share it)".into(),
             );
         }
+        if !(self.http.idle_timeout.is_finite() && (5.0..=3600.0).contains(&self.http.idle_timeout)) {
+            bad("http.idle_timeout".into(), "must be between 5 and 3600 seconds".into());
+        }
         if self.rtmp.max_connections == 0 {
             bad("rtmp.max_connections".into(), "must be at least 1".into());
         }
@@ -1040,6 +1056,25 @@ channels:
             );
             let errs: Vec<String> = parse(&text).unwrap_err().iter().map(|e| e.to_string()).collect();
             assert!(errs.len() == 1 && errs[0].contains(key) && errs[0].starts_with("test.yaml:4:"), "{bad}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn http_idle_timeout_defaults_to_75_seconds_and_is_range_checked() {
+        assert_eq!(parse(EXAMPLE).expect("valid").http.idle_timeout, 75.0);
+        let with = |v: &str| {
+            EXAMPLE.replace(
+                "http:  { listen: \"0.0.0.0:8080\" }",
+                &format!("http:  {{ listen: \"0.0.0.0:8080\", idle_timeout: {v} }}"),
+            )
+        };
+        assert_eq!(parse(&with("300")).expect("valid").http.idle_timeout, 300.0);
+        for bad in ["4", "3601", ".inf", "-1"] {
+            let errs: Vec<String> = parse(&with(bad)).unwrap_err().iter().map(|e| e.to_string()).collect();
+            assert!(
+                errs.len() == 1 && errs[0].contains("http.idle_timeout") && errs[0].starts_with("test.yaml:3:"),
+                "{bad}: {errs:?}"
+            );
         }
     }
 

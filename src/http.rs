@@ -90,18 +90,14 @@ impl http_body::Body for Body {
     }
 }
 
-/// How long a connection may take to send its request headers (slowloris bound). Over HTTP/1.1
-/// the timer runs only while hyper waits for a request head, never while a response is pending,
-/// so requests the origin holds (LL-HLS blocking reloads, up to three target durations) do not
-/// count against it. Before that, a new connection has as long to show which protocol it speaks
-/// (see [`Opening`]).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection has to show which protocol it speaks (see [`Opening`]).
+const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which a prior-knowledge client sends first.
 const H2_PREFACE_LEN: usize = 24;
 
 /// A new connection until it has shown its protocol: its first byte, or for HTTP/2 the whole
-/// 24-byte preface, must come within [`HEADER_READ_TIMEOUT`]. hyper's own header timeout starts
+/// 24-byte preface, must come within [`OPENING_TIMEOUT`]. hyper's own header timeout starts
 /// only after the automatic HTTP/1-or-2 detection has read those bytes, so without this a client
 /// that connects and sends nothing (or half a preface) would hold a connection slot for ever.
 struct Opening<S> {
@@ -113,7 +109,7 @@ struct Opening<S> {
 
 impl<S> Opening<S> {
     fn new(inner: S) -> Self {
-        Self { inner, awaiting: H2_PREFACE_LEN, deadline: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)) }
+        Self { inner, awaiting: H2_PREFACE_LEN, deadline: Box::pin(tokio::time::sleep(OPENING_TIMEOUT)) }
     }
 }
 
@@ -195,13 +191,27 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// multiplex its blocking playlist reloads on few connections.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// What a listener's connections may hold and for how long.
+#[derive(Clone)]
+pub struct Limits {
+    /// A connection holds one while open; when none is free, accepting pauses (new connections
+    /// wait in the kernel's backlog) until one is.
+    pub slots: Arc<Semaphore>,
+    /// How long a connection may stay without a request in flight (`http.idle_timeout`). Over
+    /// HTTP/1.1 it is also how long a request's headers may take to arrive (slowloris bound):
+    /// hyper's header timer runs while it waits for a request head, between requests too, and
+    /// never while a response is pending, so requests the origin holds (LL-HLS blocking reloads)
+    /// do not count against it. HTTP/2 has no such timer in hyper: a client that answers pings
+    /// would keep its slot for ever without this.
+    pub idle_timeout: Duration,
+}
+
 /// Serves `handler` on `listener` until `shutdown`, then waits (bounded) for requests in flight.
-/// With `tls`, every connection is HTTPS. A connection holds one of `slots` while open; when
-/// none is free, accepting pauses (new connections wait in the kernel's backlog) until one is.
+/// With `tls`, every connection is HTTPS.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    slots: Arc<Semaphore>,
+    limits: Limits,
     name: &'static str,
     handler: H,
     shutdown: CancellationToken,
@@ -212,6 +222,7 @@ pub async fn serve<H, F>(
     let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
     loop {
+        let slots = &limits.slots;
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -241,17 +252,18 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
+        let idle_timeout = limits.idle_timeout;
         tracker.spawn(async move {
             let _slot = slot;
             match tls {
-                None => connection(stream, peer, name, handler, shutdown).await,
+                None => connection(stream, peer, name, idle_timeout, handler, shutdown).await,
                 Some(acceptor) => {
                     let accepted = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => accepted,
                     };
                     match accepted {
-                        Ok(Ok(stream)) => connection(stream, peer, name, handler, shutdown).await,
+                        Ok(Ok(stream)) => connection(stream, peer, name, idle_timeout, handler, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
                     }
@@ -268,6 +280,7 @@ async fn connection<S, H, F>(
     stream: S,
     peer: SocketAddr,
     name: &'static str,
+    idle_timeout: Duration,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) where
@@ -276,7 +289,7 @@ async fn connection<S, H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Requests in flight on this connection, and when the last one ended: a connection with none
-    // for IDLE_TIMEOUT gives its slot back.
+    // for `idle_timeout` gives its slot back.
     let idle = Arc::new(Idle::default());
     let tracked = idle.clone();
     let service = service_fn(move |req| {
@@ -289,7 +302,7 @@ async fn connection<S, H, F>(
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(idle_timeout);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -298,7 +311,7 @@ async fn connection<S, H, F>(
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(Opening::new(stream)), service);
     tokio::pin!(conn);
-    let mut check = tokio::time::interval(IDLE_TIMEOUT / 4);
+    let mut check = tokio::time::interval(idle_timeout / 4);
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -309,7 +322,7 @@ async fn connection<S, H, F>(
             }
             _ = shutdown.cancelled() => break,
             _ = check.tick() => {
-                if idle.for_at_least(IDLE_TIMEOUT) {
+                if idle.for_at_least(idle_timeout) {
                     tracing::debug!(listener = name, %peer, "connection idle; closing it");
                     break;
                 }
@@ -319,12 +332,6 @@ async fn connection<S, H, F>(
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
 }
-
-/// How long a connection may stay without a request in flight before it is closed. Between
-/// HTTP/1.1 requests hyper's header timeout already ends it sooner; an HTTP/2 connection with no
-/// stream open has no bound in hyper (a client that answers pings would keep its slot for ever).
-/// A CDN that reuses its connections sends far more often than this.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The requests in flight on one connection and when the last one ended.
 #[derive(Default)]
@@ -374,6 +381,9 @@ mod tests {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// The idle limit of the test servers.
+    const IDLE: Duration = Duration::from_secs(75);
+
     /// A server answering "ok" with `slots` connection slots: its address, its shutdown token, its task.
     async fn start(slots: usize) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -382,7 +392,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             None,
-            Arc::new(Semaphore::new(slots)),
+            Limits { slots: Arc::new(Semaphore::new(slots)), idle_timeout: IDLE },
             "test",
             |_req| async { Response::new(Body::from("ok")) },
             shutdown.clone(),
@@ -408,7 +418,7 @@ mod tests {
             let started = tokio::time::Instant::now();
             let answer = tokio::time::timeout(Duration::from_secs(60), served(addr)).await;
             assert!(answer.expect("served within a minute").starts_with("HTTP/1.1 200"));
-            assert!(started.elapsed() >= HEADER_READ_TIMEOUT, "served only once the stalled one was closed");
+            assert!(started.elapsed() >= OPENING_TIMEOUT, "served only once the stalled one was closed");
             let mut rest = Vec::new();
             assert_eq!(stalled.read_to_end(&mut rest).await.expect("closed"), 0, "the server closed it");
         }
@@ -440,7 +450,7 @@ mod tests {
         c.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await.expect("settings");
         let opened = tokio::time::Instant::now();
         let (mut pings, mut goaway) = (0, false);
-        let ended = tokio::time::timeout(4 * IDLE_TIMEOUT, async {
+        let ended = tokio::time::timeout(4 * IDLE, async {
             while let Some((kind, flags, payload)) = frame(&mut c).await {
                 match kind {
                     SETTINGS if flags & ACK == 0 => {
@@ -461,7 +471,25 @@ mod tests {
         assert!(ended.is_ok(), "the server closed the connection");
         assert!(goaway, "with a GOAWAY first (graceful)");
         assert!(pings >= 2, "the client kept answering pings ({pings})");
-        assert!(opened.elapsed() >= IDLE_TIMEOUT, "not before the idle limit: {:?}", opened.elapsed());
+        assert!(opened.elapsed() >= IDLE, "not before the idle limit: {:?}", opened.elapsed());
+        shutdown.cancel();
+        server.await.expect("server stops");
+    }
+
+    // A CDN keeps its connections to the origin open between requests; closing one as it sends
+    // a request fails that request at the CDN, so the origin waits out its idle limit.
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_stays_open_between_requests_until_the_idle_limit() {
+        let (addr, shutdown, server) = start(4).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        assert!(get(&mut c).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(IDLE - Duration::from_secs(5)).await;
+        assert!(get(&mut c).await.starts_with("HTTP/1.1 200"), "the same connection answers again");
+        let answered = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(2 * IDLE, c.read_to_end(&mut rest)).await;
+        assert_eq!(closed.expect("closed after the idle limit").expect("read"), 0);
+        assert!(answered.elapsed() >= IDLE, "not before the idle limit: {:?}", answered.elapsed());
         shutdown.cancel();
         server.await.expect("server stops");
     }

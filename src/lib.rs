@@ -132,13 +132,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
             .with_cache_policy(origin::CachePolicy::from_config(&config.http.cache, media_lifetime(&config))),
     );
     // Plain and TLS origin connections share one limit.
-    let origin_slots = Arc::new(Semaphore::new(config.http.max_connections.min(Semaphore::MAX_PERMITS)));
+    let idle_timeout = std::time::Duration::from_secs_f64(config.http.idle_timeout);
+    let origin_limits = http::Limits {
+        slots: Arc::new(Semaphore::new(config.http.max_connections.min(Semaphore::MAX_PERMITS))),
+        idle_timeout,
+    };
     let origin_serve = |listener, tls, name| {
         let origin = origin.clone();
         http::serve(
             listener,
             tls,
-            origin_slots.clone(),
+            origin_limits.clone(),
             name,
             move |req| {
                 let origin = origin.clone();
@@ -196,7 +200,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     tasks.spawn(http::serve(
         admin,
         None,
-        Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+        http::Limits { slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)), idle_timeout },
         "admin",
         move |req| {
             let admin_svc = served.clone();

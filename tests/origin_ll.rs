@@ -198,7 +198,10 @@ async fn serve() -> Served {
     let server = tokio::spawn(ladderd::http::serve(
         listener,
         None,
-        std::sync::Arc::new(tokio::sync::Semaphore::new(4096)),
+        ladderd::http::Limits {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(4096)),
+            idle_timeout: std::time::Duration::from_secs(75),
+        },
         "origin",
         move |req| {
             let origin = handler.clone();
