@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,8 +36,9 @@ const PART_TARGET: f64 = 0.2;
 const FRAME: f64 = 1.0 / 30.0;
 /// Durations are decimal text; a part exactly on target may print a hair over it.
 const EPS: f64 = 0.0005;
-/// Long enough for every live check below to finish before the publisher stops.
-const PUBLISH_SECS: u32 = 26;
+/// Longer than every live check below takes on a loaded machine; the test stops the publisher
+/// when they are done.
+const PUBLISH_SECS: u32 = 120;
 /// How long the client follows the playlist part by part.
 const FOLLOW: Duration = Duration::from_secs(8);
 /// A blocking request for the next part should come back after about one part duration. The
@@ -455,7 +456,12 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let shutdown = CancellationToken::new();
-    let daemon = rt.block_on(ladderd::start(config(LADDER, SEGMENT), shutdown.clone())).expect("daemon starts");
+    let mut cfg = config(LADDER, SEGMENT);
+    // A rung that falls behind real time skips to the next segment, and the part before the
+    // skip then lasts until it (a held picture): the fastest preset keeps this test's CPU
+    // transcode clear of that on a loaded machine.
+    cfg.transcode.x264_preset = "ultrafast".into();
+    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
     let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
     let waiter = rt.spawn(daemon.wait());
     let playlist = "/live/ll/360p/index.m3u8";
@@ -613,9 +619,10 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
     }
 
     // (e) 100 players asking for the next part at once: one blocked playlist reload each, then
-    // one blocked GET each of the hinted part. Everyone gets the same bytes. The part asked for
-    // is the last of its segment, the one whose arrival also completes the segment: the playlist
-    // must not be seen half-way between the two.
+    // one blocked GET each of the hinted part. Those waiting when it comes get the same bytes
+    // (on a loaded machine some threads may start after it, and see a later playlist). The part
+    // asked for is the last of its segment, the one whose arrival also completes the segment:
+    // no one may see the playlist half-way between the two.
     let mut text = http_get(http, playlist).text();
     let deadline = Instant::now() + Duration::from_secs(5);
     let (msn, part) = loop {
@@ -633,22 +640,22 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
         assert_eq!(r.status, 200, "GET {path}: {}", r.text());
         assert!(*took <= CONCURRENT_LIMIT, "GET {path} took {took:?}");
     }
-    let mut distinct: Vec<(String, usize)> = Vec::new();
+    // Answers by the newest part they list: one playlist text for each.
+    let mut distinct: BTreeMap<(u64, u64), (String, usize)> = BTreeMap::new();
     for (r, _) in &answers {
-        match distinct.iter_mut().find(|(t, _)| *t == r.text()) {
-            Some((_, n)) => *n += 1,
-            None => distinct.push((r.text(), 1)),
-        }
+        let text = r.text();
+        let p = Ll::from_json(&parse_playlist(&text));
+        assert!(p.answers(msn, part), "{path}:\n{text}");
+        // The segment is complete in the very playlist that first lists its last part.
+        assert!(p.open_msn > msn, "{path}: part listed, segment {msn} not complete:\n{text}");
+        let newest = p.last_part().expect("parts listed");
+        let (seen, n) = distinct.entry(newest).or_insert_with(|| (text.clone(), 0));
+        assert_eq!(*seen, text, "{path}: two different playlists with the same newest part");
+        *n += 1;
     }
-    assert!(
-        distinct.len() == 1,
-        "GET {path} ×100 gave {} different playlists ({:?} of each):\n{}",
-        distinct.len(),
-        distinct.iter().map(|(_, n)| n).collect::<Vec<_>>(),
-        distinct.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join("\n---\n")
-    );
-    let text = answers[0].0.text();
-    assert!(Ll::from_json(&parse_playlist(&text)).answers(msn, part), "{path}:\n{text}");
+    let (first, (text, waited)) = distinct.iter().next().expect("answers");
+    eprintln!("{path}: {waited} of 100 answered with the playlist up to {first:?}, {} later", 100 - waited);
+    let text = text.clone();
     let (msn, part) = preload_hint(&text).expect("preload hint");
     let part_path = format!("/live/ll/360p/{msn}.{part}.m4s");
     let answers = concurrent_gets(http, &part_path, 100);
@@ -717,8 +724,7 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
     assert!(preload_hint(&live).is_some() && !live.contains("#EXT-X-ENDLIST"), "still live:\n{live}");
 
     // (f) The publisher stops: the playlists end, with nothing more hinted.
-    let out = wait_with_timeout(publisher, Duration::from_secs(u64::from(PUBLISH_SECS) + 30));
-    assert!(out.status.success(), "publisher failed: {}", String::from_utf8_lossy(&out.stderr));
+    stop_publisher(publisher);
     for rendition in ["360p", "180p"] {
         let path = format!("/live/ll/{rendition}/index.m3u8");
         let text = eventually(Duration::from_secs(20), "ENDLIST", || {

@@ -52,7 +52,18 @@ fn a_silent_publisher_gives_way_to_a_reconnecting_one_and_a_sending_one_does_not
 
     // The first encoder's network goes away: its process stops, its connection stays open.
     signal(first.id(), "STOP");
-    std::thread::sleep(Duration::from_millis(2500));
+    // What it sent before stopping may still be on its way through a busy ladderd: silence counts
+    // from the last byte read, so wait until nothing has come for longer than TAKEOVER_SILENCE.
+    let received = || metrics.ingest_bytes.with_label_values(&["shop"]).get();
+    let (mut last, mut since, stopped) = (received(), std::time::Instant::now(), std::time::Instant::now());
+    while since.elapsed() < Duration::from_millis(2300) {
+        assert!(stopped.elapsed() < Duration::from_secs(30), "ingest still counts bytes from a stopped encoder");
+        std::thread::sleep(Duration::from_millis(100));
+        if received() != last {
+            (last, since) = (received(), std::time::Instant::now());
+        }
+        assert!(takeovers() == 0, "no takeover before a new encoder comes");
+    }
     let second = publish(rtmp, "shop-key", "320x180", 5, &[]);
     // Players never see the playlist end between the two encoders: it goes straight on to the
     // second one's segments.

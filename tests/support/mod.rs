@@ -62,6 +62,16 @@ pub fn publish_url(url: &str, size: &str, secs: u32, extra_video_args: &[&str]) 
     cmd.spawn().expect("ffmpeg must be installed (scripts/setup.sh)")
 }
 
+/// Stops a publisher that must still be running: SIGINT makes ffmpeg finish its stream and close
+/// the connection, as an encoder stopped by its operator does. For tests that publish "long
+/// enough" and end the stream when their live checks are done, however slow the machine.
+pub fn stop_publisher(mut child: Child) -> Output {
+    assert!(matches!(child.try_wait(), Ok(None)), "the publisher ended before the test was done with it");
+    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success());
+    wait_with_timeout(child, Duration::from_secs(20))
+}
+
 /// Waits for a child for at most `limit`, killing it after that.
 pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
