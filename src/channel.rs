@@ -1088,6 +1088,7 @@ impl Session {
                     _ => DecoderChoice::Cpu,
                 },
                 thumbnails: thumbnails(ctx),
+                rung_queue: crate::transcode::pipeline::RUNG_QUEUE,
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };
