@@ -1252,13 +1252,20 @@ struct LoggedSegment {
 }
 
 impl History {
-    /// Readies the logs of the renditions of a new publish: they continue at one common media
-    /// sequence number so that segment N starts at the same instant in every rendition.
+    /// Readies the logs of the renditions of a new publish. A rendition with segments listed
+    /// goes on from its own next number: a segment's media sequence number is its position in
+    /// the playlist (RFC 8216 §6.2.1), so none can be skipped. Renditions usually end a publish
+    /// with the same count, and then keep one common number for the same instant; one that
+    /// ended with a segment fewer (audio that stopped before the last video cut) keeps its own
+    /// numbers, which §6.3.2 allows: clients match renditions by time, not by number. A new or
+    /// emptied rendition starts at the highest number, aligned with the others where it can be.
     fn begin_publish(&mut self, names: Vec<String>, objects: &ChannelObjects, config: &Config) {
         let base = self.renditions.values().map(|r| r.next_msn).max().unwrap_or_else(first_media_sequence);
         let target = config.hls.segment_duration.ceil() as u64;
         for log in self.renditions.values_mut() {
-            log.next_msn = base;
+            if log.segments.is_empty() {
+                log.next_msn = base;
+            }
         }
         for name in &names {
             let log = self.renditions.entry(name.clone()).or_insert_with(|| RenditionLog {
@@ -1732,6 +1739,58 @@ mod tests {
             text.push_str(&format!("  - {{ name: {name}, stream_key: {name}-key, ladder: {ladder} }}\n"));
         }
         Config::parse(&text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    /// Segments `first..first + count` of a rendition that has ended, as a publish leaves them.
+    fn ended_log(first: u64, count: u64) -> RenditionLog {
+        let segment = |msn: u64| LoggedSegment {
+            uri: format!("{msn}.m4s"),
+            map_uri: format!("init-{first}.mp4"),
+            duration: 2.0,
+            program_date_time: SystemTime::UNIX_EPOCH,
+            discontinuity: false,
+            bytes: 1000,
+            parts: Vec::new(),
+        };
+        RenditionLog {
+            segments: (first..first + count).map(segment).collect(),
+            leaving: VecDeque::new(),
+            media_sequence: first,
+            next_msn: first + count,
+            discontinuity_sequence: 0,
+            target_duration: 2,
+            ended: true,
+            discontinuity_next: false,
+            init_uri: Some(format!("init-{first}.mp4")),
+            open_parts: Vec::new(),
+            open_pdt: None,
+            width: 0,
+            height: 0,
+            codec: String::new(),
+            channels: 0,
+            frame_rate: 0.0,
+        }
+    }
+
+    /// A segment's number is its position in the playlist: a rendition that ended a publish with
+    /// a segment fewer than the others goes on from its own next number instead of skipping one
+    /// (which would leave `{n}.m4s` at position n - 1, and blocking reloads for n answered at once
+    /// for ever).
+    #[test]
+    fn a_returning_publisher_continues_every_rendition_without_a_gap_in_its_numbers() {
+        let mut h = History::default();
+        h.renditions.insert("a".into(), ended_log(100, 3));
+        h.renditions.insert("audio".into(), ended_log(100, 2));
+        let store = Store::new();
+        let cfg = config(before_http(), &[("x", "l")]);
+        h.begin_publish(vec!["a".into(), "audio".into(), "b".into()], &store.channel("x"), &cfg);
+        for (name, next) in [("a", 103), ("audio", 102), ("b", 103)] {
+            let log = &h.renditions[name];
+            assert_eq!(log.next_msn, next, "{name}");
+            assert_eq!(log.media_sequence + log.segments.len() as u64, log.next_msn, "{name}: no gap");
+            assert!(!log.ended);
+            assert_eq!(log.discontinuity_next, name != "b", "{name}: a discontinuity after the old segments");
+        }
     }
 
     fn before_http() -> &'static str {
