@@ -1471,7 +1471,23 @@ impl RenditionPublisher {
         }
         // RFC 8216bis §4.4.3.1: each EXTINF, rounded to the nearest integer, must not exceed the
         // target duration; the target never shrinks while the playlist lives.
-        log.target_duration = log.target_duration.max(duration.round() as u64);
+        let rounded = duration.round() as u64;
+        if rounded > log.target_duration {
+            // Segments cut on the source's keyframes (a passthrough rung in the ladder) are as
+            // long as the encoder's GOP: OBS's "auto" keyframe interval makes them 8 s or more.
+            // Otherwise a gap in the source's timestamps (a stalled publisher) does it.
+            tracing::warn!(
+                channel = %self.channel,
+                rendition = %self.rendition,
+                segment_seconds = duration,
+                segment_duration = self.config.hls.segment_duration,
+                "segment longer than hls.segment_duration; EXT-X-TARGETDURATION raised to {rounded}. With a \
+                 passthrough rung, segments are cut on the source's keyframes: set the encoder's keyframe \
+                 interval to hls.segment_duration or a divisor of it. Without one, the source's timestamps \
+                 jumped"
+            );
+            log.target_duration = rounded;
+        }
         let parts = std::mem::take(&mut log.open_parts);
         log.open_pdt = None;
         log.segments.push_back(LoggedSegment {
