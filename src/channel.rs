@@ -636,6 +636,9 @@ struct PublishContext {
     id: u64,
 }
 
+/// How long a publish may send audio with no video to start the ladder before a warning says so.
+const AUDIO_ALONE_WARNING: Duration = Duration::from_secs(5);
+
 /// The channel thread of one publish: runs until the publisher leaves, then flushes.
 fn run_publish(ctx: PublishContext, rx: mpsc::Receiver<Arrival>) {
     let name = ctx.channel.name.clone();
@@ -674,6 +677,7 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     let mut audio_params: Option<AudioParams> = None;
     let mut session: Option<Session> = None;
     let mut dropped_before_start = 0u64;
+    let (mut audio_alone_since, mut warned_audio_alone) = (None::<SystemTime>, false);
     // Before the first keyframe there is no ladder yet, so these drops belong to no rung.
     let awaiting_keyframe =
         ctx.metrics.frames_dropped.with_label_values(&[name, "", DropReason::AwaitingKeyframe.as_str()]);
@@ -736,7 +740,22 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
             }
             MediaPacket::Audio(sample) => match session.as_mut() {
                 Some(s) => s.audio(sample, arrival.at),
-                None => Ok(()),
+                None => {
+                    // Audio is packaged beside the video ladder, never alone: a publisher that
+                    // sends only audio (or whose video never starts) publishes nothing, so say so.
+                    let first = *audio_alone_since.get_or_insert(arrival.at);
+                    if !warned_audio_alone && arrival.at.duration_since(first).is_ok_and(|d| d >= AUDIO_ALONE_WARNING) {
+                        warned_audio_alone = true;
+                        tracing::warn!(
+                            channel = %name,
+                            seconds = AUDIO_ALONE_WARNING.as_secs(),
+                            has_video_parameters = video_params.is_some(),
+                            "audio but no H.264 keyframe yet: nothing is published until the video starts \
+                             (audio-only channels are not served)"
+                        );
+                    }
+                    Ok(())
+                }
             },
         };
         if let Err(e) = result {

@@ -166,3 +166,60 @@ fn parts_of_a_24_fps_source_keep_within_85_percent_of_part_target() {
         }
     }
 }
+
+/// Log lines captured from every thread (nextest runs each test in its own process).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A publisher whose video never starts publishes nothing; after five seconds of audio alone the
+/// log says why, once.
+#[test]
+fn audio_without_video_is_reported_once_and_publishes_nothing() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).init();
+    let store = Arc::new(Store::new());
+    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let params = ladderd::media::AudioParams {
+        // AAC-LC, 48 kHz, stereo.
+        asc: bytes::Bytes::from_static(&[0x11, 0x90]),
+        sample_rate: 48_000,
+        channels: 2,
+        codec: "mp4a.40.2".into(),
+        frame_samples: 1024,
+    };
+    let t0 = SystemTime::now();
+    publish.media.blocking_send(Arrival { packet: MediaPacket::AudioParams(params), at: t0 }).expect("live");
+    // Eight seconds of AAC frames, stamped with their arrival as a real-time publisher's would be.
+    for i in 0..375i64 {
+        let ticks = i * 1024 * 90_000 / 48_000;
+        let sample = Sample {
+            pts: ticks,
+            dts: ticks,
+            keyframe: true,
+            segment_start: false,
+            data: bytes::Bytes::from_static(&[0x21, 0x10, 0x04]),
+        };
+        let at = t0 + Duration::from_micros(ticks as u64 * 100 / 9);
+        publish.media.blocking_send(Arrival { packet: MediaPacket::Audio(sample), at }).expect("live");
+    }
+    end_publish(&channels, publish);
+
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+    assert_eq!(text.matches("audio but no H.264 keyframe yet").count(), 1, "{text}");
+    assert!(text.contains("channel=phone"), "{text}");
+    let objects = store.get_channel("phone").expect("channel");
+    assert!(objects.get("master.m3u8").is_none() && objects.get("audio/index.m3u8").is_none(), "{:?}", objects.names());
+}
