@@ -1270,6 +1270,30 @@ struct LoggedSegment {
     parts: Vec<PlaylistPart>,
 }
 
+impl RenditionLog {
+    /// An empty log whose first segment will be number `msn`.
+    fn new(msn: u64, target_duration: u64) -> Self {
+        Self {
+            segments: VecDeque::new(),
+            leaving: VecDeque::new(),
+            media_sequence: msn,
+            next_msn: msn,
+            discontinuity_sequence: 0,
+            target_duration,
+            ended: false,
+            discontinuity_next: false,
+            init_uri: None,
+            open_parts: Vec::new(),
+            open_pdt: None,
+            width: 0,
+            height: 0,
+            codec: String::new(),
+            channels: 0,
+            frame_rate: 0.0,
+        }
+    }
+}
+
 impl History {
     /// Readies the logs of the renditions of a new publish. A rendition with segments listed
     /// goes on from its own next number: a segment's media sequence number is its position in
@@ -1287,24 +1311,7 @@ impl History {
             }
         }
         for name in &names {
-            let log = self.renditions.entry(name.clone()).or_insert_with(|| RenditionLog {
-                segments: VecDeque::new(),
-                leaving: VecDeque::new(),
-                media_sequence: base,
-                next_msn: base,
-                discontinuity_sequence: 0,
-                target_duration: target,
-                ended: false,
-                discontinuity_next: false,
-                init_uri: None,
-                open_parts: Vec::new(),
-                open_pdt: None,
-                width: 0,
-                height: 0,
-                codec: String::new(),
-                channels: 0,
-                frame_rate: 0.0,
-            });
+            let log = self.renditions.entry(name.clone()).or_insert_with(|| RenditionLog::new(base, target));
             if log.segments.is_empty() {
                 log.media_sequence = base;
             }
@@ -1789,21 +1796,10 @@ mod tests {
         };
         RenditionLog {
             segments: (first..first + count).map(segment).collect(),
-            leaving: VecDeque::new(),
-            media_sequence: first,
             next_msn: first + count,
-            discontinuity_sequence: 0,
-            target_duration: 2,
             ended: true,
-            discontinuity_next: false,
             init_uri: Some(format!("init-{first}.mp4")),
-            open_parts: Vec::new(),
-            open_pdt: None,
-            width: 0,
-            height: 0,
-            codec: String::new(),
-            channels: 0,
-            frame_rate: 0.0,
+            ..RenditionLog::new(first, 2)
         }
     }
 

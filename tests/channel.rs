@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ladderd::channel::Channels;
-use ladderd::ingest::PublishGate;
+use ladderd::ingest::{Publish, PublishGate};
 use ladderd::media::{Arrival, MediaPacket, Sample};
 use ladderd::metrics::Metrics;
 use ladderd::store::Store;
@@ -52,26 +52,34 @@ fn feed(tx: &tokio::sync::mpsc::Sender<Arrival>, samples: &[Sample], offset: i64
     }
 }
 
+/// The phone channel of [`LADDER`] with one publish begun: its store, its channels, the publish.
+fn publish_phone() -> (Arc<Store>, Channels, Publish) {
+    let store = Arc::new(Store::new());
+    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+    (store, channels, publish)
+}
+
+/// Sends a video sequence header, as ingest does before the first picture.
+fn send_params(publish: &Publish, params: ladderd::media::VideoParams) {
+    publish
+        .media
+        .blocking_send(Arrival { packet: MediaPacket::VideoParams(params), at: SystemTime::now() })
+        .expect("live");
+}
+
 #[test]
 fn a_phone_turning_sideways_restarts_the_ladder_behind_a_discontinuity() {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let (landscape, a) = encoded_video(dir.path(), "320x240", 30, 3);
     let (portrait, b) = encoded_video(dir.path(), "240x320", 30, 3);
-    let store = Arc::new(Store::new());
-    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
-    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let (store, channels, publish) = publish_phone();
 
-    publish
-        .media
-        .blocking_send(Arrival { packet: MediaPacket::VideoParams(landscape), at: SystemTime::now() })
-        .expect("live");
+    send_params(&publish, landscape);
     feed(&publish.media, &a, 0);
-    publish
-        .media
-        .blocking_send(Arrival { packet: MediaPacket::VideoParams(portrait), at: SystemTime::now() })
-        .expect("live");
+    send_params(&publish, portrait);
     feed(&publish.media, &b, 270_000);
 
     // While the publisher is still there, the playlists continue past the change and stay open.
@@ -121,14 +129,8 @@ fn parts_of_a_24_fps_source_keep_within_85_percent_of_part_target() {
     // On RTMP's millisecond clock, as ingest hands them on: 41 and 42 ms apart.
     let ms = |t: i64| (t as f64 / 90.0).round() as i64 * 90;
     let samples: Vec<Sample> = samples.into_iter().map(|s| Sample { pts: ms(s.pts), dts: ms(s.dts), ..s }).collect();
-    let store = Arc::new(Store::new());
-    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
-    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
-    publish
-        .media
-        .blocking_send(Arrival { packet: MediaPacket::VideoParams(params), at: SystemTime::now() })
-        .expect("live");
+    let (store, channels, publish) = publish_phone();
+    send_params(&publish, params);
     feed(&publish.media, &samples, 0);
     end_publish(&channels, publish);
 
@@ -188,10 +190,7 @@ fn audio_without_video_is_reported_once_and_publishes_nothing() {
     let logs = Captured::default();
     let writer = logs.clone();
     tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).init();
-    let store = Arc::new(Store::new());
-    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
-    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let (store, channels, publish) = publish_phone();
     let params = ladderd::media::AudioParams {
         // AAC-LC, 48 kHz, stereo.
         asc: bytes::Bytes::from_static(&[0x11, 0x90]),
