@@ -266,9 +266,11 @@ fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_conti
     let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
     let waiter = rt.spawn(daemon.wait());
 
-    // A 1 s source GOP under a 2 s target: segments cut on every other source keyframe.
+    // A 1 s source GOP under a 2 s target: segments cut on every other source keyframe. Two
+    // B-frames, as OBS's x264 sends by default: the passthrough rung keeps them (composition
+    // offsets), the transcoded rung decodes them.
     let out = wait_with_timeout(
-        publish(rtmp, "shop-key", "640x360", 7, &["-g", "30", "-keyint_min", "30"]),
+        publish(rtmp, "shop-key", "640x360", 7, &["-g", "30", "-keyint_min", "30", "-bf", "2"]),
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "publisher failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -295,8 +297,10 @@ fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_conti
         let p = ended(name);
         let init = http_get(http, &format!("/live/shop/{name}/{}", p.map.clone().expect("EXT-X-MAP"))).body;
         let mut starts = Vec::new();
+        let mut whole = init.clone();
         for (seg, duration) in &p.segments {
             let body = http_get(http, &format!("/live/shop/{name}/{seg}")).body;
+            whole.extend_from_slice(&body);
             let (key, pts, kind) = first_frame(&init, &body);
             assert!(key && kind == "I", "{name}/{seg} must start with an IDR");
             // Every cut is on a source keyframe, so durations are whole seconds here.
@@ -305,6 +309,18 @@ fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_conti
         }
         assert!(starts.len() >= 3, "{name}: {starts:?}");
         first_publish.push(starts);
+        // Every picture decodes, in presentation order (B-frames reordered by their offsets).
+        let decoded =
+            ffprobe_stdin(&whole, &["-select_streams", "v:0", "-show_entries", "frame=pts", "-of", "csv=p=0"]);
+        let pts: Vec<i64> = decoded.lines().filter_map(|l| l.trim_end_matches(',').parse().ok()).collect();
+        assert!(pts.len() >= 180, "{name}: {} pictures", pts.len());
+        assert!(pts.windows(2).all(|w| w[1] > w[0]), "{name}: pictures in presentation order");
+        let reorder = ffprobe_stdin(
+            &whole,
+            &["-select_streams", "v:0", "-show_entries", "stream=has_b_frames", "-of", "csv=p=0"],
+        );
+        let expected = if name == "source" { "2" } else { "0" };
+        assert_eq!(reorder.trim(), expected, "{name}: B-frames kept by passthrough, none in ladderd's encodes");
     }
     assert_eq!(first_publish[0], first_publish[1], "source and 240p segments start together");
 
@@ -321,7 +337,8 @@ fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_conti
     assert!(live.1.contains("#EXT-X-DISCONTINUITY\n"), "{}", live.1);
     let out = wait_with_timeout(second, Duration::from_secs(60));
     assert!(out.status.success(), "second publisher failed: {}", String::from_utf8_lossy(&out.stderr));
-    for name in ["source", "240p"] {
+    // Audio too: it may have ended the first publish with a segment fewer than the video.
+    for name in ["source", "240p", "audio"] {
         let p = ended(name);
         let numbers: Vec<u64> =
             p.segments.iter().map(|(s, _)| s.trim_end_matches(".m4s").parse().expect("numbered segment")).collect();
