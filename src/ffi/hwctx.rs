@@ -294,16 +294,66 @@ pub fn frame_ref(src: &frame::Video) -> Result<frame::Video, HwError> {
     if ret < 0 {
         return Err(HwError::code("referencing a picture", ret));
     }
-    // SAFETY: `dst` owns a valid AVFrame for as long as it lives, and we hold it mutably.
-    let raw = unsafe { dst.as_mut_ptr() };
+    strip_side_data(&mut dst);
+    Ok(dst)
+}
+
+/// Removes every side data entry of a frame this code owns.
+fn strip_side_data(frame: &mut frame::Video) {
+    // SAFETY: `frame` owns a valid AVFrame for as long as it lives, and we hold it mutably.
+    let raw = unsafe { frame.as_mut_ptr() };
     loop {
-        // SAFETY: `raw` is `dst`'s valid AVFrame; reading its side data count and first entry.
+        // SAFETY: `raw` is the frame's valid AVFrame; reading its side data count and first entry.
         let first = unsafe { ((*raw).nb_side_data > 0).then(|| *(*raw).side_data) };
         let Some(first) = first.filter(|p| !p.is_null()) else { break };
-        // SAFETY: `first` is an entry of `dst`'s own side data array (av_frame_ref copied it);
-        // av_frame_remove_side_data frees every entry of its type, so the count falls each turn.
+        // SAFETY: `first` is an entry of the frame's own side data array; av_frame_remove_side_data
+        // frees every entry of its type, so the count falls each turn.
         unsafe { sys::av_frame_remove_side_data(raw, (*first).type_) };
     }
+}
+
+/// Copies a hardware frame into a new frame from `frames`' pool, on the device: for an encoder
+/// opened on one frames context that is handed pictures of another of the same device, layout
+/// and size (the decoder re-initialised and the scaling graph was rebuilt on new pools). The
+/// picture's properties follow (colours, timestamps), its side data does not, as in
+/// [`frame_ref`]. libavutil tries the source's device-to-device transfer, then the
+/// destination's; CUDA's copies device memory to device memory on the device's stream (in order
+/// with the encoder's work on the same device), others may refuse (`ENOSYS`).
+pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwError> {
+    let from = HwFrames::of_frame(src)
+        .ok_or_else(|| HwError("copying a picture on the GPU failed: it is not in GPU memory".into()))?;
+    if from.sw_format() != frames.sw_format() || (src.width(), src.height()) != frames.size() {
+        return Err(HwError(format!(
+            "copying a {:?} {}x{} picture into {frames:?} is not possible",
+            from.sw_format(),
+            src.width(),
+            src.height()
+        )));
+    }
+    let mut dst = frame::Video::empty();
+    // SAFETY: `frames` is an initialised frames context and `dst` a blank frame; on success
+    // av_hwframe_get_buffer gives `dst` a pool buffer and a reference to the context.
+    let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
+    if ret < 0 {
+        return Err(HwError::code("taking a frame from the GPU frame pool", ret));
+    }
+    // SAFETY: both frames are hardware frames with buffers (checked and allocated above), of one
+    // sw_format and size: av_hwframe_transfer_data's hardware-to-hardware case.
+    let ret = unsafe { sys::av_hwframe_transfer_data(dst.as_mut_ptr(), src.as_ptr(), 0) };
+    if ret < 0 {
+        return Err(HwError(format!(
+            "copying a picture between two GPU frame pools failed: {}{}",
+            error_text(ret),
+            nvidia_hint(None)
+        )));
+    }
+    // SAFETY: both are valid frames; av_frame_copy_props copies metadata and side data into
+    // `dst`, which owns what it receives.
+    let ret = unsafe { sys::av_frame_copy_props(dst.as_mut_ptr(), src.as_ptr()) };
+    if ret < 0 {
+        return Err(HwError::code("copying a picture's properties", ret));
+    }
+    strip_side_data(&mut dst);
     Ok(dst)
 }
 

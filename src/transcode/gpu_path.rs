@@ -402,11 +402,13 @@ pub struct RungFrames {
     width: u32,
     height: u32,
     scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
+    /// GPU pictures copied into the encoder's frames context from another one.
+    pub copied_between_pools: u64,
 }
 
 impl RungFrames {
     pub fn new(width: u32, height: u32) -> Self {
-        Self { width, height, scaler: None }
+        Self { width, height, scaler: None, copied_between_pools: 0 }
     }
 
     /// The picture to encode for `src` (at `pts`; an IDR is forced when `cut`).
@@ -420,7 +422,7 @@ impl RungFrames {
         let mut out = match input {
             EncoderInput::Gpu(frames) => {
                 let same = HwFrames::of_frame(src).is_some_and(|f| f.same_context(frames));
-                if !same || (src.width(), src.height()) != (self.width, self.height) {
+                if !hwctx::is_hw_frame(src) || (src.width(), src.height()) != (self.width, self.height) {
                     return Err(FrameError::Gpu(HwError(format!(
                         "NVENC was opened for GPU pictures of {frames:?}; this picture is {:?} {}x{}{}",
                         src.format(),
@@ -429,7 +431,21 @@ impl RungFrames {
                         if hwctx::is_hw_frame(src) { " from another frames context" } else { " in system memory" }
                     ))));
                 }
-                hwctx::frame_ref(src).map_err(FrameError::Gpu)?
+                if same {
+                    hwctx::frame_ref(src).map_err(FrameError::Gpu)?
+                } else {
+                    // The decoder re-initialised and the graph was rebuilt on new pools: NVENC
+                    // keeps the context it was opened with, so the picture is copied into it on
+                    // the GPU, instead of the rung leaving the GPU for libx264.
+                    self.copied_between_pools += 1;
+                    hwctx::copy_on_device(frames, src).map_err(|e| {
+                        FrameError::Gpu(HwError(format!(
+                            "NVENC was opened for GPU pictures of {frames:?}; this picture is from another \
+                             frames context, and {}",
+                            e.0
+                        )))
+                    })?
+                }
             }
             EncoderInput::System if hwctx::is_hw_frame(src) => {
                 let down = hwctx::download(src).map_err(FrameError::Gpu)?;
@@ -789,6 +805,26 @@ mod tests {
         // …and refuses any other, which moves the rung to libx264.
         let Err(FrameError::Gpu(e)) = rf.prepare(&out[0], &gpu, 9000, false) else { panic!("another context") };
         assert!(e.0.contains("from another frames context"), "{e}");
+        // A picture of the rung's size from another context (a graph rebuilt after the decoder
+        // re-initialised) is copied into the encoder's on the device where the device can copy
+        // between pools (CUDA); Mesa's Vulkan here cannot, and says so.
+        let mut rebuilt = ChannelScaler::new("test", ScaleFilter::Vulkan, &rungs, fallbacks.clone());
+        let Ok(Routed::PerRung(again)) = rebuilt.route(hwctx::frame_ref(&picture).expect("ref")) else {
+            panic!("per rung")
+        };
+        assert!(!HwFrames::of_frame(&again[1]).expect("frames").same_context(&HwFrames::of_frame(&out[1]).expect("f")));
+        match rf.prepare(&again[1], &gpu, 9000, false) {
+            Ok(copy) => {
+                let into = HwFrames::of_frame(&copy).expect("a GPU picture");
+                assert!(into.same_context(&HwFrames::of_frame(&out[1]).expect("frames")), "in NVENC's pool");
+                assert_eq!((copy.width(), copy.height(), copy.pts()), (64, 36, Some(9000)));
+            }
+            Err(FrameError::Gpu(e)) => {
+                assert!(e.0.contains("copying a picture between two GPU frame pools failed"), "{e}")
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        assert_eq!(rf.copied_between_pools, 1);
         let Err(FrameError::Gpu(e)) = rf.prepare(&flat(64, 36), &gpu, 9000, false) else { panic!("system memory") };
         assert!(e.0.ends_with("in system memory"), "{e}");
 

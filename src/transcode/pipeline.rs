@@ -691,11 +691,15 @@ impl RungWorker {
                 enc.cuts.push_back(picture.pts);
             }
             enc.ingest.insert(picture.pts, picture.ingest_time);
+            let copied = frames.copied_between_pools;
             let sent = frames
                 .prepare(src, &enc.input, picture.pts, picture.segment_start)
                 .map_err(|e| self.frame_error(picture.pts, e))
                 .and_then(|out| self.send(enc, &out))
                 .and_then(|()| self.receive(enc, sink));
+            if copied == 0 && frames.copied_between_pools > 0 && sent.is_ok() {
+                tracing::info!(channel = %self.channel, rung = %self.rung.name, pts = picture.pts, "GPU pictures now come from a new frames context (the decoder re-initialised); NVENC gets copies on the GPU");
+            }
             match sent {
                 Ok(()) => {}
                 Err(err) if enc.choice.is_hardware() || matches!(err, TranscodeError::GpuPicture { .. }) => {
