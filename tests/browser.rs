@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LADDER: &str = r#"
 ladders:
@@ -26,11 +25,8 @@ fn hls_js_in_chromium_plays_the_ladder() {
         dir.join("node_modules/hls.js").exists() && dir.join("node_modules/playwright-core").exists(),
         "run scripts/setup.sh first (npm packages for the browser test are missing)"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
-    let daemon = rt.block_on(ladderd::start(config(LADDER, 1.0), shutdown.clone())).expect("daemon starts");
-    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(config(LADDER, 1.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
 
     let publisher = publish(rtmp, "shop-key", "640x360", 120, &["-g", "30", "-keyint_min", "30"]);
     eventually(Duration::from_secs(20), "the master playlist", || {
@@ -70,10 +66,7 @@ fn hls_js_in_chromium_plays_the_ladder() {
 
     // Live until here, however slowly the players ran: long publishes, stopped when done.
     stop_publisher(publisher);
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }
 
 const LOW_LATENCY_LADDER: &str = r#"
@@ -96,16 +89,13 @@ fn hls_js_low_latency_mode_plays_every_rendition_from_parts() {
         dir.join("node_modules/hls.js").exists() && dir.join("node_modules/playwright-core").exists(),
         "run scripts/setup.sh first (npm packages for the browser test are missing)"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     // A 720p source, three rungs and Chromium decoding 720p share two cores here: the fastest
     // x264 preset (for ladderd and the publisher) keeps every rung in real time, so that what is
     // tested is the player, not whether this machine keeps up.
     let mut cfg = config(LOW_LATENCY_LADDER, 1.0);
     cfg.transcode.x264_preset = "ultrafast".into();
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
 
     let publisher =
         publish(rtmp, "live-key", "1280x720", 120, &["-g", "30", "-keyint_min", "30", "-preset", "ultrafast"]);
@@ -162,10 +152,7 @@ fn hls_js_low_latency_mode_plays_every_rendition_from_parts() {
 
     // Live until here, however slowly the players ran: long publishes, stopped when done.
     stop_publisher(publisher);
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }
 
 /// The preview page (`/preview/{channel}`) plays the channel with hls.js from this origin and
@@ -189,11 +176,8 @@ fn the_preview_page_plays_and_shows_a_posted_coupon_over_the_video() {
     let mut config = config(LADDER, 1.0);
     config.admin.token = Some(TOKEN.into());
     config.http.player_js = player_js;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
-    let daemon = rt.block_on(ladderd::start(config, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(config);
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
 
     let page = http_get(http, "/preview/shop");
     assert_eq!((page.status, page.header("cache-control")), (200, Some("no-cache")), "{}", page.text());
@@ -250,8 +234,5 @@ fn the_preview_page_plays_and_shows_a_posted_coupon_over_the_video() {
 
     // Live until here, however slowly the players ran: long publishes, stopped when done.
     stop_publisher(publisher);
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }

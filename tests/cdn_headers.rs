@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LADDER: &str = r#"
 ladders:
@@ -59,14 +58,11 @@ fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> Seen {
 #[test]
 fn origin_headers_seen_by_a_real_http_client() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     let mut cfg = config(LADDER, 1.0);
     cfg.http.cache.preset = ladderd::config::CachePreset::Cdn;
     let lifetime = (cfg.hls.window + 2) as u64; // segments of one second
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
 
     // Before any publish: a configured channel is a briefly cached 404, an unknown one is not cached.
     let idle = curl(http, "/live/idle/master.m3u8", &[]);
@@ -160,6 +156,5 @@ fn origin_headers_seen_by_a_real_http_client() {
     // Live through every check above (the blocking and too-far-ahead answers need a live
     // playlist), however slow the machine: a long publish, stopped here.
     stop_publisher(publisher);
-    shutdown.cancel();
-    rt.block_on(waiter).expect("daemon stops");
+    daemon.stop();
 }

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LADDER: &str = r#"
 ladders:
@@ -45,12 +44,9 @@ fn attrs(line: &str) -> BTreeMap<String, String> {
 #[test]
 fn rtmp_to_cpu_ladder_to_fmp4_hls() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
-    let daemon = rt.block_on(ladderd::start(config(LADDER, 2.0), shutdown.clone())).expect("daemon starts");
-    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
+    let daemon = Running::start(config(LADDER, 2.0));
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
     let metrics = daemon.metrics.clone();
-    let waiter = rt.spawn(daemon.wait());
 
     let main = publish(rtmp, "demo-key", "1280x720", 12, &[]);
     // While it is live: a wrong key and a second publisher on the same key are both refused, and
@@ -220,10 +216,7 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
     assert!(origin_ok > 10.0, "{origin_ok} origin responses with 200");
     assert_eq!(metrics.publishes.with_label_values(&["other"]).get(), 0);
 
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }
 
 /// The first video frame of `init` + `segment`: (is key frame, pts in seconds, picture type).
@@ -260,11 +253,8 @@ channels:
 #[test]
 fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_continues_after_a_discontinuity() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
-    let daemon = rt.block_on(ladderd::start(config(PASSTHROUGH, 2.0), shutdown.clone())).expect("daemon starts");
-    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(config(PASSTHROUGH, 2.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
 
     // A 1 s source GOP under a 2 s target: segments cut on every other source keyframe. Two
     // B-frames, as OBS's x264 sends by default: the passthrough rung keeps them (composition
@@ -347,8 +337,5 @@ fn passthrough_rung_aligns_with_transcoded_rungs_and_a_returning_publisher_conti
         assert!(p.segments.len() > before.segments.len() + 1, "{name}: the second publish added segments");
     }
 
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LADDER: &str = r#"
 ladders:
@@ -454,16 +453,13 @@ fn gstreamer(http: SocketAddr) -> Option<Child> {
 #[test]
 fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     let mut cfg = config(LADDER, SEGMENT);
     // A rung that falls behind real time skips to the next segment, and the part before the
     // skip then lasts until it (a held picture): the fastest preset keeps this test's CPU
     // transcode clear of that on a loaded machine.
     cfg.transcode.x264_preset = "ultrafast".into();
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
     let playlist = "/live/ll/360p/index.m3u8";
 
     // A 1 s source GOP, so that segments are 1 s long and skipping starts early.
@@ -757,8 +753,5 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
         );
     }
 
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -58,14 +57,11 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     init_tracing();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(dir.join("node_modules/hls.js").exists(), "run scripts/setup.sh first");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     let mut cfg = config(LADDER, 1.0);
     cfg.admin.token = Some(TOKEN.into());
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
+    let daemon = Running::start(cfg);
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
     let metrics = daemon.metrics.clone();
-    let waiter = rt.spawn(daemon.wait());
     let post =
         |channel: &str, body: &[u8]| http_post(admin, &format!("/api/v1/channels/{channel}/metadata"), TOKEN, body);
 
@@ -172,8 +168,5 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     assert!(metrics.metadata_latency.with_label_values(&["shop"]).get_sample_count() >= 5);
 
     stop_publisher(publisher);
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "prometheus-test-token";
 
@@ -161,13 +160,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[test]
 fn prometheus_scrapes_ladderd_and_the_dashboard_queries_evaluate() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     let mut cfg = config(LADDER, 2.0);
     cfg.admin.token = Some(TOKEN.into());
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
     let prometheus = Prometheus::start(admin);
 
     // A keyframe every 60 frames at 30 fps: a 2 s source GOP.
@@ -273,9 +269,6 @@ fn prometheus_scrapes_ladderd_and_the_dashboard_queries_evaluate() {
     let _ = viewer.join();
     // Live through every check above, however slow the machine: a long publish, stopped here.
     stop_publisher(publisher);
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
     drop(prometheus);
 }

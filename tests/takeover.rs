@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LADDER: &str = r#"
 ladders:
@@ -31,14 +30,11 @@ fn playlist(http: std::net::SocketAddr) -> Option<(MediaPlaylist, String)> {
 #[test]
 fn a_silent_publisher_gives_way_to_a_reconnecting_one_and_a_sending_one_does_not() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     // An idle timeout far beyond the test, so that only the takeover can free the channel.
     let mut cfg = config(LADDER, 1.0);
     cfg.rtmp.idle_timeout = 60.0;
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http, metrics) = (daemon.rtmp_addr, daemon.http_addr, daemon.metrics.clone());
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmp, http, metrics) = (daemon.rtmp, daemon.http, daemon.metrics.clone());
     let takeovers = || metrics.publisher_takeovers.with_label_values(&["shop"]).get();
 
     let mut first = publish(rtmp, "shop-key", "320x180", 60, &[]);
@@ -92,6 +88,5 @@ fn a_silent_publisher_gives_way_to_a_reconnecting_one_and_a_sending_one_does_not
 
     signal(first.id(), "KILL");
     let _ = first.wait();
-    shutdown.cancel();
-    rt.block_on(waiter).expect("daemon stops");
+    daemon.stop();
 }

@@ -7,7 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LADDER: &str = r#"
 ladders:
@@ -29,14 +28,11 @@ fn probe(jpeg: &[u8]) -> String {
 #[test]
 fn thumb_jpg_is_a_small_jpeg_refreshed_every_interval_while_live() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     let cfg = config(LADDER, 1.0);
     assert_eq!(cfg.hls.thumbnail_interval, 2.0, "the default interval");
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http) = (daemon.rtmp_addr, daemon.http_addr);
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
     let metrics = daemon.metrics.clone();
-    let waiter = rt.spawn(daemon.wait());
 
     // Before any publish: a configured channel is briefly cached, an unknown one not at all.
     let r = http_get(http, "/live/cam/thumb.jpg");
@@ -81,8 +77,5 @@ fn thumb_jpg_is_a_small_jpeg_refreshed_every_interval_while_live() {
         let r = http_get(http, "/live/cam/thumb.jpg");
         (r.status == 404).then_some(())
     });
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }

@@ -10,7 +10,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 /// A self-signed certificate for 127.0.0.1 written to `cert` and `key` (replacing them).
 fn make_certificate(cert: &Path, key: &Path, name: &str) {
@@ -80,12 +79,9 @@ fn rtmps_ingest_https_origin_and_certificate_reload() {
     )
     .expect("config");
     let cfg = ladderd::Config::load(&file).expect("valid config");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmps, https, http) = (daemon.rtmps_addr.expect("rtmps"), daemon.https_addr.expect("https"), daemon.http_addr);
-    let reloader = daemon.reloader();
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmps, https, http) = (daemon.rtmps.expect("rtmps"), daemon.https.expect("https"), daemon.http);
+    let reloader = daemon.reloader.clone();
 
     // Plain RTMP on the TLS port is refused by the TLS handshake, and nothing goes live.
     let plain = publish(rtmps, "sec-key", "320x180", 2, &[]);
@@ -139,6 +135,5 @@ fn rtmps_ingest_https_origin_and_certificate_reload() {
     let total: f64 = ended.segments.iter().map(|(_, d)| d).sum();
     assert!((10.0..=13.0).contains(&total), "about 12 s published over RTMPS, got {total:.2} s");
 
-    shutdown.cancel();
-    rt.block_on(waiter).expect("daemon stops");
+    daemon.stop();
 }

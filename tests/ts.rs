@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "ts-test-token-0123";
 
@@ -44,13 +43,10 @@ fn ts_segments_decode_carry_timed_id3_and_play_in_hls_js() {
     init_tracing();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(dir.join("node_modules/mux.js").exists(), "run scripts/setup.sh first");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let shutdown = CancellationToken::new();
     let mut cfg = config(LADDER, 1.0);
     cfg.admin.token = Some(TOKEN.into());
-    let daemon = rt.block_on(ladderd::start(cfg, shutdown.clone())).expect("daemon starts");
-    let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
-    let waiter = rt.spawn(daemon.wait());
+    let daemon = Running::start(cfg);
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
 
     let publisher = publish(rtmp, "legacy-key", "640x360", 20, &["-g", "30", "-keyint_min", "30"]);
     eventually(Duration::from_secs(20), "the master playlist", || {
@@ -137,8 +133,5 @@ fn ts_segments_decode_carry_timed_id3_and_play_in_hls_js() {
     let audio = http_get(http, "/live/legacy/audio/index.m3u8").text();
     assert!(audio.contains(".ts\n"), "audio rendition in TS too:\n{audio}");
 
-    shutdown.cancel();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), waiter).await })
-        .expect("daemon stops")
-        .expect("join");
+    daemon.stop();
 }

@@ -18,6 +18,45 @@ pub fn ffprobe() -> String {
     std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into())
 }
 
+/// ladderd running in the test's process on a runtime of its own, as `ladderd run` would run it:
+/// every listener bound, the drain on [`Running::stop`].
+pub struct Running {
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// RTMPS ingest, when `rtmp.tls_listen` is set.
+    pub rtmps: Option<SocketAddr>,
+    /// The HTTPS origin, when `http.tls_listen` is set.
+    pub https: Option<SocketAddr>,
+    pub metrics: std::sync::Arc<ladderd::metrics::Metrics>,
+    pub reloader: ladderd::Reloader,
+    shutdown: tokio_util::sync::CancellationToken,
+    waiter: tokio::task::JoinHandle<()>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Running {
+    pub fn start(config: Config) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let daemon = rt.block_on(ladderd::start(config, shutdown.clone())).expect("daemon starts");
+        let (rtmp, http, admin) = (daemon.rtmp_addr, daemon.http_addr, daemon.admin_addr);
+        let (rtmps, https, metrics) = (daemon.rtmps_addr, daemon.https_addr, daemon.metrics.clone());
+        let reloader = daemon.reloader();
+        let waiter = rt.spawn(daemon.wait());
+        Self { rtmp, http, admin, rtmps, https, metrics, reloader, shutdown, waiter, rt }
+    }
+
+    /// Shuts down as SIGTERM does (drain, then the listeners close) and waits for it, 20 s at most.
+    pub fn stop(self) {
+        self.shutdown.cancel();
+        self.rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), self.waiter).await })
+            .expect("daemon stops within 20 s")
+            .expect("join");
+    }
+}
+
 /// A configuration on ephemeral loopback ports with the given `ladders:` and `channels:` YAML.
 pub fn config(ladders_and_channels: &str, segment_duration: f64) -> Config {
     let text = format!(
