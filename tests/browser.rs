@@ -20,11 +20,7 @@ channels:
 #[test]
 fn hls_js_in_chromium_plays_the_ladder() {
     init_tracing();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/hls.js").exists() && dir.join("node_modules/playwright-core").exists(),
-        "run scripts/setup.sh first (npm packages for the browser test are missing)"
-    );
+    let dir = browser_dir(&["hls.js", "playwright-core"]);
     let daemon = Running::start(config(LADDER, 1.0));
     let (rtmp, http) = (daemon.rtmp, daemon.http);
 
@@ -84,11 +80,7 @@ channels:
 #[test]
 fn hls_js_low_latency_mode_plays_every_rendition_from_parts() {
     init_tracing();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/hls.js").exists() && dir.join("node_modules/playwright-core").exists(),
-        "run scripts/setup.sh first (npm packages for the browser test are missing)"
-    );
+    let dir = browser_dir(&["hls.js", "playwright-core"]);
     // A 720p source, three rungs and Chromium decoding 720p share two cores here: the fastest
     // x264 preset (for ladderd and the publisher) keeps every rung in real time, so that what is
     // tested is the player, not whether this machine keeps up.

@@ -8,7 +8,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -47,14 +46,9 @@ const NEXT_PART_LIMIT: Duration = Duration::from_millis(1500);
 /// 100 simultaneous requests on a 2-core machine: the same idea, with room for scheduling.
 const CONCURRENT_LIMIT: Duration = Duration::from_secs(3);
 
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
 /// Reads playlist texts with m3u8-parser; one JSON value per text.
 fn parse_playlists(texts: &[String]) -> Vec<Value> {
-    let dir = browser_dir();
-    assert!(dir.join("node_modules/m3u8-parser").exists(), "run scripts/setup.sh first (m3u8-parser is missing)");
+    let dir = browser_dir(&["m3u8-parser"]);
     let mut child = Command::new("node")
         .arg(dir.join("parse-m3u8.mjs"))
         .arg("--array")
@@ -677,7 +671,7 @@ fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
     let h2_playlist = format!("{playlist}?_HLS_msn={msn}&_HLS_part={part}");
     let h2_part = format!("/live/ll/360p/{msn}.{part}.m4s");
     let out = Command::new("node")
-        .arg(browser_dir().join("h2c-get.mjs"))
+        .arg(browser_dir(&[]).join("h2c-get.mjs"))
         .arg(format!("http://{http}{h2_playlist}"))
         .arg(format!("http://{http}{h2_part}"))
         .output()

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,8 +54,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     init_tracing();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(dir.join("node_modules/hls.js").exists(), "run scripts/setup.sh first");
+    let dir = browser_dir(&["hls.js", "playwright-core"]);
     let mut cfg = config(LADDER, 1.0);
     cfg.admin.token = Some(TOKEN.into());
     let daemon = Running::start(cfg);

@@ -41,8 +41,7 @@ fn mux_js(dir: &Path, ts: &[u8]) -> serde_json::Value {
 #[test]
 fn ts_segments_decode_carry_timed_id3_and_play_in_hls_js() {
     init_tracing();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(dir.join("node_modules/mux.js").exists(), "run scripts/setup.sh first");
+    let dir = browser_dir(&["mux.js", "hls.js", "playwright-core"]);
     let mut cfg = config(LADDER, 1.0);
     cfg.admin.token = Some(TOKEN.into());
     let daemon = Running::start(cfg);

@@ -177,6 +177,16 @@ pub fn end_publish(channels: &ladderd::channel::Channels, publish: ladderd::inge
     channels.drain();
 }
 
+/// `tests/browser`, where the Node.js scripts that drive Chromium and the npm packages they use
+/// live, once each of `packages` is installed there (by scripts/setup.sh).
+pub fn browser_dir(packages: &[&str]) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    for package in packages {
+        assert!(dir.join("node_modules").join(package).exists(), "run scripts/setup.sh first ({package} is missing)");
+    }
+    dir
+}
+
 /// Runs ffprobe on bytes given on stdin and returns its stdout.
 pub fn ffprobe_stdin(bytes: &[u8], args: &[&str]) -> String {
     let mut child = Command::new(ffprobe())
