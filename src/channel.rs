@@ -709,7 +709,12 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                     match (&video_params, sample.keyframe) {
                         (Some(vp), true) => {
                             match Session::start(ctx, vp.clone(), audio_params.clone(), sample.pts, arrival.at) {
-                                Ok(s) => session = Some(s),
+                                Ok(s) => {
+                                    session = Some(s);
+                                    // Audio before this keyframe was not alone for long; a later
+                                    // restart counts afresh.
+                                    (audio_alone_since, warned_audio_alone) = (None, false);
+                                }
                                 Err(e) => {
                                     tracing::error!(channel = %name, error = %e, "cannot start the pipeline; ending the publish");
                                     ctx.metrics.pipeline_errors.with_label_values(&[name, "start"]).inc();

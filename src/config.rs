@@ -93,7 +93,7 @@ pub struct HttpConfig {
     #[serde(default = "default_http_max_connections")]
     pub max_connections: usize,
     /// Seconds an origin or admin connection may stay without a request in flight before it is
-    /// closed; over HTTP/1.1 also the most a request's headers may take to arrive. Longer than
+    /// closed (a request head has 10 s from its first byte, whatever this is). Longer than
     /// the keep-alive of the CDN in front, so that it is the CDN that closes an idle connection:
     /// a request sent just as the origin closes one fails at the CDN.
     #[serde(default = "default_http_idle_timeout")]

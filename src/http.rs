@@ -93,6 +93,12 @@ impl http_body::Body for Body {
 /// How long a new connection has to show which protocol it speaks (see [`Opening`]).
 const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an HTTP/1.1 request head may take from its first byte to the start of the request
+/// (slowloris bound), on a new connection as between keep-alive requests. hyper's own header
+/// timer is the idle limit as well (it runs from the end of one response to the next head), so
+/// it is set to `http.idle_timeout` and this bound is kept by [`Idle`].
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which a prior-knowledge client sends first.
 const H2_PREFACE_LEN: usize = 24;
 
@@ -100,16 +106,28 @@ const H2_PREFACE_LEN: usize = 24;
 /// 24-byte preface, must come within [`OPENING_TIMEOUT`]. hyper's own header timeout starts
 /// only after the automatic HTTP/1-or-2 detection has read those bytes, so without this a client
 /// that connects and sends nothing (or half a preface) would hold a connection slot for ever.
+///
+/// Over HTTP/1.1 it also tells the connection's [`Idle`] when bytes arrive while no request is in
+/// flight: the start of the next request head, which must be complete within [`HEADER_TIMEOUT`].
 struct Opening<S> {
     inner: S,
     /// Bytes still to come before the protocol is known; 0 once it is.
     awaiting: usize,
+    /// The connection speaks HTTP/1 (known from its first byte).
+    http1: bool,
+    idle: Arc<Idle>,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S> Opening<S> {
-    fn new(inner: S) -> Self {
-        Self { inner, awaiting: H2_PREFACE_LEN, deadline: Box::pin(tokio::time::sleep(OPENING_TIMEOUT)) }
+    fn new(inner: S, idle: Arc<Idle>) -> Self {
+        Self {
+            inner,
+            awaiting: H2_PREFACE_LEN,
+            http1: false,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(OPENING_TIMEOUT)),
+        }
     }
 }
 
@@ -123,13 +141,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Opening<S> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
-                if self.awaiting > 0 && !read.is_empty() {
-                    self.awaiting = if before == 0 && self.awaiting == H2_PREFACE_LEN && read[0] != b'P' {
-                        // Not "PRI * HTTP/2.0…": HTTP/1, whose head hyper's timer now bounds.
-                        0
+                let got = !read.is_empty();
+                if self.awaiting > 0 && got {
+                    if before == 0 && self.awaiting == H2_PREFACE_LEN && read[0] != b'P' {
+                        // Not "PRI * HTTP/2.0…": HTTP/1.
+                        self.awaiting = 0;
+                        self.http1 = true;
                     } else {
-                        self.awaiting.saturating_sub(read.len())
-                    };
+                        self.awaiting = self.awaiting.saturating_sub(read.len());
+                    }
+                }
+                if self.http1 && got {
+                    self.idle.head_bytes();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -198,10 +221,10 @@ pub struct Limits {
     /// wait in the kernel's backlog) until one is.
     pub slots: Arc<Semaphore>,
     /// How long a connection may stay without a request in flight (`http.idle_timeout`). Over
-    /// HTTP/1.1 it is also how long a request's headers may take to arrive (slowloris bound):
-    /// hyper's header timer runs while it waits for a request head, between requests too, and
-    /// never while a response is pending, so requests the origin holds (LL-HLS blocking reloads)
-    /// do not count against it. HTTP/2 has no such timer in hyper: a client that answers pings
+    /// HTTP/1.1 hyper's header timer keeps it: it runs while hyper waits for a request head,
+    /// between requests too, and never while a response is pending, so requests the origin holds
+    /// (LL-HLS blocking reloads) do not count against it; a head that has begun to arrive has
+    /// ten seconds more. HTTP/2 has no such timer in hyper: a client that answers pings
     /// would keep its slot for ever without this.
     pub idle_timeout: Duration,
 }
@@ -309,9 +332,9 @@ async fn connection<S, H, F>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(Opening::new(stream)), service);
+    let conn = builder.serve_connection(TokioIo::new(Opening::new(stream, idle.clone())), service);
     tokio::pin!(conn);
-    let mut check = tokio::time::interval(idle_timeout / 4);
+    let mut check = tokio::time::interval(idle_timeout.min(HEADER_TIMEOUT) / 4);
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -326,6 +349,10 @@ async fn connection<S, H, F>(
                     tracing::debug!(listener = name, %peer, "connection idle; closing it");
                     break;
                 }
+                if idle.head_overdue(HEADER_TIMEOUT) {
+                    tracing::debug!(listener = name, %peer, "request head too slow; closing the connection");
+                    break;
+                }
             }
         }
     }
@@ -333,11 +360,13 @@ async fn connection<S, H, F>(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
 }
 
-/// The requests in flight on one connection and when the last one ended.
+/// The requests in flight on one connection, when the last one ended, and when the head of the
+/// next one began to arrive.
 #[derive(Default)]
 struct Idle {
     in_flight: std::sync::atomic::AtomicUsize,
     since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    head_since: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// One request in flight; ending it (drop, also on cancellation) may make the connection idle.
@@ -346,7 +375,23 @@ struct InFlight(Arc<Idle>);
 impl Idle {
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.head_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         InFlight(self.clone())
+    }
+
+    /// Bytes came in: with no request in flight, they begin the next request's head.
+    fn head_bytes(&self) {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.head_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(tokio::time::Instant::now);
+        }
+    }
+
+    /// A request head has been arriving for `limit` without its request starting.
+    fn head_overdue(&self, limit: Duration) -> bool {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return false;
+        }
+        self.head_since.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t.elapsed() >= limit)
     }
 
     /// No request in flight, and none for `limit`.
@@ -490,6 +535,40 @@ mod tests {
         let closed = tokio::time::timeout(2 * IDLE, c.read_to_end(&mut rest)).await;
         assert_eq!(closed.expect("closed after the idle limit").expect("read"), 0);
         assert!(answered.elapsed() >= IDLE, "not before the idle limit: {:?}", answered.elapsed());
+        shutdown.cancel();
+        server.await.expect("server stops");
+    }
+
+    // Slowloris: a request head sent a few bytes at a time holds its connection slot for at most
+    // HEADER_TIMEOUT (and the drain after it), not the idle limit, on a new connection as after a
+    // keep-alive request.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_that_trickles_in_is_cut_off() {
+        let (addr, shutdown, server) = start(4).await;
+        for after_a_request in [false, true] {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            if after_a_request {
+                assert!(get(&mut c).await.starts_with("HTTP/1.1 200"));
+            }
+            let started = tokio::time::Instant::now();
+            let trickle = async {
+                for byte in b"GET / HTTP/1.1\r\nHost: t\r\n" {
+                    if c.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            };
+            let _ = tokio::time::timeout(2 * IDLE, trickle).await;
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(2 * IDLE, c.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "closed");
+            let took = started.elapsed();
+            assert!(
+                took >= HEADER_TIMEOUT && took < IDLE / 2,
+                "after a request: {after_a_request}, closed after {took:?}"
+            );
+        }
         shutdown.cancel();
         server.await.expect("server stops");
     }

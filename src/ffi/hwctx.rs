@@ -322,7 +322,10 @@ fn strip_side_data(frame: &mut frame::Video) {
 pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwError> {
     let from = HwFrames::of_frame(src)
         .ok_or_else(|| HwError("copying a picture on the GPU failed: it is not in GPU memory".into()))?;
-    if from.sw_format() != frames.sw_format() || (src.width(), src.height()) != frames.size() {
+    // Pools are often larger than their pictures (scale_cuda and scale_npp align the pool to 32
+    // lines and columns and give their frames the picture's size): the picture has to fit.
+    let (pool_width, pool_height) = frames.size();
+    if from.sw_format() != frames.sw_format() || src.width() > pool_width || src.height() > pool_height {
         return Err(HwError(format!(
             "copying a {:?} {}x{} picture into {frames:?} is not possible",
             from.sw_format(),
@@ -336,6 +339,14 @@ pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Vi
     let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
     if ret < 0 {
         return Err(HwError::code("taking a frame from the GPU frame pool", ret));
+    }
+    // The pool's frame comes at the pool's size; the copy is of the picture's (the transfer
+    // copies the source's rows, each as wide as the narrower of the two pitches), and the encoder
+    // reads the frame's size, which av_frame_copy_props does not carry.
+    // SAFETY: `dst` owns a valid AVFrame; setting two plain fields within the buffer's size.
+    unsafe {
+        (*dst.as_mut_ptr()).width = src.width() as i32;
+        (*dst.as_mut_ptr()).height = src.height() as i32;
     }
     // SAFETY: both frames are hardware frames with buffers (checked and allocated above), of one
     // sw_format and size: av_hwframe_transfer_data's hardware-to-hardware case.
@@ -842,5 +853,32 @@ pub(crate) mod tests {
         assert!(e.0.starts_with("uploading a NV12 128x72 picture into HwFrames(NV12 256x144)"), "{e}");
         let other = HwFrames::alloc(&device, Pixel::NV12, 128, 72).expect("frames context");
         assert!(!other.same_context(&frames));
+    }
+
+    #[test]
+    fn a_copy_between_pools_takes_a_picture_that_fits_the_pool() {
+        let Some(device) = vulkan_or_skip() else { return };
+        // A pool aligned past its pictures' size, as scale_cuda makes them (720 lines in 736).
+        let aligned = HwFrames::alloc(&device, Pixel::NV12, 64, 64).expect("frames context");
+        let rung = HwFrames::alloc(&device, Pixel::NV12, 64, 36).expect("frames context");
+        let picture = upload(&rung, &flat_nv12(64, 36, 50)).expect("upload");
+        let too_big = upload(&frames_of(&device, 128, 72), &flat_nv12(128, 72, 50)).expect("upload");
+        let e = copy_on_device(&aligned, &too_big).err().expect("does not fit");
+        assert!(e.0.starts_with("copying a NV12 128x72 picture into HwFrames(NV12 64x64) is not possible"), "{e}");
+        let e = copy_on_device(&aligned, &flat_nv12(64, 36, 50)).err().expect("system memory");
+        assert!(e.0.ends_with("it is not in GPU memory"), "{e}");
+        // A picture that fits goes on to the device's copy: CUDA's copies between pools, Mesa's
+        // Vulkan cannot (FFmpeg 5.1 answers ENOSYS), and the refusal is the error.
+        match copy_on_device(&aligned, &picture) {
+            Ok(copy) => {
+                assert!(HwFrames::of_frame(&copy).is_some_and(|f| f.same_context(&aligned)));
+                assert_eq!((copy.width(), copy.height()), (64, 36), "the picture's size, not the pool's");
+            }
+            Err(e) => assert!(e.0.starts_with("copying a picture between two GPU frame pools failed"), "{e}"),
+        }
+    }
+
+    fn frames_of(device: &HwDevice, width: u32, height: u32) -> HwFrames {
+        HwFrames::alloc(device, Pixel::NV12, width, height).expect("frames context")
     }
 }

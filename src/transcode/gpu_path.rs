@@ -424,11 +424,13 @@ impl RungFrames {
                 let same = HwFrames::of_frame(src).is_some_and(|f| f.same_context(frames));
                 if !hwctx::is_hw_frame(src) || (src.width(), src.height()) != (self.width, self.height) {
                     return Err(FrameError::Gpu(HwError(format!(
-                        "NVENC was opened for GPU pictures of {frames:?}; this picture is {:?} {}x{}{}",
+                        "NVENC was opened for {}x{} GPU pictures of {frames:?}; this picture is {:?} {}x{}{}",
+                        self.width,
+                        self.height,
                         src.format(),
                         src.width(),
                         src.height(),
-                        if hwctx::is_hw_frame(src) { " from another frames context" } else { " in system memory" }
+                        if hwctx::is_hw_frame(src) { "" } else { " in system memory" }
                     ))));
                 }
                 if same {
@@ -803,8 +805,8 @@ mod tests {
         let same = rf.prepare(&out[1], &gpu, 6000, false).expect("as it is");
         assert!(hwctx::is_hw_frame(&same) && same.pts() == Some(6000) && same.kind() == picture::Type::None);
         // …and refuses any other, which moves the rung to libx264.
-        let Err(FrameError::Gpu(e)) = rf.prepare(&out[0], &gpu, 9000, false) else { panic!("another context") };
-        assert!(e.0.contains("from another frames context"), "{e}");
+        let Err(FrameError::Gpu(e)) = rf.prepare(&out[0], &gpu, 9000, false) else { panic!("another size") };
+        assert!(e.0.contains("for 64x36 GPU pictures") && e.0.ends_with("128x72"), "{e}");
         // A picture of the rung's size from another context (a graph rebuilt after the decoder
         // re-initialised) is copied into the encoder's on the device where the device can copy
         // between pools (CUDA); Mesa's Vulkan here cannot, and says so.
