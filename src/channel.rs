@@ -1455,7 +1455,7 @@ impl RenditionPublisher {
             duration: ticks_to_secs(part.duration),
             independent: part.independent,
         });
-        let progress = Progress { msn, parts: log.open_parts.len() as u64, ended: false };
+        let mut progress = Progress { msn, parts: log.open_parts.len() as u64, ..Progress::default() };
         for entry in h.board.entries.iter_mut().filter(|e| !e.published && part.metadata.contains(&e.metadata.id)) {
             entry.published = true;
             if let Ok(latency) = published_at.duration_since(entry.posted) {
@@ -1463,7 +1463,7 @@ impl RenditionPublisher {
             }
         }
         if announce {
-            self.render_playlist(h);
+            progress.part_target_us = self.render_playlist(h);
             self.objects.set_progress(&self.rendition, progress);
         }
         if let Ok(latency) = published_at.duration_since(part.ingest_time) {
@@ -1557,9 +1557,8 @@ impl RenditionPublisher {
                 }
             }
         }
-        let progress = Progress { msn: msn + 1, parts: 0, ended: false };
-        self.render_playlist(h);
-        self.objects.set_progress(&self.rendition, progress);
+        let part_target_us = self.render_playlist(h);
+        self.objects.set_progress(&self.rendition, Progress { msn: msn + 1, parts: 0, ended: false, part_target_us });
         let master = render_master(h);
         if let Some(master) = master
             && master != h.master
@@ -1581,8 +1580,9 @@ impl RenditionPublisher {
     }
 
     /// Renders this rendition's playlist and its delta update into the store.
-    fn render_playlist(&self, h: &History) {
-        let Some(log) = h.renditions.get(&self.rendition) else { return };
+    /// Returns the PART-TARGET it advertises, in microseconds (0 when there is no playlist).
+    fn render_playlist(&self, h: &History) -> u64 {
+        let Some(log) = h.renditions.get(&self.rendition) else { return 0 };
         let hls = &self.config.hls;
         let low_latency = LowLatency {
             part_target: hls.part_duration,
@@ -1633,6 +1633,7 @@ impl RenditionPublisher {
         let live = |text: String| Object::new(vec![Bytes::from(text)], content_type("index.m3u8"), Cacheability::Live);
         self.objects.put(format!("{}/index.m3u8", self.rendition), live(playlist::render_media(&playlist)));
         self.objects.put(format!("{}/{DELTA_PLAYLIST}", self.rendition), live(playlist::render_media_delta(&playlist)));
+        playlist::part_target(&playlist).map_or(0, |t| (t * 1e6).round() as u64)
     }
 
     fn end(&mut self) {
@@ -1651,9 +1652,9 @@ impl RenditionPublisher {
         }
         let Some(log) = h.renditions.get_mut(&self.rendition) else { return };
         log.ended = true;
-        let progress = Progress { msn: log.next_msn, parts: 0, ended: true };
-        self.render_playlist(&h);
-        self.objects.set_progress(&self.rendition, progress);
+        let msn = log.next_msn;
+        let part_target_us = self.render_playlist(&h);
+        self.objects.set_progress(&self.rendition, Progress { msn, parts: 0, ended: true, part_target_us });
     }
 }
 

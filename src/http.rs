@@ -131,6 +131,19 @@ impl<S> Opening<S> {
     }
 }
 
+/// The largest write HTTP/2 makes of its own accord: a PING (RFC 9113 §6.7, 17 bytes) or a
+/// SETTINGS acknowledgement. A larger one carries a response's headers or data.
+const H2_CONTROL_WRITE: usize = 64;
+
+impl<S> Opening<S> {
+    /// `n` bytes went out: part of a response unless an HTTP/2 connection's own control frames.
+    fn wrote(&self, n: usize) {
+        if n > 0 && (self.http1 || n > H2_CONTROL_WRITE) {
+            self.idle.wrote();
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Opening<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -172,7 +185,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Opening<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Opening<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.wrote(n);
+        }
+        written
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -185,7 +202,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Opening<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            self.wrote(n);
+        }
+        written
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -360,8 +381,8 @@ async fn connection<S, H, F>(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
 }
 
-/// The requests in flight on one connection, when the last one ended, and when the head of the
-/// next one began to arrive.
+/// The requests in flight on one connection, when the last one ended (or the last of its response
+/// went out), and when the head of the next one began to arrive.
 #[derive(Default)]
 struct Idle {
     in_flight: std::sync::atomic::AtomicUsize,
@@ -377,6 +398,14 @@ impl Idle {
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.head_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         InFlight(self.clone())
+    }
+
+    /// Bytes of a response went out: a body still being written to a slow reader (after its
+    /// handler returned) keeps the connection from counting as idle.
+    fn wrote(&self) {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+        }
     }
 
     /// Bytes came in: with no request in flight, they begin the next request's head.
@@ -569,6 +598,45 @@ mod tests {
                 "after a request: {after_a_request}, closed after {took:?}"
             );
         }
+        shutdown.cancel();
+        server.await.expect("server stops");
+    }
+
+    // A viewer on a slow link reading a large segment: the request is in flight until its body
+    // is out, so neither the idle limit nor the drain after it cuts the body short.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_of_a_large_body_is_not_an_idle_connection() {
+        const SIZE: usize = 16 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let big = Bytes::from(vec![7u8; SIZE]);
+        let limits = Limits { slots: Arc::new(Semaphore::new(4)), idle_timeout: Duration::from_secs(5) };
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            limits,
+            "test",
+            move |_req| {
+                let big = big.clone();
+                async move { Response::new(Body::from(big)) }
+            },
+            shutdown.clone(),
+        ));
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("send");
+        let started = tokio::time::Instant::now();
+        let (mut got, mut buf) = (0, vec![0u8; 256 << 10]);
+        while got < SIZE {
+            let n = c.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got += n;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(got >= SIZE, "the whole body arrived: {got} bytes after {:?}", started.elapsed());
+        assert!(started.elapsed() > Duration::from_secs(10), "slower than the idle limit and the drain together");
         shutdown.cancel();
         server.await.expect("server stops");
     }

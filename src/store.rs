@@ -96,6 +96,10 @@ pub struct Progress {
     pub parts: u64,
     /// The playlist has `EXT-X-ENDLIST`: nothing more will come until a new publish.
     pub ended: bool,
+    /// The playlist's `EXT-X-PART-INF:PART-TARGET`, microseconds: the longest part listed, so
+    /// below `hls.part_duration` where parts of whole frames cannot reach it (24 fps). 0 where
+    /// not known; the configured part duration applies then.
+    pub part_target_us: u64,
 }
 
 /// One channel's objects, keyed by their path below `/live/{channel}/`.

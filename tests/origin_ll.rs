@@ -188,7 +188,7 @@ async fn serve() -> Served {
     let channel = store.channel("demo");
     put(&channel, "720p/5.0.m4s", b"part 5.0", Cacheability::Immutable);
     put(&channel, "720p/index.m3u8", b"playlist v1", Cacheability::Live);
-    channel.set_progress("720p", Progress { msn: 5, parts: 1, ended: false });
+    channel.set_progress("720p", Progress { msn: 5, parts: 1, ..Default::default() });
     let shutdown = CancellationToken::new();
     let targets = Targets { target_duration: Duration::from_secs(2), part_target: 0.2 };
     let origin = Arc::new(Origin::new(store, Arc::new(Metrics::new()), targets, shutdown.clone()));
@@ -248,7 +248,7 @@ async fn five_hundred_held_requests_share_one_h2_connection() {
 
     put(&s.channel, "720p/5.1.m4s", b"part 5.1", Cacheability::Immutable);
     put(&s.channel, "720p/index.m3u8", b"playlist v2", Cacheability::Live);
-    s.channel.set_progress("720p", Progress { msn: 5, parts: 2, ended: false });
+    s.channel.set_progress("720p", Progress { msn: 5, parts: 2, ..Default::default() });
 
     let all: Vec<u32> = parts.iter().chain(&playlists).copied().collect();
     let replies = h2.replies(&all, Duration::from_secs(5)).await;
@@ -293,7 +293,7 @@ async fn http1_blocking_reload_is_answered_on_the_update() {
     put(&s.channel, "720p/5.1.m4s", b"part 5.1", Cacheability::Immutable);
     put(&s.channel, "720p/index.m3u8", b"playlist v2", Cacheability::Live);
     put(&s.channel, "720p/index.m3u8#skip", b"delta v2", Cacheability::Live);
-    s.channel.set_progress("720p", Progress { msn: 5, parts: 2, ended: false });
+    s.channel.set_progress("720p", Progress { msn: 5, parts: 2, ..Default::default() });
     let r = held.await.expect("client thread");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("cache-control"), Some("public, max-age=2"));

@@ -212,7 +212,12 @@ impl Targets {
     /// when that is under one second, three otherwise (about three seconds' worth of parts). Part
     /// counts are whole, so the limit is too; the epsilon keeps 3 / 0.2 at 15, not 14.
     fn advance_part_limit(&self) -> u64 {
-        if self.part_target < 1.0 { (3.0 / self.part_target + 1e-9).floor() as u64 } else { 3 }
+        Self::advance_part_limit_for(self.part_target)
+    }
+
+    /// The Advance Part Limit for a PART-TARGET of `part_target` seconds.
+    fn advance_part_limit_for(part_target: f64) -> u64 {
+        if part_target < 1.0 { (3.0 / part_target + 1e-9).floor() as u64 } else { 3 }
     }
 
     /// `Cache-Control` for playlists answering `_HLS_msn`. The URL names a state of the playlist
@@ -539,7 +544,13 @@ impl Origin {
             // The following segment: at least this far, however many parts the current one gets.
             std::cmp::Ordering::Greater => part.saturating_add(1),
         };
-        if ahead > self.targets.advance_part_limit() {
+        // The PART-TARGET the rendition's playlist advertises (its longest part), which clients
+        // count from; the configured one until a playlist says otherwise.
+        let limit = match now.part_target_us {
+            0 => self.targets.advance_part_limit(),
+            us => Targets::advance_part_limit_for(us as f64 / 1e6),
+        };
+        if ahead > limit {
             return Err(BadDirective::PartTooFarAhead);
         }
         Ok(())
@@ -1099,7 +1110,7 @@ mod tests {
         );
         put_part(&channel, 5, 0, b"part 5.0");
         put_part(&channel, 5, 1, b"part 5.1");
-        publish(&channel, b"playlist v1", b"delta v1", Progress { msn: 5, parts: 2, ended: false });
+        publish(&channel, b"playlist v1", b"delta v1", Progress { msn: 5, parts: 2, ..Default::default() });
         let shutdown = CancellationToken::new();
         let origin = Arc::new(Origin::new(store.clone(), Arc::new(Metrics::new()), TARGETS, shutdown.clone()));
         Fixture { store, origin, channel, shutdown }
@@ -1329,12 +1340,12 @@ mod tests {
         settle().await;
         assert_eq!(f.origin.waiting(), 2);
         // An update that does not reach part 5.2 keeps both waiting.
-        publish(&f.channel, b"playlist v1 again", b"delta", Progress { msn: 5, parts: 2, ended: false });
+        publish(&f.channel, b"playlist v1 again", b"delta", Progress { msn: 5, parts: 2, ..Default::default() });
         settle().await;
         assert_eq!(f.origin.waiting(), 2);
         let start = Instant::now();
         put_part(&f.channel, 5, 2, b"part 5.2");
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
         let r = held.await.expect("task");
         assert!(start.elapsed() < AT_ONCE, "answered on the update, not by a timer");
         assert_eq!(r.status(), 200);
@@ -1342,7 +1353,7 @@ mod tests {
         assert_eq!(body(r).await, "playlist v2");
         settle().await;
         assert_eq!(f.origin.waiting(), 1, "segment 5 is not complete yet");
-        publish(&f.channel, b"playlist v3", b"delta v3", Progress { msn: 6, parts: 0, ended: false });
+        publish(&f.channel, b"playlist v3", b"delta v3", Progress { msn: 6, parts: 0, ..Default::default() });
         assert_eq!(body(whole.await.expect("task")).await, "playlist v3");
         assert_eq!(f.origin.waiting(), 0);
     }
@@ -1356,7 +1367,7 @@ mod tests {
         settle().await;
         assert_eq!(f.origin.waiting(), 200);
         put_part(&f.channel, 5, 2, b"part 5.2");
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
         for task in parts {
             let r = task.await.expect("task");
             assert_eq!(r.status(), 200);
@@ -1418,10 +1429,30 @@ mod tests {
         }
     }
 
+    /// At 24 fps the playlist advertises 1/6 s parts (0.16667): the limit is 3 / 0.16667 parts,
+    /// so 17 ahead are held, not the 15 of the configured 0.2 s.
+    #[tokio::test]
+    async fn the_advance_part_limit_follows_the_advertised_part_target() {
+        let f = fixture();
+        let progress = Progress { msn: 5, parts: 2, part_target_us: 166_667, ..Default::default() };
+        publish(&f.channel, b"playlist 24 fps", b"delta 24 fps", progress);
+        let r = get(&f.origin, Method::GET, "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=19").await;
+        assert_eq!(r.status(), 400, "18 parts ahead");
+        let held = spawn_get(&f.origin, "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=18");
+        settle().await;
+        assert_eq!(f.origin.waiting(), 1, "17 parts ahead is within the limit");
+        held.abort();
+    }
+
     #[tokio::test]
     async fn ended_playlists_ignore_msn_and_part() {
         let f = fixture();
-        publish(&f.channel, b"playlist ended", b"delta ended", Progress { msn: 6, parts: 0, ended: true });
+        publish(
+            &f.channel,
+            b"playlist ended",
+            b"delta ended",
+            Progress { msn: 6, parts: 0, ended: true, ..Default::default() },
+        );
         let start = Instant::now();
         for query in ["_HLS_msn=99", "_HLS_msn=6&_HLS_part=3"] {
             let r = get(&f.origin, Method::GET, &format!("/live/demo/720p/index.m3u8?{query}")).await;
@@ -1444,7 +1475,7 @@ mod tests {
         }
         let held = spawn_get(&f.origin, "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=2&_HLS_skip=YES");
         settle().await;
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
         let r = held.await.expect("task");
         assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_BLOCKING);
         assert_eq!(body(r).await, "delta v2");
@@ -1465,7 +1496,7 @@ mod tests {
         settle().await;
         assert_eq!(f.origin.waiting(), 2);
         put_part(&f.channel, 5, 2, b"part 5.2");
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
         let r = next.await.expect("task");
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_IMMUTABLE);
@@ -1473,11 +1504,11 @@ mod tests {
         settle().await;
         assert_eq!(f.origin.waiting(), 1);
         // Segment 5 completes; 6.0 comes with the next update.
-        publish(&f.channel, b"playlist v3", b"delta v3", Progress { msn: 6, parts: 0, ended: false });
+        publish(&f.channel, b"playlist v3", b"delta v3", Progress { msn: 6, parts: 0, ..Default::default() });
         settle().await;
         assert_eq!(f.origin.waiting(), 1);
         put_part(&f.channel, 6, 0, b"part 6.0");
-        publish(&f.channel, b"playlist v4", b"delta v4", Progress { msn: 6, parts: 1, ended: false });
+        publish(&f.channel, b"playlist v4", b"delta v4", Progress { msn: 6, parts: 1, ..Default::default() });
         assert_eq!(body(following.await.expect("task")).await, "part 6.0");
     }
 
@@ -1486,7 +1517,7 @@ mod tests {
         let f = fixture();
         let held = spawn_get(&f.origin, "/live/demo/720p/5.2.m4s");
         settle().await;
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 6, parts: 0, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 6, parts: 0, ..Default::default() });
         let r = held.await.expect("task");
         assert_eq!(r.status(), 404);
         assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_MISS);
@@ -1515,7 +1546,7 @@ mod tests {
     async fn a_part_index_past_a_segments_end_means_the_next_segments_first_part() {
         let f = fixture();
         put_part(&f.channel, 5, 2, b"part 5.2");
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 6, parts: 0, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 6, parts: 0, ..Default::default() });
         // 5.2 is the last part of segment 5: answered at once.
         let r = get(&f.origin, Method::GET, "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=2").await;
         assert_eq!(body(r).await, "playlist v2");
@@ -1524,7 +1555,7 @@ mod tests {
         settle().await;
         assert_eq!(f.origin.waiting(), 1);
         put_part(&f.channel, 6, 0, b"part 6.0");
-        publish(&f.channel, b"playlist v3", b"delta v3", Progress { msn: 6, parts: 1, ended: false });
+        publish(&f.channel, b"playlist v3", b"delta v3", Progress { msn: 6, parts: 1, ..Default::default() });
         assert_eq!(body(held.await.expect("task")).await, "playlist v3");
     }
 
@@ -1696,7 +1727,7 @@ mod tests {
         };
         settle().await;
         assert_eq!(f.origin.waiting(), 1);
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
         let r = held.await.expect("task");
         assert_eq!(r.status(), 200);
         assert_ne!(header(&r, header::ETAG), etag);
@@ -1822,7 +1853,7 @@ mod tests {
         settle().await;
         assert_eq!(f.origin.waiting(), 1);
         put_part(&f.channel, 5, 2, b"part 5.2");
-        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ended: false });
+        publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
         let r = held.await.expect("task");
         assert_eq!(r.status(), 206);
         assert_eq!(header(&r, header::CONTENT_RANGE), "bytes 5-7/8");
@@ -1854,7 +1885,7 @@ mod tests {
         f.store.channel("idle");
         let starting = f.store.channel("starting");
         starting.put("720p/init-0.mp4", object(b"ftypmoov", "init-0.mp4", Cacheability::Immutable));
-        starting.set_progress("720p", Progress { msn: 0, parts: 0, ended: false });
+        starting.set_progress("720p", Progress { msn: 0, parts: 0, ..Default::default() });
         for path in [
             "/live/idle/master.m3u8",
             "/live/idle/720p/index.m3u8",

@@ -53,7 +53,7 @@ pub struct RenditionReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LowLatency {
     /// The longest a part may be, seconds: `EXT-X-PART-INF:PART-TARGET` until the playlist lists
-    /// a part. Then PART-TARGET is the longest part in the window: parts hold whole frames, so at 24 fps
+    /// a part. Then PART-TARGET is the longest part listed: parts hold whole frames, so at 24 fps
     /// a 0.2 s limit makes 0.167 s parts, which a 0.2 s PART-TARGET would put below the 85 % of it
     /// that every part but a segment's last must reach (RFC 8216bis §4.4.4.9).
     pub part_target: f64,
@@ -186,15 +186,13 @@ fn render(p: &MediaPlaylist, skipped: usize) -> String {
         // §4.4.5.2: in place of the skipped segments' URI lines and every tag applied to them.
         let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
     }
-    // §6.2.2: EXT-X-PART tags more than three target durations from the end are removed. A
-    // segment's parts are listed whole or not at all, so a listed one starts within that span.
-    let part_span = 3.0 * target as f64 + EPSILON_SECS;
     let distances = if control.is_some() { start_distances(p) } else { Vec::new() };
+    let span = part_span(p);
     // Starts empty, so the first segment rendered (the first after a skip too) carries its map.
     let mut map: Option<&str> = None;
     for (i, s) in p.segments.iter().enumerate().skip(skipped) {
         segment_tags(&mut out, &mut map, s.discontinuity, &s.map_uri, s.program_date_time);
-        if distances.get(i).is_some_and(|&d| d <= part_span) {
+        if distances.get(i).is_some_and(|&d| d <= span) {
             part_lines(&mut out, &s.parts);
         }
         let _ = writeln!(out, "#EXTINF:{:.5},", seconds(s.duration));
@@ -289,6 +287,21 @@ fn start_distances(p: &MediaPlaylist) -> Vec<f64> {
     distances
 }
 
+/// §6.2.2: EXT-X-PART tags more than three target durations from the end are removed. A
+/// segment's parts are listed whole or not at all, so a listed one starts within this span of the
+/// end (seconds).
+fn part_span(p: &MediaPlaylist) -> f64 {
+    3.0 * target_duration(p) as f64 + EPSILON_SECS
+}
+
+/// The parts the playlist lists: those of the segments that start within [`part_span`] of the
+/// end, then those of the segment being built.
+fn listed_parts<'a>(p: &'a MediaPlaylist, ll: &'a LowLatency) -> impl Iterator<Item = &'a PlaylistPart> {
+    let span = part_span(p);
+    let recent = p.segments.iter().zip(start_distances(p)).filter(move |(_, d)| *d <= span).flat_map(|(s, _)| &s.parts);
+    recent.chain(ll.open.iter().flat_map(|o| &o.parts))
+}
+
 /// The EXT-X-SERVER-CONTROL and EXT-X-PART-INF values, raised where the caller's are below what
 /// RFC 8216bis requires, as the target duration is (the renderer keeps the text valid).
 struct ServerControl {
@@ -299,12 +312,13 @@ struct ServerControl {
 
 impl ServerControl {
     fn new(p: &MediaPlaylist, ll: &LowLatency) -> Self {
-        let open = ll.open.iter().flat_map(|o| &o.parts);
-        let longest_part = p.segments.iter().flat_map(|s| &s.parts).chain(open).map(|part| seconds(part.duration));
+        let longest_part = listed_parts(p, ll).map(|part| seconds(part.duration));
         // §4.4.4.9: every part's DURATION must be <= PART-TARGET, and all but a segment's last (or
-        // an INDEPENDENT one) at least 85 % of it. The longest part in the window keeps both for parts
-        // of whole frames at a steady rate. `decimal` rounds durations and PART-TARGET the same
-        // way, and rounding never reverses an order, so the written values keep to it too.
+        // an INDEPENDENT one) at least 85 % of it. The longest part listed keeps both for parts of
+        // whole frames at a steady rate, and an odd long one (a rung that skipped to the next
+        // segment holds its last picture) counts only while it is listed. `decimal` rounds
+        // durations and PART-TARGET the same way, and rounding never reverses an order, so the
+        // written values keep to it too.
         let part_target = longest_part.reduce(f64::max).filter(|d| *d > 0.0).unwrap_or(seconds(ll.part_target));
         Self {
             part_target,
@@ -315,6 +329,12 @@ impl ServerControl {
             can_skip_until: seconds(ll.can_skip_until).max(6.0 * target_duration(p) as f64),
         }
     }
+}
+
+/// The `EXT-X-PART-INF:PART-TARGET` that [`render_media`] writes for `p`, seconds; `None` for a
+/// playlist without LL-HLS tags.
+pub fn part_target(p: &MediaPlaylist) -> Option<f64> {
+    p.low_latency.as_ref().map(|ll| ServerControl::new(p, ll).part_target)
 }
 
 /// §4.2 decimal-floating-point for the LL-HLS attributes: to 10 µs like EXTINF, without trailing
@@ -954,6 +974,19 @@ mod tests {
         let mut p = MediaPlaylist { segments: vec![], ..ll_playlist() };
         p.low_latency.as_mut().expect("ll").open = None;
         assert!(render_media(&p).contains("#EXT-X-PART-INF:PART-TARGET=0.2\n"), "{}", render_media(&p));
+    }
+
+    #[test]
+    fn a_long_part_counts_toward_part_target_only_while_it_is_listed() {
+        // Segment 100's parts are no longer listed (more than three target durations back).
+        let mut p = ll_playlist();
+        p.segments[0].parts[9].duration = 0.9;
+        let text = render_media(&p);
+        assert!(!text.contains("100.9.m4s") && text.contains("#EXT-X-PART-INF:PART-TARGET=0.2\n"), "{text}");
+        // Segment 103's are.
+        p.segments[3].parts[9].duration = 0.9;
+        let text = render_media(&p);
+        assert!(text.contains("103.9.m4s") && text.contains("#EXT-X-PART-INF:PART-TARGET=0.9\n"), "{text}");
     }
 
     #[test]
