@@ -913,7 +913,7 @@ pub enum ChunkViolation {
 /// It frames chunks exactly as rml_rtmp's deserializer does (the same header rules, the peer's
 /// chunk size from its Set Chunk Size messages), so on a well-formed stream it agrees with it.
 /// Payload bytes are copied only for message types whose content matters here, and those are at
-/// most [`MAX_CONTROL_MESSAGE`] long.
+/// most `MAX_CONTROL_MESSAGE` long.
 #[derive(Debug)]
 pub struct ChunkGuard {
     /// The peer's chunk size (RTMP spec §5.4.1; 128 until it says otherwise).
