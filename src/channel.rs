@@ -1519,6 +1519,7 @@ impl RenditionPublisher {
             );
             log.target_duration = rounded;
         }
+        let target_duration = log.target_duration;
         let parts = std::mem::take(&mut log.open_parts);
         log.open_pdt = None;
         log.segments.push_back(LoggedSegment {
@@ -1571,6 +1572,10 @@ impl RenditionPublisher {
         }
 
         self.metrics.segments_published.with_label_values(&[&self.channel, &self.rendition]).inc();
+        self.metrics
+            .hls_target_duration
+            .with_label_values(&[&self.channel, &self.rendition])
+            .set(i64::try_from(target_duration).unwrap_or(i64::MAX));
         if let Ok(latency) = published_at.duration_since(seg.program_date_time) {
             self.metrics
                 .segment_latency

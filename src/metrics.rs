@@ -60,6 +60,9 @@ pub struct Metrics {
     pub segments_published: IntCounterVec,
     /// Time from a segment's first frame arriving at ingest to the segment being published.
     pub segment_latency: HistogramVec,
+    /// `EXT-X-TARGETDURATION` of each rendition's playlist: above `hls.segment_duration` (rounded
+    /// up) when segments came out longer than the target.
+    pub hls_target_duration: IntGaugeVec,
     /// Time from a part's first frame arriving at ingest to the part being published.
     pub part_latency: HistogramVec,
     /// Time from timed metadata being posted (or arriving over RTMP) to the first part carrying it being published.
@@ -280,6 +283,11 @@ impl Metrics {
         );
         let segments_published =
             b.counter("segments_published_total", "HLS segments published", &["channel", "rendition"]);
+        let hls_target_duration = b.gauge(
+            "hls_target_duration_seconds",
+            "EXT-X-TARGETDURATION of the rendition's playlist; above hls.segment_duration when segments came out longer",
+            &["channel", "rendition"],
+        );
         let segment_latency = b.histogram(
             "segment_publish_latency_seconds",
             "Time from a segment's first frame arriving at ingest to the segment being published",
@@ -369,6 +377,7 @@ impl Metrics {
             stage_latency,
             segments_published,
             segment_latency,
+            hls_target_duration,
             part_latency,
             metadata_latency,
             held_requests,

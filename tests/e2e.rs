@@ -202,6 +202,8 @@ fn rtmp_to_cpu_ladder_to_fmp4_hls() {
     };
     assert!(value("ladderd_ingest_bytes_total{channel=\"demo\"}") > 1e6);
     assert_eq!(value("ladderd_publishes_total{channel=\"demo\"}"), 1.0);
+    // 2 s segments cut by ladderd's own IDRs: the playlists keep the configured target.
+    assert_eq!(value("ladderd_hls_target_duration_seconds{channel=\"demo\",rendition=\"720p\"}"), 2.0);
     assert_eq!(value("ladderd_publish_rejections_total{reason=\"unknown_key\"}"), 1.0);
     assert_eq!(value("ladderd_publish_rejections_total{reason=\"busy\"}"), 1.0);
     assert!(value("ladderd_frames_decoded_total{channel=\"demo\"}") >= 330.0);
