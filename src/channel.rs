@@ -145,7 +145,8 @@ pub struct ReloadSummary {
     /// Channels whose stream key, ladder or container changed; their next publish uses it.
     pub changed: Vec<String>,
     pub removed: Vec<String>,
-    /// Removed channels whose publish goes on until the publisher leaves.
+    /// Removed channels whose publish goes on until the publisher leaves (or whose last publish
+    /// is still flushing); a later reload forgets them.
     pub still_live: Vec<String>,
     /// Changed settings that take a restart; their running values are kept.
     pub restart_only: Vec<String>,
@@ -251,9 +252,12 @@ impl Channels {
             // Drop the channels no longer configured, unless a publish still runs on them.
             let gone: Vec<String> = channels.keys().filter(|n| new.channel(n).is_none()).cloned().collect();
             for name in gone {
-                // A channel thread still flushing after its publisher left keeps its own handle on
-                // the objects it writes; nothing can reach them once the store forgets the channel.
-                let idle = channels.get(&name).is_some_and(|s| lock(&s.live).is_none());
+                // A channel still publishing, or whose thread still flushes after its publisher
+                // left, stays until a later reload: forgetting it now would let that thread bring
+                // back the metric series (and store entries) of a channel no longer configured.
+                let idle = channels.get(&name).is_some_and(|s| {
+                    lock(&s.live).is_none() && lock(&s.thread).as_ref().is_none_or(|t| t.is_finished())
+                });
                 if old.channel(&name).is_some() {
                     summary.removed.push(name.clone());
                 }
@@ -1833,6 +1837,36 @@ mod tests {
             assert!(!log.ended);
             assert_eq!(log.discontinuity_next, name != "b", "{name}: a discontinuity after the old segments");
         }
+    }
+
+    /// A removed channel whose thread still flushes its last segments is kept (its thread writes
+    /// to its objects and metrics) until a reload after the thread is done.
+    #[test]
+    fn a_removed_channel_is_forgotten_only_once_its_thread_is_done() {
+        let store = Arc::new(Store::new());
+        let metrics = Arc::new(Metrics::new());
+        let channels =
+            Channels::new(Arc::new(config(before_http(), &[("x", "l"), ("y", "l")])), store.clone(), metrics);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let flushing = std::thread::spawn(move || {
+            let _ = done_rx.recv();
+        });
+        *lock(&channels.state("y").expect("y").thread) = Some(flushing);
+
+        let summary = channels.reload(config(before_http(), &[("x", "l")]));
+        assert_eq!(
+            (summary.removed.as_slice(), summary.still_live.as_slice()),
+            (&["y".to_string()][..], &["y".to_string()][..])
+        );
+        assert!(store.get_channel("y").is_some(), "kept while its thread runs");
+
+        done_tx.send(()).expect("thread waits");
+        while !lock(&channels.state("y").expect("y").thread).as_ref().is_some_and(|t| t.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let summary = channels.reload(config(before_http(), &[("x", "l")]));
+        assert!(summary.still_live.is_empty() && summary.removed.is_empty(), "{:?}", summary.still_live);
+        assert!(store.get_channel("y").is_none() && channels.state("y").is_none(), "forgotten");
     }
 
     fn before_http() -> &'static str {
