@@ -333,13 +333,7 @@ pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Vi
             src.height()
         )));
     }
-    let mut dst = frame::Video::empty();
-    // SAFETY: `frames` is an initialised frames context and `dst` a blank frame; on success
-    // av_hwframe_get_buffer gives `dst` a pool buffer and a reference to the context.
-    let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
-    if ret < 0 {
-        return Err(HwError::code("taking a frame from the GPU frame pool", ret));
-    }
+    let mut dst = pool_frame(frames)?;
     // The pool's frame comes at the pool's size; the copy is of the picture's (the transfer
     // copies the source's rows, each as wide as the narrower of the two pitches), and the encoder
     // reads the frame's size, which av_frame_copy_props does not carry.
@@ -349,7 +343,8 @@ pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Vi
         (*dst.as_mut_ptr()).height = src.height() as i32;
     }
     // SAFETY: both frames are hardware frames with buffers (checked and allocated above), of one
-    // sw_format and size: av_hwframe_transfer_data's hardware-to-hardware case.
+    // sw_format, the source no larger than the destination: av_hwframe_transfer_data's
+    // hardware-to-hardware case.
     let ret = unsafe { sys::av_hwframe_transfer_data(dst.as_mut_ptr(), src.as_ptr(), 0) };
     if ret < 0 {
         return Err(HwError(format!(
@@ -358,14 +353,33 @@ pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Vi
             nvidia_hint(None)
         )));
     }
-    // SAFETY: both are valid frames; av_frame_copy_props copies metadata and side data into
-    // `dst`, which owns what it receives.
+    copy_props(&mut dst, src)?;
+    strip_side_data(&mut dst);
+    Ok(dst)
+}
+
+/// A frame from `frames`' pool (at the pool's size), holding a reference to the context.
+fn pool_frame(frames: &HwFrames) -> Result<frame::Video, HwError> {
+    let mut dst = frame::Video::empty();
+    // SAFETY: `frames` is an initialised frames context and `dst` a blank frame; on success
+    // av_hwframe_get_buffer gives `dst` a pool buffer and a reference to the context.
+    let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
+    if ret < 0 {
+        return Err(HwError::code("taking a frame from the GPU frame pool", ret));
+    }
+    Ok(dst)
+}
+
+/// Copies `src`'s properties (timestamps, picture type, colours, side data) to `dst`: transfers
+/// copy pixels only (libavutil/hwcontext.h).
+fn copy_props(dst: &mut frame::Video, src: &frame::Video) -> Result<(), HwError> {
+    // SAFETY: both are valid frames; av_frame_copy_props copies metadata fields and side data
+    // into `dst`, which owns what it receives.
     let ret = unsafe { sys::av_frame_copy_props(dst.as_mut_ptr(), src.as_ptr()) };
     if ret < 0 {
         return Err(HwError::code("copying a picture's properties", ret));
     }
-    strip_side_data(&mut dst);
-    Ok(dst)
+    Ok(())
 }
 
 /// Copies a hardware frame into a new frame in system memory, in the frames context's
@@ -390,12 +404,7 @@ pub fn download(src: &frame::Video) -> Result<frame::Video, HwError> {
     // The transfer copies pixels only (libavutil/hwcontext.h); timestamps, picture type and
     // colour properties follow with av_frame_copy_props, so that libx264 on the hybrid path
     // signals the source's colours as the CPU path does.
-    // SAFETY: both are valid frames; av_frame_copy_props copies metadata fields and side data
-    // into `dst`, which owns what it receives.
-    let ret = unsafe { sys::av_frame_copy_props(dst.as_mut_ptr(), src.as_ptr()) };
-    if ret < 0 {
-        return Err(HwError::code("copying a downloaded picture's properties", ret));
-    }
+    copy_props(&mut dst, src)?;
     Ok(dst)
 }
 
@@ -422,13 +431,7 @@ pub fn upload(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwE
         // could not be kept alive by one reference.
         return Err(HwError("uploading needs a picture in one reference-counted buffer".into()));
     }
-    let mut dst = frame::Video::empty();
-    // SAFETY: `frames` is an initialised frames context and `dst` a blank frame; on success
-    // av_hwframe_get_buffer gives `dst` a pool buffer and a reference to the context.
-    let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
-    if ret < 0 {
-        return Err(HwError::code("taking a frame from the GPU frame pool", ret));
-    }
+    let mut dst = pool_frame(frames)?;
     // SAFETY: `buf` is `src`'s live buffer; av_buffer_ref returns a new reference or null.
     let keep = unsafe { sys::av_buffer_ref(buf) };
     if keep.is_null() {

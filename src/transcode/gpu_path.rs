@@ -588,15 +588,7 @@ mod tests {
         Rung { name: name.into(), width, height, bitrate: 1_000_000 }
     }
 
-    fn config(name: &str, w: u32, h: u32) -> RungConfig {
-        RungConfig {
-            name: name.into(),
-            width: Some(w),
-            height: Some(h),
-            video_bitrate: Some(1_000_000),
-            passthrough: false,
-        }
-    }
+    use crate::transcode::ladder::tests::rung as config;
 
     #[test]
     fn scale_npp_is_not_used_for_a_rung_of_the_sources_size() {

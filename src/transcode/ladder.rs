@@ -60,10 +60,11 @@ pub fn plan(rungs: &[RungConfig], width: u32, height: u32) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rung(name: &str, w: u32, h: u32) -> RungConfig {
+    /// A rung of the configuration at `w`x`h`, 1 Mbit/s (0x0 for the source's size).
+    pub(crate) fn rung(name: &str, w: u32, h: u32) -> RungConfig {
         RungConfig {
             name: name.into(),
             width: Some(w),
