@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::media::Container;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -276,17 +278,6 @@ pub struct HlsConfig {
     /// Seconds of media between refreshes of `/live/{channel}/thumb.jpg`; 0 makes no thumbnails.
     #[serde(default = "default_thumbnail_interval")]
     pub thumbnail_interval: f64,
-}
-
-/// The media segment format of a channel's renditions.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Container {
-    /// CMAF fragmented MP4 (what every current player wants).
-    #[default]
-    Fmp4,
-    /// MPEG-2 transport stream, for legacy players.
-    Ts,
 }
 
 impl HlsConfig {
@@ -840,6 +831,48 @@ impl Config {
     /// The segment format of a channel.
     pub fn container(&self, channel: &ChannelConfig) -> Container {
         self.hls.container_for(channel)
+    }
+
+    /// Keeps in `self`, a configuration about to replace `running` (a reload), the running
+    /// values of the settings that only a restart applies, so that what the daemon reports as its
+    /// configuration is what it runs; returns their names. Those are all of `rtmp` and `http`,
+    /// `admin.listen`, `hls` timing and containers, `log`, `transcode.max_sessions_per_gpu`, and
+    /// TLS on or off (new certificate paths apply: the daemon reads them again).
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<String> {
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $name:expr) => {
+                if self.$($field).+ != running.$($field).+ {
+                    kept.push($name.to_string());
+                    self.$($field).+ = running.$($field).+.clone();
+                }
+            };
+        }
+        keep!(rtmp, "rtmp");
+        keep!(http, "http");
+        keep!(admin.listen, "admin.listen");
+        keep!(hls.segment_duration, "hls.segment_duration");
+        keep!(hls.part_duration, "hls.part_duration");
+        keep!(hls.window, "hls.window");
+        keep!(log, "log");
+        // Turning TLS on or off takes listeners.
+        if self.tls.is_some() != running.tls.is_some() {
+            kept.push("tls".into());
+            self.tls = running.tls.clone();
+        }
+        keep!(transcode.max_sessions_per_gpu, "transcode.max_sessions_per_gpu");
+        // A channel's playlists continue across publishes, and fMP4 and TS segments cannot share
+        // one (the TS ones would follow the fMP4 EXT-X-MAP): the container a channel has keeps.
+        keep!(hls.container, "hls.container");
+        for c in &mut self.channels {
+            if let Some(before) = running.channel(&c.name)
+                && running.container(before) != self.hls.container_for(c)
+            {
+                kept.push(format!("channels[{}].container", c.name));
+                c.container = before.container;
+            }
+        }
+        kept
     }
 }
 

@@ -10,10 +10,9 @@
 //! A GPU model is never trusted by name: an H100 has NVDEC but no NVENC, a GeForce card has
 //! NVENC but refuses sessions beyond its limit, a container may see the GPU but lack the video
 //! libraries. Only opening the codec tells, so the probe opens it and keeps FFmpeg's answer.
-#![deny(unsafe_code)]
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
@@ -297,7 +296,7 @@ impl<S: StatsSource> StatsCache<S> {
     /// The figures as of at most `max_age` before `now`. Callers that come while a sample is
     /// being taken wait for it rather than sample again.
     pub fn get(&self, now: Instant) -> Arc<Vec<GpuStats>> {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = crate::sync::lock(&self.last);
         if let Some((at, stats)) = last.as_ref()
             && now.saturating_duration_since(*at) < self.max_age
         {

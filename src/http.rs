@@ -25,6 +25,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::sync::lock;
+
 /// A response body made of immutable chunks, sent in order, with an exact length.
 pub struct Body {
     chunks: VecDeque<Bytes>,
@@ -396,7 +398,7 @@ struct InFlight(Arc<Idle>);
 impl Idle {
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        *self.head_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.head_since) = None;
         InFlight(self.clone())
     }
 
@@ -404,14 +406,14 @@ impl Idle {
     /// handler returned) keeps the connection from counting as idle.
     fn wrote(&self) {
         if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+            *lock(&self.since) = Some(tokio::time::Instant::now());
         }
     }
 
     /// Bytes came in: with no request in flight, they begin the next request's head.
     fn head_bytes(&self) {
         if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            self.head_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(tokio::time::Instant::now);
+            lock(&self.head_since).get_or_insert_with(tokio::time::Instant::now);
         }
     }
 
@@ -420,7 +422,7 @@ impl Idle {
         if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             return false;
         }
-        self.head_since.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t.elapsed() >= limit)
+        lock(&self.head_since).is_some_and(|t| t.elapsed() >= limit)
     }
 
     /// No request in flight, and none for `limit`.
@@ -428,7 +430,7 @@ impl Idle {
         if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             return false;
         }
-        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut since = lock(&self.since);
         let start = *since.get_or_insert_with(tokio::time::Instant::now);
         start.elapsed() >= limit
     }
@@ -437,7 +439,7 @@ impl Idle {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+            *lock(&self.0.since) = Some(tokio::time::Instant::now());
         }
     }
 }

@@ -2,10 +2,19 @@
 //!
 //! [`start`] binds the listeners and returns a [`Daemon`] handle (tests use it with ephemeral
 //! ports); [`run`] is `start` followed by waiting for shutdown.
+// Memory-unsafe code lives in `ffi` alone, where every block is documented and does one thing.
+#![deny(unsafe_code)]
+
+// A connection that feeds a parser bad input is ended by catching its panic (ingest and every
+// channel thread rely on unwinding to contain a fault); with `panic = "abort"` one bad
+// publisher would take the whole daemon down.
+#[cfg(panic = "abort")]
+compile_error!("ladderd must be built with panic = \"unwind\": it contains a faulty connection by catching its panic");
 
 pub mod api;
 pub mod channel;
 pub mod config;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod gpu;
 pub mod http;
@@ -15,6 +24,7 @@ pub mod metrics;
 pub mod origin;
 pub mod package;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod tls;
 pub mod transcode;
@@ -232,7 +242,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
 /// the grace segments after (the `cdn` cache preset's media lifetime at the CDN).
 fn media_lifetime(config: &Config) -> std::time::Duration {
     let target = config.hls.segment_duration.ceil().max(1.0);
-    std::time::Duration::from_secs_f64(target * (config.hls.window + channel::GRACE_SEGMENTS) as f64)
+    std::time::Duration::from_secs_f64(target * (config.hls.window + package::window::GRACE_SEGMENTS) as f64)
 }
 
 /// Why a reload was refused; the configuration in force stays as it was.

@@ -1,4 +1,5 @@
 //! The `ladderd` command.
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

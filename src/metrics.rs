@@ -12,8 +12,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::transcode::backend::FallbackReason;
-
 /// Latency from a frame's arrival at ingest to a pipeline stage: a few milliseconds for decoding,
 /// tens for encoding, a part duration and more for packaging, seconds when something is wrong.
 const STAGE_BUCKETS: [f64; 18] =
@@ -166,6 +164,46 @@ impl DropReason {
             DropReason::NoTimestamp => "no_timestamp",
             DropReason::Lagging => "lagging",
             DropReason::EncoderFallback => "encoder_fallback",
+        }
+    }
+}
+
+/// Why a stage that could run on NVIDIA runs on the CPU. These are the only values of
+/// `ladderd_backend_fallbacks_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    /// No NVIDIA driver (libcuda or NVML cannot be loaded, or NVML lists no GPU).
+    NoDriver,
+    /// No usable GPU has an NVENC engine.
+    NoNvenc,
+    /// The chosen GPU has no NVDEC engine.
+    NoNvdec,
+    /// Every allowed GPU is short of NVENC sessions (`transcode.max_sessions_per_gpu`).
+    GpuFull,
+    /// The GPU failed: a session or context would not open, or a running one broke.
+    GpuError,
+    /// This build has no NVIDIA pipeline for the stage.
+    NotBuilt,
+}
+
+impl FallbackReason {
+    pub const ALL: [FallbackReason; 6] = [
+        FallbackReason::NoDriver,
+        FallbackReason::NoNvenc,
+        FallbackReason::NoNvdec,
+        FallbackReason::GpuFull,
+        FallbackReason::GpuError,
+        FallbackReason::NotBuilt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::NoDriver => "no_driver",
+            FallbackReason::NoNvenc => "no_nvenc",
+            FallbackReason::NoNvdec => "no_nvdec",
+            FallbackReason::GpuFull => "gpu_full",
+            FallbackReason::GpuError => "gpu_error",
+            FallbackReason::NotBuilt => "not_built",
         }
     }
 }

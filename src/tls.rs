@@ -46,7 +46,7 @@ impl Certificates {
     /// Reads the files again (possibly at new paths). On any error the certificate in use stays.
     pub fn reload(&self, config: &TlsConfig) -> Result<(), TlsError> {
         let key = load_pair(config, &self.provider)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        *crate::sync::write(&self.current) = Arc::new(key);
         Ok(())
     }
 
@@ -62,7 +62,7 @@ impl Certificates {
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::read(&self.current).clone()
     }
 }
 

@@ -11,7 +11,7 @@ use ladderd::channel::Channels;
 use ladderd::ingest::{Publish, PublishGate};
 use ladderd::media::{Arrival, MediaPacket, Sample};
 use ladderd::metrics::Metrics;
-use ladderd::store::Store;
+use ladderd::store::{ObjectName, Store};
 use support::*;
 
 const LADDER: &str = r#"
@@ -26,14 +26,17 @@ channels:
 fn text(store: &Store, name: &str) -> String {
     store
         .get_channel("phone")
-        .and_then(|c| c.get(name))
+        .and_then(|c| c.get(&ObjectName::from_key(name).expect("a stored name")))
         .map(|o| o.chunks.iter().flat_map(|c| c.iter().copied()).collect::<Vec<u8>>())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
 
 fn bytes(store: &Store, name: &str) -> Vec<u8> {
-    let o = store.get_channel("phone").and_then(|c| c.get(name)).unwrap_or_else(|| panic!("{name} is stored"));
+    let o = store
+        .get_channel("phone")
+        .and_then(|c| c.get(&ObjectName::from_key(name).expect("a stored name")))
+        .unwrap_or_else(|| panic!("{name} is stored"));
     o.chunks.iter().flat_map(|c| c.iter().copied()).collect()
 }
 
@@ -225,5 +228,10 @@ fn audio_without_video_is_reported_once_and_publishes_nothing() {
     assert_eq!(text.matches("audio but no H.264 keyframe yet").count(), 1, "{text}");
     assert!(text.contains("channel=phone"), "{text}");
     let objects = store.get_channel("phone").expect("channel");
-    assert!(objects.get("master.m3u8").is_none() && objects.get("audio/index.m3u8").is_none(), "{:?}", objects.names());
+    assert!(
+        objects.get(&ObjectName::Master).is_none()
+            && objects.get(&ObjectName::MediaPlaylist { rendition: "audio" }).is_none(),
+        "{:?}",
+        objects.names()
+    );
 }

@@ -13,7 +13,7 @@ use ladderd::channel::Channels;
 use ladderd::ingest::PublishGate;
 use ladderd::media::{Arrival, MediaPacket};
 use ladderd::metrics::Metrics;
-use ladderd::store::Store;
+use ladderd::store::{ObjectName, Store};
 use support::*;
 
 const LADDER: &str = r#"
@@ -94,7 +94,7 @@ fn hardware_nvidia_refuses_the_channel_with_the_reason() {
     let (metrics, store) = publish_to("nvidia");
     assert_eq!(metrics.pipeline_errors.with_label_values(&["cam", "start"]).get(), 1);
     let objects = store.get_channel("cam").expect("channel");
-    assert!(objects.get("240p/index.m3u8").is_none(), "nothing was published");
+    assert!(objects.get(&ObjectName::MediaPlaylist { rendition: "240p" }).is_none(), "nothing was published");
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn hardware_auto_streams_on_the_cpu_and_the_metrics_say_why() {
     init_tracing();
     let (metrics, store) = publish_to("auto");
     let objects = store.get_channel("cam").expect("channel");
-    let playlist = objects.get("240p/index.m3u8").expect("published");
+    let playlist = objects.get(&ObjectName::MediaPlaylist { rendition: "240p" }).expect("published");
     let text: Vec<u8> = playlist.chunks.iter().flat_map(|c| c.iter().copied()).collect();
     assert!(String::from_utf8_lossy(&text).contains("#EXT-X-ENDLIST"));
     let exposition = String::from_utf8(metrics.render()).expect("utf-8");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ladderd::metrics::Metrics;
-use ladderd::origin::{Origin, Targets, content_type};
-use ladderd::store::{Cacheability, ChannelObjects, Object, Progress, Store};
+use ladderd::origin::{Origin, Targets};
+use ladderd::store::{Cacheability, ChannelObjects, ObjectName, Progress, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -213,7 +213,8 @@ async fn serve() -> Served {
 }
 
 fn put(channel: &ChannelObjects, name: &str, bytes: &'static [u8], cache: Cacheability) {
-    channel.put(name, Object::new(vec![Bytes::from_static(bytes)], content_type(name), cache));
+    let name = ObjectName::from_key(name).unwrap_or_else(|| panic!("{name} is not a stored name"));
+    channel.put(&name, vec![Bytes::from_static(bytes)], cache);
 }
 
 /// Stops the listener; it must not need its drain timeout, since nothing is in flight.

@@ -70,7 +70,7 @@ impl ChannelLimits {
     /// that stays keeps its bucket (a reload is no way around the limit) unless the rate or burst
     /// changed.
     pub fn configure<'a>(&self, channels: impl IntoIterator<Item = &'a str>, rate: f64, burst: u32) {
-        let mut b = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let mut b = crate::sync::write(&self.buckets);
         let same_limits = b.rate == rate && b.burst == burst;
         let mut by_channel = HashMap::new();
         for c in channels {
@@ -88,7 +88,7 @@ impl ChannelLimits {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Buckets> {
-        self.buckets.read().unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.buckets)
     }
 
     /// Admits or limits one post to `channel`; `None` when the channel is not configured.
@@ -97,7 +97,7 @@ impl ChannelLimits {
         let bucket = buckets.by_channel.get(channel)?;
         // The bucket is plain numbers that are consistent after any panic, so a poisoned lock
         // is still usable.
-        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bucket = crate::sync::lock(bucket);
         Some(match bucket.take(now) {
             Ok(()) => Admission::Admitted,
             Err(wait) => Admission::Limited(wait),

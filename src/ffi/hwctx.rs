@@ -59,7 +59,7 @@ impl HwDevice {
     /// that comes back is used again.
     pub fn cuda_shared(gpu: u32) -> Result<Self, HwError> {
         static DEVICES: Mutex<Vec<(u32, HwDevice)>> = Mutex::new(Vec::new());
-        let mut devices = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+        let mut devices = crate::sync::lock(&DEVICES);
         if let Some((_, d)) = devices.iter().find(|(g, _)| *g == gpu) {
             return d.new_ref();
         }
@@ -555,7 +555,7 @@ impl HwDecoder {
     /// Why a decoder opened for hardware frames decodes into system memory, once it has decided to.
     pub fn fallback(&self) -> Option<String> {
         let state = self.format.as_ref()?;
-        state.fallback.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        crate::sync::lock(&state.fallback).clone()
     }
 
     /// Whether this decoder was opened to decode into hardware frames.
@@ -636,10 +636,10 @@ unsafe extern "C" fn get_format(
         if chosen == state.want {
             state.chose_hw.store(true, Ordering::Release);
             // A fallback earlier in the stream no longer holds.
-            *state.fallback.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *crate::sync::lock(&state.fallback) = None;
         }
         if let Some(why) = why {
-            *state.fallback.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+            *crate::sync::lock(&state.fallback) = Some(why);
         }
         chosen.into()
     })

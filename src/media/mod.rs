@@ -9,6 +9,18 @@ pub mod avc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use serde::Deserialize;
+
+/// The media segment format of a channel's renditions.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Container {
+    /// CMAF fragmented MP4 (what every current player wants).
+    #[default]
+    Fmp4,
+    /// MPEG-2 transport stream, for legacy players.
+    Ts,
+}
 
 /// Ticks of the one internal clock, 90 kHz (the MPEG system clock rate, so MPEG-TS needs no conversion).
 pub type Ticks = i64;

@@ -37,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CacheConfig, CachePreset, HlsConfig};
 use crate::http::Body;
+use crate::media::Container;
 use crate::metrics::Metrics;
-use crate::store::{Cacheability, ChannelObjects, Object, Progress, Store};
+use crate::store::{Cacheability, ChannelObjects, Object, ObjectName, PLAYLIST_TYPE, Progress, Store};
 
 /// Response headers a player on another origin may read besides the CORS-safelisted ones
 /// (Fetch standard §3.2.6): hls.js and others read ranges and validators.
@@ -147,9 +148,6 @@ impl CachePolicy {
     }
 }
 
-/// Content type of playlists (RFC 8216bis §4).
-const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-
 /// Whether an `Accept-Encoding` field admits gzip (RFC 9110 §12.5.3): listed, or covered by `*`,
 /// with a weight above zero.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
@@ -172,15 +170,6 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
     }
     gzip.or(any).unwrap_or(false)
 }
-
-/// The media playlist of a rendition, as the packager names it.
-const MEDIA_PLAYLIST: &str = "index.m3u8";
-/// The master playlist of a channel; the packager stores it once the channel is live.
-const MASTER_PLAYLIST: &str = "master.m3u8";
-/// Suffix of the stored delta update of a media playlist (`_HLS_skip`, RFC 8216bis §6.2.5.1).
-const DELTA_SUFFIX: &str = "#skip";
-/// A channel's thumbnail, as the transcoder stores it.
-pub const THUMBNAIL: &str = "thumb.jpg";
 
 /// The LL-HLS timing an origin needs: where the hold bound, the Advance Part Limit and the cache
 /// lifetime of blocking responses come from.
@@ -464,16 +453,19 @@ impl Origin {
         let Some(objects) = self.store.get_channel(channel) else {
             return not_found();
         };
-        let (rendition, file) = name.split_once('/').unwrap_or(("", name));
-        if !rendition.is_empty() && file == MEDIA_PLAYLIST {
-            return self.media_playlist(&objects, rendition, name, uri.query(), head, conditions).await;
+        // Only what the packager names can be stored: anything else is missing without a look.
+        let Some(name) = ObjectName::parse(name) else {
+            return missing(&objects);
+        };
+        if let ObjectName::MediaPlaylist { rendition } = name {
+            return self.media_playlist(&objects, rendition, uri.query(), head, conditions).await;
         }
-        if let Some(object) = objects.get(name) {
+        if let Some(object) = objects.get(&name) {
             return serve(&object, head, None, conditions);
         }
-        match part_name(file) {
-            Some((msn, part)) if !rendition.is_empty() && !file.contains('/') => {
-                self.hinted_part(&objects, rendition, name, msn, part, head, conditions).await
+        match name {
+            ObjectName::Part { rendition, msn, part, .. } => {
+                self.hinted_part(&objects, rendition, &name, msn, part, head, conditions).await
             }
             _ => missing(&objects),
         }
@@ -484,7 +476,6 @@ impl Origin {
         &self,
         objects: &ChannelObjects,
         rendition: &str,
-        name: &str,
         query: Option<&str>,
         head: bool,
         conditions: &Conditions,
@@ -493,11 +484,11 @@ impl Origin {
             Ok(d) => d,
             Err(e) => return bad_request(e),
         };
-        let delta = format!("{name}{DELTA_SUFFIX}");
+        let (name, delta) = (ObjectName::MediaPlaylist { rendition }, ObjectName::Delta { rendition });
         // A server that cannot produce a delta update answers with the whole playlist, which
         // clients accept (an `_HLS_skip` answer without `EXT-X-SKIP` skipped nothing).
         let current =
-            || if directives.skip { objects.get(&delta).or_else(|| objects.get(name)) } else { objects.get(name) };
+            || if directives.skip { objects.get(&delta).or_else(|| objects.get(&name)) } else { objects.get(&name) };
         let answer = |cache: Option<&HeaderValue>| {
             current().map_or_else(|| missing(objects), |o| serve(&o, head, cache, conditions))
         };
@@ -565,7 +556,7 @@ impl Origin {
         &self,
         objects: &ChannelObjects,
         rendition: &str,
-        name: &str,
+        name: &ObjectName<'_>,
         msn: u64,
         part: u64,
         head: bool,
@@ -637,8 +628,8 @@ fn reaches(objects: &ChannelObjects, rendition: &str, msn: u64, part: Option<u64
     }
     // Segment `msn` is complete. Its parts are still stored while it is this recent, so a
     // missing one is past its end.
-    let stored = |ext: &str| objects.get(&format!("{rendition}/{msn}.{part}.{ext}")).is_some();
-    if p.msn > msn.saturating_add(1) || stored("m4s") || stored("ts") {
+    let stored = |container| objects.get(&ObjectName::Part { rendition, msn, part, container }).is_some();
+    if p.msn > msn.saturating_add(1) || stored(Container::Fmp4) || stored(Container::Ts) {
         return true;
     }
     p.parts > 0
@@ -679,37 +670,20 @@ pub fn route_of<'a>(path: &'a str, query: Option<&str>) -> (&'static str, Option
     let Some((channel, name)) = path.strip_prefix("/live/").and_then(|rest| rest.split_once('/')) else {
         return ("other", None);
     };
-    let route = match name.split_once('/') {
-        None if name == MASTER_PLAYLIST => "master",
-        None if name == THUMBNAIL => "thumbnail",
-        Some((_, MEDIA_PLAYLIST)) => match directives(query) {
+    let route = match ObjectName::parse(name) {
+        Some(ObjectName::Master) => "master",
+        Some(ObjectName::Thumbnail) => "thumbnail",
+        Some(ObjectName::MediaPlaylist { .. }) => match directives(query) {
             Ok(d) if d.skip => "delta_playlist",
             Ok(d) if d.msn.is_some() => "blocking_playlist",
             _ => "media_playlist",
         },
-        Some((_, file)) if file.starts_with("init-") && file.ends_with(".mp4") => "init",
-        Some((_, file)) if part_name(file).is_some() => "part",
-        Some((_, file)) if segment_name(file) => "segment",
-        _ => "other",
+        Some(ObjectName::Init { .. }) => "init",
+        Some(ObjectName::Part { .. }) => "part",
+        Some(ObjectName::Segment { .. }) => "segment",
+        Some(ObjectName::Manifest | ObjectName::Delta { .. }) | None => "other",
     };
     (route, Some(channel))
-}
-
-/// `{msn}.m4s` or `{msn}.ts`, the packager's name for a segment.
-fn segment_name(file: &str) -> bool {
-    file.strip_suffix(".m4s")
-        .or_else(|| file.strip_suffix(".ts"))
-        .is_some_and(|msn| !msn.is_empty() && msn.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// `{msn}.{part}.m4s` (or `.ts` for MPEG-TS renditions), the packager's name for a part.
-fn part_name(file: &str) -> Option<(u64, u64)> {
-    let (msn, part) = file.strip_suffix(".m4s").or_else(|| file.strip_suffix(".ts"))?.split_once('.')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(msn) || !digits(part) {
-        return None;
-    }
-    Some((msn.parse().ok()?, part.parse().ok()?))
 }
 
 trait WithHeader {
@@ -1011,7 +985,7 @@ fn not_found() -> Response<Body> {
 /// A name not in a configured channel's store: briefly cacheable while the channel is not live
 /// (no master playlist), uncached otherwise since the name may appear with the next part.
 fn missing(objects: &ChannelObjects) -> Response<Body> {
-    if objects.get(MASTER_PLAYLIST).is_some() {
+    if objects.get(&ObjectName::Master).is_some() {
         not_found()
     } else {
         plain(StatusCode::NOT_FOUND, "channel is not live\n", CacheClass::NotLive)
@@ -1036,19 +1010,6 @@ fn preflight() -> Response<Body> {
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("*"));
     h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     resp
-}
-
-/// The MIME type for a stored name, by extension (RFC 8216bis §4; Apple's HLS authoring spec for
-/// `video/iso.segment`).
-pub fn content_type(name: &str) -> &'static str {
-    match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("m3u8") => PLAYLIST_TYPE,
-        Some("mp4") => "video/mp4",
-        Some("m4s") => "video/iso.segment",
-        Some("ts") => "video/mp2t",
-        Some("jpg") => "image/jpeg",
-        _ => "application/octet-stream",
-    }
 }
 
 #[cfg(test)]
@@ -1080,33 +1041,34 @@ mod tests {
         shutdown: CancellationToken,
     }
 
-    fn object(bytes: &'static [u8], name: &str, cache: Cacheability) -> Object {
-        Object::new(vec![Bytes::from_static(bytes)], content_type(name), cache)
+    fn named(key: &str) -> ObjectName<'_> {
+        ObjectName::from_key(key).unwrap_or_else(|| panic!("{key} is not a stored name"))
+    }
+
+    fn put(ch: &ChannelObjects, path: &str, bytes: &'static [u8], cache: Cacheability) {
+        ch.put(&named(path), vec![Bytes::from_static(bytes)], cache);
     }
 
     /// Publishes as the packager does: objects first, then the progress that describes them.
     fn publish(ch: &ChannelObjects, playlist: &'static [u8], delta: &'static [u8], progress: Progress) {
-        ch.put("720p/index.m3u8", object(playlist, "index.m3u8", Cacheability::Live));
-        ch.put("720p/index.m3u8#skip", object(delta, "index.m3u8", Cacheability::Live));
+        put(ch, "720p/index.m3u8", playlist, Cacheability::Live);
+        put(ch, "720p/index.m3u8#skip", delta, Cacheability::Live);
         ch.set_progress("720p", progress);
     }
 
     fn put_part(ch: &ChannelObjects, msn: u64, part: u64, bytes: &'static [u8]) {
-        ch.put(format!("720p/{msn}.{part}.m4s"), object(bytes, "x.m4s", Cacheability::Immutable));
+        put(ch, &format!("720p/{msn}.{part}.m4s"), bytes, Cacheability::Immutable);
     }
 
     /// A channel whose `720p` rendition has segments up to 4 complete and parts 5.0 and 5.1 out.
     fn fixture() -> Fixture {
         let store = Arc::new(Store::new());
         let channel = store.channel("demo");
-        channel.put("master.m3u8", object(b"#EXTM3U\n", "master.m3u8", Cacheability::Live));
+        put(&channel, "master.m3u8", b"#EXTM3U\n", Cacheability::Live);
         channel.put(
-            "720p/1.m4s",
-            Object::new(
-                vec![Bytes::from_static(b"moof"), Bytes::from_static(b"mdat")],
-                content_type("x.m4s"),
-                Cacheability::Immutable,
-            ),
+            &named("720p/1.m4s"),
+            vec![Bytes::from_static(b"moof"), Bytes::from_static(b"mdat")],
+            Cacheability::Immutable,
         );
         put_part(&channel, 5, 0, b"part 5.0");
         put_part(&channel, 5, 1, b"part 5.1");
@@ -1192,7 +1154,7 @@ mod tests {
         let f = fixture();
         let text: String = (0..100).map(|i| format!("#EXTINF:2.00000,\n{i}.m4s\n")).collect();
         let text: &'static str = Box::leak(text.into_boxed_str());
-        f.channel.put("720p/index.m3u8", object(text.as_bytes(), "index.m3u8", Cacheability::Live));
+        put(&f.channel, "720p/index.m3u8", text.as_bytes(), Cacheability::Live);
         let path = "/live/demo/720p/index.m3u8";
 
         let plain = get(&f.origin, Method::GET, path).await;
@@ -1245,7 +1207,7 @@ mod tests {
     /// A segment of three chunks, `0123` `4567` `89ab`, stored as `720p/2.m4s`.
     fn put_chunked_segment(ch: &ChannelObjects) {
         let chunks = [&b"0123"[..], b"4567", b"89ab"].map(Bytes::from_static).to_vec();
-        ch.put("720p/2.m4s", Object::new(chunks, content_type("2.m4s"), Cacheability::Immutable));
+        ch.put(&named("720p/2.m4s"), chunks, Cacheability::Immutable);
     }
 
     fn header(r: &Response<Body>, name: header::HeaderName) -> &str {
@@ -1480,7 +1442,7 @@ mod tests {
         assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_BLOCKING);
         assert_eq!(body(r).await, "delta v2");
         // Without a stored delta update the whole playlist answers.
-        f.channel.remove("720p/index.m3u8#skip");
+        f.channel.remove(&named("720p/index.m3u8#skip"));
         assert_eq!(
             body(get(&f.origin, Method::GET, "/live/demo/720p/index.m3u8?_HLS_skip=YES").await).await,
             "playlist v2"
@@ -1591,7 +1553,7 @@ mod tests {
     #[tokio::test]
     async fn a_rendition_without_progress_serves_its_playlist_plainly() {
         let f = fixture();
-        f.channel.put("audio/index.m3u8", object(b"audio playlist", "index.m3u8", Cacheability::Live));
+        put(&f.channel, "audio/index.m3u8", b"audio playlist", Cacheability::Live);
         let r = get(&f.origin, Method::GET, "/live/demo/audio/index.m3u8?_HLS_msn=9&_HLS_part=1").await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_LIVE);
@@ -1622,7 +1584,7 @@ mod tests {
     #[tokio::test]
     async fn objects_carry_a_strong_etag_and_last_modified() {
         let f = fixture();
-        let stored = f.channel.get("720p/1.m4s").expect("stored");
+        let stored = f.channel.get(&named("720p/1.m4s")).expect("stored");
         let r = get(&f.origin, Method::GET, "/live/demo/720p/1.m4s").await;
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, header::ETAG), format!("\"8-{:016x}\"", stored.digest));
@@ -1675,7 +1637,7 @@ mod tests {
     #[tokio::test]
     async fn if_modified_since_is_304_unless_if_none_match_is_present() {
         let f = fixture();
-        let stored = f.channel.get("720p/1.m4s").expect("stored");
+        let stored = f.channel.get(&named("720p/1.m4s")).expect("stored");
         let path = "/live/demo/720p/1.m4s";
         let at = http_date(stored.stored_at);
         let earlier = http_date(stored.stored_at - Duration::from_secs(2));
@@ -1694,7 +1656,7 @@ mod tests {
             assert_eq!(body(r).await, "moofmdat");
         }
         // A playlist may have changed within the second its Last-Modified names.
-        let playlist = f.channel.get("720p/index.m3u8").expect("stored");
+        let playlist = f.channel.get(&named("720p/index.m3u8")).expect("stored");
         let same_second = http_date(playlist.stored_at);
         let next_second = http_date(playlist.stored_at + Duration::from_secs(1));
         let ask = |since: String| {
@@ -1769,7 +1731,7 @@ mod tests {
         static SEGMENT: [u8; 12] = *b"0123456789ab";
         let chunks = vec![Bytes::from_static(&SEGMENT[..4]), Bytes::from_static(&SEGMENT[4..])];
         let f = fixture();
-        f.channel.put("720p/3.m4s", Object::new(chunks, content_type("3.m4s"), Cacheability::Immutable));
+        f.channel.put(&named("720p/3.m4s"), chunks, Cacheability::Immutable);
         let r = get_with(&f.origin, Method::GET, "/live/demo/720p/3.m4s", &[(header::RANGE, "bytes=2-9")]).await;
         let mut body = r.into_body();
         let mut frames = Vec::new();
@@ -1838,7 +1800,7 @@ mod tests {
     #[tokio::test]
     async fn init_segments_and_held_parts_take_ranges() {
         let f = fixture();
-        f.channel.put("720p/init-0.mp4", object(b"ftypmoov", "init-0.mp4", Cacheability::Immutable));
+        put(&f.channel, "720p/init-0.mp4", b"ftypmoov", Cacheability::Immutable);
         let r = get_with(&f.origin, Method::GET, "/live/demo/720p/init-0.mp4", &[(header::RANGE, "bytes=4-")]).await;
         assert_eq!(r.status(), 206);
         assert_eq!(header(&r, header::CONTENT_TYPE), "video/mp4");
@@ -1884,7 +1846,7 @@ mod tests {
         let f = fixture();
         f.store.channel("idle");
         let starting = f.store.channel("starting");
-        starting.put("720p/init-0.mp4", object(b"ftypmoov", "init-0.mp4", Cacheability::Immutable));
+        put(&starting, "720p/init-0.mp4", b"ftypmoov", Cacheability::Immutable);
         starting.set_progress("720p", Progress { msn: 0, parts: 0, ..Default::default() });
         for path in [
             "/live/idle/master.m3u8",
@@ -1957,24 +1919,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn part_names() {
-        assert_eq!(part_name("12.3.m4s"), Some((12, 3)));
-        assert_eq!(part_name("12.m4s"), None);
-        assert_eq!(part_name("12.3.mp4"), None);
-        assert_eq!(part_name("a.3.m4s"), None);
-        assert_eq!(part_name("1.2.3.m4s"), None);
-    }
-
     #[tokio::test]
     async fn the_thumbnail_is_a_jpeg_cached_for_its_refresh_interval() {
         let f = fixture();
-        let jpeg = Object::new(
-            vec![Bytes::from_static(b"\xFF\xD8\xFF\xE0 a jpeg")],
-            content_type(THUMBNAIL),
-            Cacheability::Refreshed(2),
-        );
-        f.channel.put(THUMBNAIL, jpeg);
+        put(&f.channel, "thumb.jpg", b"\xFF\xD8\xFF\xE0 a jpeg", Cacheability::Refreshed(2));
         let r = get(&f.origin, Method::GET, "/live/demo/thumb.jpg").await;
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, header::CONTENT_TYPE), "image/jpeg");
@@ -1986,10 +1934,7 @@ mod tests {
         assert_eq!(again.status(), 304);
         assert_eq!(header(&again, header::CACHE_CONTROL), "public, max-age=2");
         // A new thumbnail under the same name has a new validator.
-        f.channel.put(
-            THUMBNAIL,
-            Object::new(vec![Bytes::from_static(b"\xFF\xD8 another")], "image/jpeg", Cacheability::Refreshed(2)),
-        );
+        put(&f.channel, "thumb.jpg", b"\xFF\xD8 another", Cacheability::Refreshed(2));
         let r = get_with(&f.origin, Method::GET, "/live/demo/thumb.jpg", &[(header::IF_NONE_MATCH, &etag)]).await;
         assert_eq!(r.status(), 200);
         assert_ne!(header(&r, header::ETAG), etag);

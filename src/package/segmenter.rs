@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::config::Container;
+use crate::media::Container;
 use crate::media::{AudioParams, EncodedPacket, TIMESCALE, Ticks};
 use crate::package::fmp4::{self, Fragment, FragmentSample, TrackParams};
 use crate::package::ts::{TsSample, TsWriter};

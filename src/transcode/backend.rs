@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::config::Hardware;
-use crate::metrics::{BackendSeries, Metrics};
+use crate::metrics::{BackendSeries, FallbackReason, Metrics};
 use crate::transcode::gpu_path;
 use crate::transcode::placement::Placement;
 
@@ -47,46 +47,6 @@ impl Backend {
         match self {
             Backend::Cpu => "cpu",
             Backend::Nvidia => "nvidia",
-        }
-    }
-}
-
-/// Why a stage that could run on NVIDIA runs on the CPU. These are the only values of
-/// `ladderd_backend_fallbacks_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FallbackReason {
-    /// No NVIDIA driver (libcuda or NVML cannot be loaded, or NVML lists no GPU).
-    NoDriver,
-    /// No usable GPU has an NVENC engine.
-    NoNvenc,
-    /// The chosen GPU has no NVDEC engine.
-    NoNvdec,
-    /// Every allowed GPU is short of NVENC sessions (`transcode.max_sessions_per_gpu`).
-    GpuFull,
-    /// The GPU failed: a session or context would not open, or a running one broke.
-    GpuError,
-    /// This build has no NVIDIA pipeline for the stage.
-    NotBuilt,
-}
-
-impl FallbackReason {
-    pub const ALL: [FallbackReason; 6] = [
-        FallbackReason::NoDriver,
-        FallbackReason::NoNvenc,
-        FallbackReason::NoNvdec,
-        FallbackReason::GpuFull,
-        FallbackReason::GpuError,
-        FallbackReason::NotBuilt,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::NoDriver => "no_driver",
-            FallbackReason::NoNvenc => "no_nvenc",
-            FallbackReason::NoNvdec => "no_nvdec",
-            FallbackReason::GpuFull => "gpu_full",
-            FallbackReason::GpuError => "gpu_error",
-            FallbackReason::NotBuilt => "not_built",
         }
     }
 }

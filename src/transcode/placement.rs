@@ -12,12 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus::IntGaugeVec;
 
 use crate::config::{GpuSelection, OnGpuFull};
-use crate::transcode::backend::{FallbackReason, Unavailable};
+use crate::metrics::FallbackReason;
+use crate::transcode::backend::Unavailable;
 
 /// One GPU as NVML reports it when a channel is placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +129,7 @@ struct Sessions {
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, u32>> {
         // Nothing panics while the lock is held, so a poisoned map is still consistent.
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.held)
     }
 
     fn set(&self, held: &mut BTreeMap<u32, u32>, gpu: u32, count: u32) {

@@ -1,7 +1,12 @@
 //! What the origin serves: per channel, the objects of the current window (playlists, init
 //! segments, media segments), kept in memory. Writers are the channel's packaging threads;
 //! readers are HTTP handlers. Objects are immutable `Bytes` chunks, so a read is a few refcount
-//! bumps under a short lock.
+//! bumps under a short lock. Every object is stored under an [`ObjectName`], the one vocabulary
+//! of names that packager and origin share.
+
+mod names;
+
+pub use names::{ObjectName, PLAYLIST_TYPE};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -10,6 +15,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::sync::{lock, read, write};
 
 /// How an object may be cached (the origin turns this into headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +109,7 @@ pub struct Progress {
     pub part_target_us: u64,
 }
 
-/// One channel's objects, keyed by their path below `/live/{channel}/`.
+/// One channel's objects, keyed by their name (the path below `/live/{channel}/`).
 #[derive(Default)]
 pub struct ChannelObjects {
     objects: Mutex<HashMap<String, Object>>,
@@ -111,24 +118,24 @@ pub struct ChannelObjects {
 }
 
 impl ChannelObjects {
-    pub fn get(&self, name: &str) -> Option<Object> {
-        self.lock().get(name).cloned()
+    pub fn get(&self, name: &ObjectName<'_>) -> Option<Object> {
+        self.lock().get(&name.to_string()).cloned()
     }
 
-    /// Publishes (or replaces) an object.
-    pub fn put(&self, name: impl Into<String>, object: Object) {
-        self.lock().insert(name.into(), object);
+    /// Publishes (or replaces) an object; its content type follows from its name.
+    pub fn put(&self, name: &ObjectName<'_>, chunks: Vec<Bytes>, cache: Cacheability) {
+        self.lock().insert(name.to_string(), Object::new(chunks, name.content_type(), cache));
     }
 
     /// Removes objects that left the window.
-    pub fn remove(&self, name: &str) {
-        self.lock().remove(name);
+    pub fn remove(&self, name: &ObjectName<'_>) {
+        self.lock().remove(&name.to_string());
     }
 
     /// Announces a rendition's progress. Call after the objects it describes (parts, playlist)
     /// are in place, so that a woken waiter finds them.
     pub fn set_progress(&self, rendition: &str, progress: Progress) {
-        let mut map = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.progress);
         match map.get(rendition) {
             Some(tx) => {
                 tx.send_replace(progress);
@@ -142,9 +149,10 @@ impl ChannelObjects {
     /// A rendition's progress and a receiver that wakes when it changes; `None` for a rendition
     /// that has not published anything.
     pub fn watch(&self, rendition: &str) -> Option<watch::Receiver<Progress>> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner()).get(rendition).map(watch::Sender::subscribe)
+        lock(&self.progress).get(rendition).map(watch::Sender::subscribe)
     }
 
+    /// The names stored now, sorted (for diagnostics and tests).
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.lock().keys().cloned().collect();
         v.sort();
@@ -152,9 +160,7 @@ impl ChannelObjects {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Object>> {
-        // A writer that panicked mid-insert leaves the map consistent (single inserts), so the
-        // poison flag carries no meaning here.
-        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.objects)
     }
 }
 
@@ -174,7 +180,7 @@ impl Store {
         if let Some(c) = self.read().get(name) {
             return c.clone();
         }
-        let mut w = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let mut w = write(&self.channels);
         w.entry(name.to_owned()).or_default().clone()
     }
 
@@ -185,11 +191,11 @@ impl Store {
 
     /// Forgets a channel that is no longer configured; its URLs become unknown (404 no-store).
     pub fn remove_channel(&self, name: &str) {
-        self.channels.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        write(&self.channels).remove(name);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ChannelObjects>>> {
-        self.channels.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.channels)
     }
 }
 
@@ -202,18 +208,13 @@ mod tests {
         let store = Store::new();
         assert!(store.get_channel("a").is_none());
         let ch = store.channel("a");
-        ch.put(
-            "x.m4s",
-            Object::new(
-                vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
-                "video/iso.segment",
-                Cacheability::Immutable,
-            ),
-        );
-        let got = store.get_channel("a").and_then(|c| c.get("x.m4s")).expect("present");
-        assert_eq!(got.len(), 3);
-        ch.remove("x.m4s");
-        assert!(ch.get("x.m4s").is_none());
+        let name = ObjectName::Segment { rendition: "r", msn: 7, container: crate::media::Container::Fmp4 };
+        ch.put(&name, vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")], Cacheability::Immutable);
+        let got = store.get_channel("a").and_then(|c| c.get(&name)).expect("present");
+        assert_eq!((got.len(), got.content_type), (3, "video/iso.segment"));
+        assert_eq!(ch.names(), ["r/7.m4s"]);
+        ch.remove(&name);
+        assert!(ch.get(&name).is_none());
     }
 
     #[test]
