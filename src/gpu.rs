@@ -1,8 +1,11 @@
 //! NVIDIA GPUs on this machine: which ones there are (CUDA driver API, through cudarc), how busy
 //! they are (NVML), and which of the engines ladderd uses really work on each (FFmpeg's
 //! h264_cuvid, h264_nvenc and hevc_nvenc open; the h264 decoder's CUDA hwaccel decodes a picture
-//! into GPU memory; the CUDA scaling graph scales one). [`Probe::nvidia_offer`] turns that into
-//! what `transcode::backend::choose` needs: per stage, yes or the reason why not.
+//! into GPU memory; the CUDA scaling graph scales one).
+//!
+//! This is discovery only, below the transcoder: it knows no stage or backend. The transcoder
+//! asks it (`transcode::probe`), hands it the check of its own zero-copy path (so that the probe
+//! runs the code the pipeline runs), and turns the answers into its stage offers and placement.
 //!
 //! The probe runs once per process; how busy each GPU is changes, so [`live_stats`] reads NVML
 //! again (at most every [`STATS_MAX_AGE`]) for placement and metrics.
@@ -19,9 +22,6 @@ use nvml_wrapper::Nvml;
 use serde::{Deserialize, Serialize};
 
 use crate::ffi::hw;
-use crate::transcode::backend::NvidiaOffer;
-use crate::transcode::gpu_path;
-use crate::transcode::placement::GpuState;
 
 /// The environment variable that switches engines off for ladderd whatever the probe finds, as a
 /// comma-separated list of `nvenc`, `nvdec`, `scale` (e.g. `nvenc` to run the hybrid plan on a
@@ -73,38 +73,18 @@ pub struct GpuInfo {
 
 impl GpuInfo {
     /// How many of the stages ladderd can put on NVIDIA this GPU offers.
-    fn usable_stages(&self) -> usize {
+    pub fn usable_stages(&self) -> usize {
         let decode = self.nvdec_h264.is_ok() || self.nvdec_cuda.is_ok();
         usize::from(decode) + usize::from(self.scale_offer().is_ok()) + usize::from(self.nvenc_h264.is_ok())
     }
 
     /// Whether this GPU can scale: the scaling graph works, and NVDEC gives it CUDA frames
     /// (this build scales on the GPU only what NVDEC decoded there).
-    fn scale_offer(&self) -> Result<(), String> {
+    pub fn scale_offer(&self) -> Result<(), String> {
         match (&self.nvdec_cuda, &self.cuda_scale) {
             (Ok(()), Ok(())) => Ok(()),
             (_, Err(why)) => Err(why.clone()),
             (Err(why), Ok(())) => Err(format!("CUDA scaling takes NVDEC's CUDA frames, which do not come: {why}")),
-        }
-    }
-
-    /// This GPU as placement sees it: engines from the probe, and how busy it is from `live`
-    /// (this GPU's current NVML figures) where NVML has them, else from the probe.
-    pub fn placement_state(&self, live: Option<&GpuStats>, sessions_ours: u32) -> GpuState {
-        let pick = |now: Option<Option<u64>>, probed: Option<u64>| now.flatten().or(probed);
-        let used = pick(live.map(|l| l.memory_used_bytes), self.memory_used_bytes);
-        let total = pick(live.map(|l| l.memory_total_bytes), self.memory_total_bytes);
-        let sessions = pick(live.map(|l| l.encoder_sessions.map(u64::from)), self.encoder_sessions.map(u64::from));
-        let utilization =
-            pick(live.map(|l| l.encoder_utilization.map(u64::from)), self.encoder_utilization.map(u64::from));
-        GpuState {
-            index: self.index,
-            nvenc_sessions_used: sessions.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-            nvenc_sessions_ours: sessions_ours,
-            encoder_utilization: utilization.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-            memory_free: total.unwrap_or(0).saturating_sub(used.unwrap_or(0)),
-            has_nvenc: self.nvenc_h264.is_ok(),
-            has_nvdec: self.nvdec_h264.is_ok() || self.nvdec_cuda.is_ok(),
         }
     }
 
@@ -132,11 +112,21 @@ pub struct Probe {
     pub gpus: Vec<GpuInfo>,
 }
 
-/// Probes this machine: CUDA driver, NVML, and an FFmpeg open of each engine on each GPU.
+/// Whether the zero-copy path works on a GPU: NVDEC into CUDA frames, and CUDA scaling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZeroCopy {
+    /// FFmpeg's h264 decoder with the CUDA hwaccel decoded a real picture into a CUDA frame.
+    pub decode: Result<(), String>,
+    /// The scaling graph scaled a picture in GPU memory and it downloaded at the right size.
+    pub scale: Result<(), String>,
+}
+
+/// Probes this machine: CUDA driver, NVML, an FFmpeg open of each engine on each GPU, and
+/// `zero_copy`, the caller's check of its zero-copy path on a GPU.
 ///
 /// Opening encoders and decoders takes a moment per GPU and holds an NVENC session while it
-/// runs; call it once (see [`probe_cached`]), not per channel.
-pub fn probe() -> Probe {
+/// runs; call it once per process, not per channel.
+pub fn probe(zero_copy: &dyn Fn(u32) -> ZeroCopy) -> Probe {
     let nvml = Nvml::init().map_err(|e| format!("NVML cannot start: {e}"));
     let cuda = match hw::cuda_driver() {
         Ok(cuda) => cuda,
@@ -149,7 +139,7 @@ pub fn probe() -> Probe {
         .into_iter()
         .map(|dev| {
             let gpu = dev.ordinal;
-            let zero_copy = gpu_path::probe_zero_copy(gpu);
+            let zero_copy = zero_copy(gpu);
             let mut info = GpuInfo {
                 index: gpu,
                 name: dev.name,
@@ -183,12 +173,6 @@ pub fn probe() -> Probe {
     Probe { driver: Ok(DriverInfo { cuda_version, driver_version }), nvml: nvml.map(drop), gpus }
 }
 
-/// The probe of this process, made on first use.
-pub fn probe_cached() -> &'static Probe {
-    static PROBE: OnceLock<Probe> = OnceLock::new();
-    PROBE.get_or_init(probe)
-}
-
 /// How busy one GPU is now, from NVML: what placement's tie-breakers and the GPU gauges use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuStats {
@@ -210,7 +194,7 @@ pub struct GpuStats {
 }
 
 impl GpuStats {
-    fn empty(index: u32) -> Self {
+    pub fn empty(index: u32) -> Self {
         Self {
             index,
             gpu_utilization: None,
@@ -335,15 +319,14 @@ impl GpuStats {
     }
 }
 
-/// Every probed GPU's current figures from NVML, read again when the last reading is older than
+/// The current figures from NVML of every GPU `probe` found (the process's probe: the first
+/// call decides which GPUs are read), read again when the last reading is older than
 /// [`STATS_MAX_AGE`]. Blocks for the NVML calls (milliseconds) when it reads: call it from a
-/// thread that may block, not from an async task. Empty on a machine without GPUs. The first call
-/// waits for the GPU probe (`probe_cached`), which takes seconds when it has not run yet.
-pub fn live_stats() -> Arc<Vec<GpuStats>> {
+/// thread that may block, not from an async task. Empty on a machine without GPUs.
+pub fn live_stats(probe: &Probe) -> Arc<Vec<GpuStats>> {
     static CACHE: OnceLock<StatsCache<NvmlStats>> = OnceLock::new();
     CACHE
         .get_or_init(|| {
-            let probe = probe_cached();
             let gpus = probe
                 .gpus
                 .iter()
@@ -358,42 +341,6 @@ pub fn live_stats() -> Arc<Vec<GpuStats>> {
             StatsCache::new(NvmlStats { nvml, gpus }, STATS_MAX_AGE)
         })
         .get(Instant::now())
-}
-
-impl Probe {
-    /// What NVIDIA offers each stage on GPU `gpu`, or with `None` on the GPU that offers the
-    /// most stages (the lowest index among equals).
-    ///
-    /// Decode is offered where NVDEC works (into CUDA frames, or through h264_cuvid); scale where
-    /// the CUDA scaling graph works and NVDEC gives it CUDA frames; encode where h264_nvenc opens.
-    pub fn nvidia_offer(&self, gpu: Option<u32>) -> NvidiaOffer {
-        let refuse_all =
-            |why: String| NvidiaOffer { decode: Err(why.clone()), scale: Err(why.clone()), encode: Err(why) };
-        if let Err(why) = &self.driver {
-            return refuse_all(why.clone());
-        }
-        let chosen = match gpu {
-            Some(index) => match self.gpus.iter().find(|g| g.index == index) {
-                Some(g) => g,
-                None => {
-                    return refuse_all(format!(
-                        "GPU {index} does not exist (the NVIDIA driver lists {} GPU{})",
-                        self.gpus.len(),
-                        if self.gpus.len() == 1 { "" } else { "s" }
-                    ));
-                }
-            },
-            None => match self.gpus.iter().min_by_key(|g| (std::cmp::Reverse(g.usable_stages()), g.index)) {
-                Some(g) => g,
-                None => return refuse_all("the NVIDIA driver lists no GPUs".to_string()),
-            },
-        };
-        NvidiaOffer {
-            decode: chosen.nvdec_cuda.clone().or_else(|_| chosen.nvdec_h264.clone()),
-            scale: chosen.scale_offer(),
-            encode: chosen.nvenc_h264.clone(),
-        }
-    }
 }
 
 /// A few aligned lines: the driver, NVML, then each GPU with its figures and engines.
@@ -460,14 +407,13 @@ impl fmt::Display for Probe {
 const GIB: f64 = (1u64 << 30) as f64;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::config::Hardware;
-    use crate::transcode::backend::{Backend, choose};
 
-    const NO_NVENC: &str = "opening h264_nvenc on GPU 0 failed: Function not implemented (error -38)";
+    pub(crate) const NO_NVENC: &str = "opening h264_nvenc on GPU 0 failed: Function not implemented (error -38)";
 
-    fn gpu(index: u32, nvdec: bool, nvenc: bool) -> GpuInfo {
+    /// An H100-like GPU, with or without NVDEC and NVENC.
+    pub(crate) fn gpu(index: u32, nvdec: bool, nvenc: bool) -> GpuInfo {
         let r = |ok: bool, why: &str| if ok { Ok(()) } else { Err(why.to_string()) };
         GpuInfo {
             index,
@@ -488,9 +434,9 @@ mod tests {
         }
     }
 
-    const NO_NVDEC_CUDA: &str = "decoding H.264 into CUDA frames on GPU 0 failed: no picture";
+    pub(crate) const NO_NVDEC_CUDA: &str = "decoding H.264 into CUDA frames on GPU 0 failed: no picture";
 
-    fn with_gpus(gpus: Vec<GpuInfo>) -> Probe {
+    pub(crate) fn with_gpus(gpus: Vec<GpuInfo>) -> Probe {
         let driver = DriverInfo { cuda_version: "12.4".into(), driver_version: Some("550.54.15".into()) };
         Probe { driver: Ok(driver), nvml: Ok(()), gpus }
     }
@@ -512,41 +458,6 @@ mod tests {
     }
 
     #[test]
-    fn nvdec_without_nvenc_decodes_on_the_gpu_and_encodes_on_the_cpu() {
-        let probe = with_gpus(vec![gpu(0, true, false)]);
-        let offer = probe.nvidia_offer(Some(0));
-        assert_eq!(offer.decode, Ok(()));
-        assert_eq!(offer.encode, Err(NO_NVENC.to_string()));
-        assert_eq!(offer.scale, Ok(()));
-        assert_eq!(probe.nvidia_offer(None), offer);
-
-        // The hybrid plan: NVDEC and CUDA scaling, then a download for libx264.
-        let plan = choose(Hardware::Auto, &offer).expect("auto always plans");
-        assert_eq!((plan.decode, plan.scale, plan.encode), (Backend::Nvidia, Backend::Nvidia, Backend::Cpu));
-        let refused: Vec<String> = plan.refused.iter().map(ToString::to_string).collect();
-        assert_eq!(refused, [format!("encode on nvidia: {NO_NVENC}")]);
-    }
-
-    #[test]
-    fn scaling_is_offered_only_with_nvdec_cuda_frames_and_a_working_graph() {
-        let mut g = gpu(0, true, true);
-        g.cuda_scale = Err(gpu_path::NO_SCALING_FILTER.into());
-        let offer = with_gpus(vec![g.clone()]).nvidia_offer(Some(0));
-        assert_eq!(offer.scale, Err(gpu_path::NO_SCALING_FILTER.to_string()));
-        assert_eq!(offer.decode, Ok(()));
-
-        // NVDEC only through h264_cuvid: decoding on the GPU, but no CUDA frames to scale.
-        g.cuda_scale = Ok(());
-        g.nvdec_cuda = Err(NO_NVDEC_CUDA.into());
-        let offer = with_gpus(vec![g]).nvidia_offer(Some(0));
-        assert_eq!(offer.decode, Ok(()), "h264_cuvid still decodes");
-        assert_eq!(
-            offer.scale,
-            Err(format!("CUDA scaling takes NVDEC's CUDA frames, which do not come: {NO_NVDEC_CUDA}"))
-        );
-    }
-
-    #[test]
     fn engines_can_be_switched_off_by_the_operator() {
         let mut g = gpu(0, true, true);
         g.disable("nvenc, scale,bogus");
@@ -556,34 +467,10 @@ mod tests {
         assert_eq!((g.nvdec_h264.clone(), g.nvdec_cuda.clone()), (Ok(()), Ok(())));
         let mut g = gpu(0, true, true);
         g.disable("nvdec");
-        let offer = with_gpus(vec![g]).nvidia_offer(Some(0));
-        assert_eq!(offer.decode, Err(format!("NVDEC is switched off by {DISABLE_VAR}=nvdec")));
-        assert!(offer.scale.is_err() && offer.encode.is_ok());
-    }
-
-    #[test]
-    fn placement_sees_live_figures_where_nvml_has_them() {
-        let g = gpu(1, true, true);
-        let probed = g.placement_state(None, 2);
-        assert_eq!(
-            probed,
-            GpuState {
-                index: 1,
-                nvenc_sessions_used: 0,
-                nvenc_sessions_ours: 2,
-                encoder_utilization: 0,
-                memory_free: (80 << 30) - (1 << 29),
-                has_nvenc: true,
-                has_nvdec: true,
-            }
-        );
-        let mut live = GpuStats::empty(1);
-        live.encoder_utilization = Some(73);
-        live.encoder_sessions = Some(5);
-        live.memory_used_bytes = Some(60 << 30);
-        let now = g.placement_state(Some(&live), 2);
-        assert_eq!((now.encoder_utilization, now.nvenc_sessions_used), (73, 5));
-        assert_eq!(now.memory_free, 20 << 30, "live use, probed total (NVML gave no total this time)");
+        let why = format!("NVDEC is switched off by {DISABLE_VAR}=nvdec");
+        assert_eq!((g.nvdec_h264.clone(), g.nvdec_cuda.clone()), (Err(why.clone()), Err(why.clone())));
+        assert_eq!(g.scale_offer(), Err(format!("CUDA scaling takes NVDEC's CUDA frames, which do not come: {why}")));
+        assert_eq!(g.nvenc_h264, Ok(()));
     }
 
     /// Counts its samples; each sample reports the count as the encoder utilization.
@@ -609,32 +496,6 @@ mod tests {
         assert_eq!(util(cache.get(t0 + STATS_MAX_AGE + Duration::from_millis(10))), Some(2));
         // A clock that goes backwards is not "older".
         assert_eq!(util(cache.get(t0)), Some(2));
-    }
-
-    #[test]
-    fn live_stats_without_gpus_are_empty_and_do_not_panic() {
-        let live = live_stats();
-        if !crate::ffi::cuda_driver_present() {
-            assert!(live.is_empty());
-        }
-        assert_eq!(live.len(), probe_cached().gpus.len());
-    }
-
-    #[test]
-    fn with_no_gpu_named_the_gpu_offering_most_is_used() {
-        let probe = with_gpus(vec![gpu(0, true, false), gpu(1, true, true), gpu(2, true, true)]);
-        let offer = probe.nvidia_offer(None);
-        assert_eq!((offer.decode, offer.encode), (Ok(()), Ok(())));
-        assert_eq!(probe.nvidia_offer(Some(0)).encode, Err(NO_NVENC.to_string()));
-    }
-
-    #[test]
-    fn a_gpu_that_is_not_there_is_refused_for_every_stage() {
-        let offer = with_gpus(vec![gpu(0, true, true)]).nvidia_offer(Some(3));
-        let why = "GPU 3 does not exist (the NVIDIA driver lists 1 GPU)".to_string();
-        assert_eq!(offer, NvidiaOffer { decode: Err(why.clone()), scale: Err(why.clone()), encode: Err(why) });
-        let offer = with_gpus(Vec::new()).nvidia_offer(None);
-        assert_eq!(offer.encode, Err("the NVIDIA driver lists no GPUs".to_string()));
     }
 
     #[test]
@@ -684,32 +545,5 @@ GPU 0           NVIDIA H100 80GB HBM3 (GPU-00000000-1111-2222-3333-444444444444)
   NVML missing  encoder_stats: Not supported
 "
         );
-    }
-
-    #[test]
-    fn this_machine_is_probed_without_panicking_and_every_no_has_a_reason() {
-        let probe = probe();
-        if !crate::ffi::cuda_driver_present() {
-            assert!(probe.gpus.is_empty());
-            let why = probe.driver.as_ref().expect_err("no driver here");
-            assert!(why.contains("libcuda"), "{why}");
-            assert!(probe.nvml.is_err(), "NVML cannot start without the driver");
-            let text = probe.to_string();
-            assert!(
-                text.starts_with("NVIDIA driver   not available: no NVIDIA driver (cannot load libcuda.so.1)\n"),
-                "{text}"
-            );
-            assert!(text.ends_with("GPUs            none\n"), "{text}");
-        }
-        let offer = probe.nvidia_offer(None);
-        for stage in [&offer.decode, &offer.scale, &offer.encode] {
-            if let Err(why) = stage {
-                assert!(!why.is_empty());
-            }
-        }
-        if probe.gpus.is_empty() {
-            let why = probe.driver.as_ref().err().cloned().unwrap_or_else(|| "the NVIDIA driver lists no GPUs".into());
-            assert_eq!(offer, NvidiaOffer { decode: Err(why.clone()), scale: Err(why.clone()), encode: Err(why) });
-        }
     }
 }

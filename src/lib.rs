@@ -170,7 +170,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     // publish admitted once ready is not held up by it.
     let probed = admin_svc.clone();
     tokio::task::spawn_blocking(move || {
-        gpu::probe_cached();
+        transcode::probe::machine();
         probed.mark_gpu_probed();
     });
     // NVML's utilization and memory figures into the GPU gauges. Reading NVML blocks for a few
@@ -185,7 +185,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
                     // A hung NVML call must not hold up shutdown: stop waits for nobody.
                     let stats = tokio::select! {
                         _ = gauges_stop.cancelled() => break,
-                        stats = tokio::task::spawn_blocking(gpu::live_stats) => stats,
+                        stats = tokio::task::spawn_blocking(transcode::probe::live_stats) => stats,
                     };
                     let Ok(stats) = stats else { continue };
                     for s in stats.iter() {

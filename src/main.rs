@@ -111,7 +111,7 @@ fn probe(json: bool) -> ExitCode {
     // reasons the probe prints) through the same path as the daemon's log.
     init_logging(LogFormat::Human, "warn");
     ladderd::ffi::log::install();
-    let probe = ladderd::gpu::probe();
+    let probe = ladderd::transcode::probe::probe();
     if json {
         return match serde_json::to_string_pretty(&probe) {
             Ok(text) => {
@@ -127,7 +127,7 @@ fn probe(json: bool) -> ExitCode {
     print!("{probe}");
     println!();
     println!("transcode.hardware: auto");
-    match backend::choose(Hardware::Auto, &probe.nvidia_offer(None)) {
+    match backend::choose(Hardware::Auto, &ladderd::transcode::probe::nvidia_offer(&probe, None)) {
         Ok(plan) => {
             for stage in Stage::ALL {
                 let why =

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackendStatus, ChannelState, SourceStatus};
 use crate::config::{ChannelConfig, Config, Hardware};
-use crate::gpu;
 use crate::media::{
     Alignment, Arrival, AudioParams, EncodedPacket, MediaPacket, RenditionSink, Sample, SegmentClock, Ticks,
     VideoParams, secs_to_ticks, ticks_to_secs,
@@ -29,6 +28,7 @@ use crate::transcode::backend::{self, Backend, NoHardware, NvidiaOffer, StagePla
 use crate::transcode::ladder;
 use crate::transcode::pipeline::{self, DecoderChoice, EncoderChoice};
 use crate::transcode::placement::{GpuState, Placement, Placer, Rejected, SessionGuard};
+use crate::transcode::probe;
 use crate::transcode::thumbnail::ThumbnailSpec;
 use crate::transcode::{TranscodeSpec, Transcoder};
 
@@ -239,13 +239,13 @@ fn place(
     let mut placement = if hardware == Hardware::Cpu || plan.encoded.is_empty() {
         Placement::cpu(plan.encoded.len(), None)
     } else {
-        let probe = gpu::probe_cached();
+        let probe = probe::machine();
         // Engines from the probe, how busy each GPU is from NVML now (read at most every 2 s).
-        let live = gpu::live_stats();
+        let live = probe::live_stats();
         let gpus: Vec<GpuState> = probe
             .gpus
             .iter()
-            .map(|g| g.placement_state(live.iter().find(|s| s.index == g.index), ctx.placer.held(g.index)))
+            .map(|g| GpuState::of(g, live.iter().find(|s| s.index == g.index), ctx.placer.held(g.index)))
             .collect();
         let mut placement =
             ctx.placer.place(name, plan.encoded.len(), &gpus, &transcode.gpus, transcode.on_gpu_full)?;
@@ -260,7 +260,7 @@ fn place(
         let no = || Err("transcode.hardware is cpu".to_string());
         NvidiaOffer { decode: no(), scale: no(), encode: no() }
     } else {
-        gpu::probe_cached().nvidia_offer(placement.gpu)
+        probe::nvidia_offer(probe::machine(), placement.gpu)
     };
     let stages = backend::choose_placed(hardware, &offer, &mut placement)?;
     *lock(&ctx.state.backend) = Some(BackendStatus::of(&stages));

@@ -70,7 +70,7 @@ pub fn probe_cuda_device(gpu: u32) -> Result<(), String> {
 
 /// Whether the named encoder (`h264_nvenc`, `hevc_nvenc`) opens on GPU `gpu` for a small
 /// yuv420p stream fed from system memory, as on the pipeline's non-zero-copy paths (the zero-copy
-/// probe, `gpu_path::probe_zero_copy`, covers NVDEC and scaling on CUDA frames). Opening
+/// probe, `scale::probe_zero_copy`, covers NVDEC and scaling on CUDA frames). Opening
 /// creates a real encode session, so this fails wherever encoding would: no driver, a GPU
 /// without NVENC (A100, H100, H200), or a consumer card already at its session limit.
 pub fn probe_encoder(name: &str, gpu: u32) -> Result<(), String> {

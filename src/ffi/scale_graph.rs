@@ -1,6 +1,6 @@
 //! A libavfilter graph with one `buffer` source and several `buffersink`s, owned by a Rust value:
 //! what a channel's scaling graph is (one picture in, one picture per rung out). The filters
-//! between them come from a description string (`transcode::gpu_path` builds it).
+//! between them come from a description string (`transcode::scale` builds it).
 //!
 //! ffmpeg-next wraps filter graphs, but not hardware input (`av_buffersrc_parameters_set` with a
 //! `hw_frames_ctx`), nor `av_buffersink_get_hw_frames_ctx`; and its graph API panics on an

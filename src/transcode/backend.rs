@@ -10,8 +10,8 @@ use std::fmt;
 
 use crate::config::Hardware;
 use crate::metrics::{BackendSeries, FallbackReason, Metrics};
-use crate::transcode::gpu_path;
 use crate::transcode::placement::Placement;
+use crate::transcode::scale;
 
 /// A transcoding stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,7 +191,7 @@ impl NvidiaOffer {
     /// The offer carries text only, so the cause follows from its shape: one reason for every
     /// stage is about the machine (no driver, no GPU); otherwise a refused decode lacks NVDEC, a
     /// refused encode lacks NVENC, and a refused scale is not built when FFmpeg has no CUDA
-    /// scaling filter ([`gpu_path::NO_SCALING_FILTER`]) and a GPU error otherwise (CUDA is on every
+    /// scaling filter ([`scale::NO_SCALING_FILTER`]) and a GPU error otherwise (CUDA is on every
     /// GPU, so a scaling graph that does not run there failed).
     pub fn unavailable(&self, stage: Stage) -> Option<Unavailable> {
         let detail = self.offer(stage).as_ref().err()?;
@@ -199,7 +199,7 @@ impl NvidiaOffer {
         let cause = match stage {
             _ if machine => FallbackReason::NoDriver,
             Stage::Decode => FallbackReason::NoNvdec,
-            Stage::Scale if detail.starts_with(gpu_path::NO_SCALING_FILTER) => FallbackReason::NotBuilt,
+            Stage::Scale if detail.starts_with(scale::NO_SCALING_FILTER) => FallbackReason::NotBuilt,
             Stage::Scale => FallbackReason::GpuError,
             Stage::Encode => FallbackReason::NoNvenc,
         };
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn offer_refusals_have_causes() {
-        let not_built = gpu_path::NO_SCALING_FILTER.to_string();
+        let not_built = scale::NO_SCALING_FILTER.to_string();
         let o = NvidiaOffer { decode: Err("no NVDEC".into()), scale: Err(not_built), encode: Ok(()) };
         assert_eq!(o.unavailable(Stage::Decode).map(|u| u.cause), Some(FallbackReason::NoNvdec));
         assert_eq!(o.unavailable(Stage::Scale).map(|u| u.cause), Some(FallbackReason::NotBuilt));
@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn a_scaling_filter_missing_from_ffmpeg_does_not_refuse_nvidia() {
-        let o = NvidiaOffer { decode: Ok(()), scale: Err(gpu_path::NO_SCALING_FILTER.into()), encode: Ok(()) };
+        let o = NvidiaOffer { decode: Ok(()), scale: Err(scale::NO_SCALING_FILTER.into()), encode: Ok(()) };
         let p = choose(Hardware::Nvidia, &o).expect("not built is no refusal");
         assert_eq!((p.decode, p.scale, p.encode), (Backend::Nvidia, Backend::Cpu, Backend::Nvidia));
         let broken = NvidiaOffer { scale: Err("scaling CUDA frames on GPU 0 failed: …".into()), ..o };

@@ -29,8 +29,8 @@ use crate::config::Hardware;
 use crate::ffi::{self, SharedFrame};
 use crate::media::{Alignment, EncodedPacket, RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks, VideoParams, avc};
 use crate::metrics::{DropReason, FrameDrops, Metrics};
-use crate::transcode::gpu_path::{self, EncoderInput, FrameError, Routed, RungFrames, SourceDecoder};
 use crate::transcode::ladder::Rung;
+use crate::transcode::scale::{self, EncoderInput, FrameError, Routed, RungFrames, SourceDecoder};
 use crate::transcode::thumbnail::{ThumbnailSpec, Thumbnailer};
 
 /// Source packets queued for the decoder. When full, the channel thread waits, and behind it
@@ -77,7 +77,7 @@ pub enum DecoderChoice {
     Nvdec { gpu: u32 },
     /// NVDEC through FFmpeg's h264 decoder with the CUDA hwaccel on the given GPU: pictures stay
     /// in GPU memory, and one CUDA graph on the decode thread scales them for every rung
-    /// (`transcode::gpu_path`). Chosen when decode and scale are both planned on NVIDIA.
+    /// (`transcode::scale`). Chosen when decode and scale are both planned on NVIDIA.
     NvdecCuda { gpu: u32 },
     /// The CPU decoder with that graph made of software `scale` filters: the GPU path's
     /// plumbing where there is no GPU.
@@ -170,7 +170,7 @@ impl Transcoder {
         // Which backend each stage runs on was chosen (and logged) by the channel; a GPU decoder or
         // encoder that does not open here falls back below, and says so.
         let mut decoder_choice = spec.decoder;
-        let fallbacks = gpu_path::Fallbacks {
+        let fallbacks = scale::Fallbacks {
             decoder: metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]),
             scaler: metrics.pipeline_errors.with_label_values(&[&channel, "scaler_fallback"]),
         };
@@ -285,12 +285,12 @@ fn open_decoder(
     channel: &str,
     choice: DecoderChoice,
     source: &VideoParams,
-    (rungs, fallbacks): (&[Rung], &gpu_path::Fallbacks),
+    (rungs, fallbacks): (&[Rung], &scale::Fallbacks),
 ) -> Result<SourceDecoder, TranscodeError> {
     let err = |what, source| TranscodeError::Decoder { channel: channel.into(), what, source };
     let codec = match choice {
         DecoderChoice::NvdecCuda { gpu } => {
-            let filter = gpu_path::ScaleFilter::available().map_err(ffi::hwctx::HwError);
+            let filter = scale::ScaleFilter::available().map_err(ffi::hwctx::HwError);
             return filter
                 .and_then(|f| SourceDecoder::cuda(channel, gpu, source, f, rungs, fallbacks.clone()))
                 .map_err(|source| TranscodeError::Hw { channel: channel.into(), source });
@@ -336,7 +336,7 @@ fn open_decoder(
         decoder.open_as_with(codec, opts).and_then(|o| o.video()).map_err(|e| err("open the h264 decoder", e))?;
     #[cfg(test)]
     if choice == DecoderChoice::SoftwareGraph {
-        let filter = gpu_path::ScaleFilter::Software;
+        let filter = scale::ScaleFilter::Software;
         return Ok(SourceDecoder::with_graph(channel, decoder, filter, rungs, fallbacks.clone()));
     }
     Ok(SourceDecoder::plain(channel, decoder))
@@ -351,7 +351,7 @@ struct DecodeWorker {
     /// After a move to the CPU decoder, packets up to the next keyframe cannot be decoded.
     wait_for_keyframe: bool,
     decoder_fallbacks: IntCounter,
-    gpu_fallbacks: gpu_path::Fallbacks,
+    gpu_fallbacks: scale::Fallbacks,
     decoder: SourceDecoder,
     clock: SegmentClock,
     /// Pictures closer together than this are dropped (the `max_frame_rate` cap).
@@ -642,7 +642,7 @@ impl RungWorker {
     }
 
     fn encode_all(&self, rx: Receiver<Arc<Picture>>, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
-        // Scales on the CPU, downloads GPU pictures, or passes them on to NVENC (gpu_path).
+        // Scales on the CPU, downloads GPU pictures, or passes them on to NVENC (scale.rs).
         let mut frames = RungFrames::new(self.rung.width, self.rung.height);
         let mut encoding: Option<Encoding> = None;
         let mut choice = self.choice;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus::IntGaugeVec;
 
 use crate::config::{GpuSelection, OnGpuFull};
+use crate::gpu::{GpuInfo, GpuStats};
 use crate::metrics::FallbackReason;
 use crate::transcode::backend::Unavailable;
 
@@ -39,6 +40,28 @@ pub struct GpuState {
     pub has_nvenc: bool,
     /// Whether it has an NVDEC engine that decodes H.264.
     pub has_nvdec: bool,
+}
+
+impl GpuState {
+    /// A probed GPU as placement sees it: engines from the probe, and how busy it is from `live`
+    /// (its current NVML figures) where NVML has them, else from the probe.
+    pub fn of(gpu: &GpuInfo, live: Option<&GpuStats>, sessions_ours: u32) -> GpuState {
+        let pick = |now: Option<Option<u64>>, probed: Option<u64>| now.flatten().or(probed);
+        let used = pick(live.map(|l| l.memory_used_bytes), gpu.memory_used_bytes);
+        let total = pick(live.map(|l| l.memory_total_bytes), gpu.memory_total_bytes);
+        let sessions = pick(live.map(|l| l.encoder_sessions.map(u64::from)), gpu.encoder_sessions.map(u64::from));
+        let utilization =
+            pick(live.map(|l| l.encoder_utilization.map(u64::from)), gpu.encoder_utilization.map(u64::from));
+        GpuState {
+            index: gpu.index,
+            nvenc_sessions_used: sessions.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            nvenc_sessions_ours: sessions_ours,
+            encoder_utilization: utilization.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            memory_free: total.unwrap_or(0).saturating_sub(used.unwrap_or(0)),
+            has_nvenc: gpu.nvenc_h264.is_ok(),
+            has_nvdec: gpu.nvdec_h264.is_ok() || gpu.nvdec_cuda.is_ok(),
+        }
+    }
 }
 
 /// Where one channel runs.

@@ -27,6 +27,7 @@ use prometheus::IntCounter;
 
 use crate::ffi::hwctx::{self, HwDecoder, HwDevice, HwError, HwFrames};
 use crate::ffi::scale_graph::{GraphInput, Pulled, ScaleGraph};
+use crate::gpu::ZeroCopy;
 use crate::media::{TIMESCALE, Ticks, VideoParams, avc};
 use crate::transcode::ladder::Rung;
 
@@ -490,20 +491,11 @@ impl RungFrames {
 /// Annex B) that the probe decodes: only a real picture makes NVDEC decode.
 const PROBE_IDR: &[u8] = include_bytes!("../media/testdata/x264_idr_256x144_high.h264");
 
-/// Whether the zero-copy path works on a GPU: NVDEC into CUDA frames, and CUDA scaling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZeroCopyProbe {
-    /// FFmpeg's h264 decoder with the CUDA hwaccel decoded a real picture into a CUDA frame.
-    pub decode: Result<(), String>,
-    /// The scaling graph scaled a picture in GPU memory and it downloaded at the right size.
-    pub scale: Result<(), String>,
-}
-
 /// Probes the zero-copy path on GPU `gpu` as the pipeline runs it.
-pub fn probe_zero_copy(gpu: u32) -> ZeroCopyProbe {
+pub fn probe_zero_copy(gpu: u32) -> ZeroCopy {
     let device = match HwDevice::cuda_shared(gpu) {
         Ok(d) => d,
-        Err(e) => return ZeroCopyProbe { decode: Err(e.0.clone()), scale: Err(e.0) },
+        Err(e) => return ZeroCopy { decode: Err(e.0.clone()), scale: Err(e.0) },
     };
     let decode = probe_decode(|source| open_cuda_decoder(gpu, source).map(SourceDecoder::hw_only))
         .and_then(|picture| match picture.format() {
@@ -514,7 +506,7 @@ pub fn probe_zero_copy(gpu: u32) -> ZeroCopyProbe {
     let scale = ScaleFilter::available().and_then(|filter| {
         probe_scale(&device, filter).map_err(|e| format!("scaling CUDA frames on GPU {gpu} failed: {e}"))
     });
-    ZeroCopyProbe { decode, scale }
+    ZeroCopy { decode, scale }
 }
 
 impl SourceDecoder {
