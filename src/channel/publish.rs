@@ -488,7 +488,6 @@ impl Session {
                 x264_preset: ctx.config.transcode.x264_preset.clone(),
                 max_frame_rate: ctx.config.transcode.max_frame_rate,
                 encoder_threads: ctx.config.transcode.encoder_threads,
-                hardware: ctx.config.transcode.hardware_for(ladder_name),
                 encoders: plan
                     .encoded
                     .iter()
