@@ -121,7 +121,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     // RTMP and RTMPS connections share one limit, as the origin's do.
     let rtmp_slots = Arc::new(Semaphore::new(config.rtmp.max_connections.min(Semaphore::MAX_PERMITS)));
     let rtmp_serve = |listener, tls| {
-        ingest::rtmp::serve(
+        ingest::listener::serve(
             listener,
             tls,
             rtmp_slots.clone(),

@@ -127,6 +127,23 @@ pub struct BackendSeries {
     pub backend: &'static str,
 }
 
+/// Holds one unit of a gauge (an open connection, a held request) for as long as it lives, and
+/// gives it back however its holder ends, unwinding included.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Why a source picture was not encoded by a rung (`ladderd_frames_dropped_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {

@@ -2,7 +2,9 @@
 //! [`MediaPacket`](crate::media::MediaPacket)s for the channel.
 
 pub mod cadence;
+pub mod chunk_guard;
 pub mod flv;
+pub mod listener;
 pub mod rtmp;
 pub mod timeline;
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::Response;
 use http::header::HeaderValue;
-use prometheus::IntGauge;
 use tokio::sync::watch;
 
 use super::cache::CacheClass;
@@ -15,6 +14,7 @@ use super::{Origin, bad_request, missing, serve, unavailable};
 use crate::config::HlsConfig;
 use crate::http::Body;
 use crate::media::Container;
+use crate::metrics::GaugeGuard;
 use crate::store::{ChannelObjects, ObjectName, Progress};
 
 /// The LL-HLS timing an origin needs: where the hold bound, the Advance Part Limit and the cache
@@ -107,22 +107,6 @@ pub(super) enum Hold {
     TimedOut,
     /// The daemon is stopping.
     ShuttingDown,
-}
-
-/// Counts a held request for as long as it lives, including when the connection drops it.
-pub(super) struct Waiting<'a>(&'a IntGauge);
-
-impl<'a> Waiting<'a> {
-    pub(super) fn new(count: &'a IntGauge) -> Self {
-        count.inc();
-        Self(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 impl Origin {
@@ -248,7 +232,7 @@ impl Origin {
         progress: &mut watch::Receiver<Progress>,
         done: impl Fn(&Progress) -> bool,
     ) -> Hold {
-        let _waiting = Waiting::new(&self.waiting);
+        let _waiting = GaugeGuard::new(&self.waiting);
         let deadline = tokio::time::sleep(self.targets.hold_limit());
         tokio::pin!(deadline);
         loop {
