@@ -7,12 +7,13 @@
 //! up in `ladderd probe`, in the backend choice's WARN line and in the placement decision.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::ffi::{CStr, c_int};
+use std::ffi::c_int;
+
+use super::averror::{error_text, nvidia_hint};
 
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cusys;
 use ffmpeg_next as ffmpeg;
-use ffmpeg_next::ffi as sys;
 use ffmpeg_next::{Dictionary, Rational, codec, format};
 
 /// The reason every NVIDIA stage is refused on a machine whose driver library cannot be loaded.
@@ -29,37 +30,8 @@ const PROBE_H264_HEADERS: &[u8] = include_bytes!("../media/testdata/x264_headers
 const PROBE_WIDTH: u32 = 256;
 const PROBE_HEIGHT: u32 = 144;
 
-/// The text of an FFmpeg error code, from `av_strerror` (libavutil/error.h), with the code itself
-/// so that an unfamiliar one can still be looked up.
-pub fn error_text(code: c_int) -> String {
-    let mut buf = [0u8; sys::AV_ERROR_MAX_STRING_SIZE];
-    // SAFETY: `buf` is a writable buffer of exactly `buf.len()` bytes, which is the size passed;
-    // av_strerror writes at most that many bytes. Its return value only says whether the code
-    // was known (it writes a generic "Error number N occurred" otherwise), so it is not needed.
-    let _ = unsafe { sys::av_strerror(code, buf.as_mut_ptr().cast(), buf.len()) };
-    match CStr::from_bytes_until_nul(&buf) {
-        Ok(text) if !text.is_empty() => format!("{} (error {code})", text.to_string_lossy()),
-        _ => format!("FFmpeg error {code}"),
-    }
-}
-
 fn ffmpeg_error_text(e: ffmpeg::Error) -> String {
     error_text(c_int::from(e))
-}
-
-/// What to add to an FFmpeg error code from its NVIDIA code, which returns a generic code and
-/// says the cause only in its log ("Cannot load libcuda.so.1", "Cannot load libnvcuvid.so.1",
-/// "OpenEncodeSessionEx failed: …"). With no driver that is the cause; with one, name the driver
-/// library the codec loads by itself (ffnvcodec's dynlink loader), which container runtimes
-/// only mount when asked for the `video` capability.
-pub(super) fn nvidia_hint(needs: Option<&str>) -> String {
-    match needs {
-        _ if !super::cuda_driver_present() => "; libcuda.so.1 cannot be loaded (no NVIDIA driver)".to_string(),
-        Some(library) => {
-            format!("; it needs {library} and the engine on this GPU (FFmpeg's log line says which failed)")
-        }
-        None => String::new(),
-    }
 }
 
 /// Whether FFmpeg can create a CUDA device on GPU `gpu`.
@@ -191,14 +163,6 @@ fn format_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_codes_read_as_av_strerror_writes_them() {
-        // AVERROR(EPERM): EPERM is 1 on every platform FFmpeg supports.
-        let eperm = -1;
-        assert_eq!(error_text(eperm), format!("Operation not permitted (error {eperm})"));
-        assert_eq!(error_text(c_int::from(ffmpeg::Error::EncoderNotFound)), "Encoder not found (error -1129203192)");
-    }
 
     #[test]
     fn uuids_print_like_nvidia_smi() {

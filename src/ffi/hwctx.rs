@@ -20,7 +20,7 @@ use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::error::EINVAL;
 use ffmpeg_next::{Dictionary, codec, frame};
 
-use super::hw::{error_text, nvidia_hint};
+use super::averror::{error_text, nvidia_hint};
 
 /// A hardware operation that failed, as one sentence: what was tried, FFmpeg's error, and a hint
 /// where FFmpeg's NVIDIA code only logs the cause.

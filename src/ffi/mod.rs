@@ -3,6 +3,7 @@
 //! Every unsafe block does one operation and says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod averror;
 pub mod hw;
 pub mod hwctx;
 pub mod log;

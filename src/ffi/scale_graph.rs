@@ -15,7 +15,7 @@ use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::error::EAGAIN;
 use ffmpeg_next::{Rational, frame};
 
-use super::hw::error_text;
+use super::averror::error_text;
 use super::hwctx::{self, HwError, HwFrames};
 
 /// What the graph's source is given.

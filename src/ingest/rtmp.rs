@@ -1,5 +1,5 @@
 //! One RTMP connection: its task drives an `rml_rtmp` server session (the listener that starts
-//! it is [`listener`](super::listener)).
+//! it is `listener.rs`).
 //!
 //! rml_rtmp is sans-IO, unmaintained, and has known panics on hostile input. So each connection
 //! runs under `catch_unwind` (a panic ends that connection only), every wait on the peer has a

@@ -3,10 +3,8 @@
 //! when a segment and its parts leave the store, what the master playlist declares, and where
 //! timed metadata waits for the renditions to take it.
 //!
-//! Pure state: no locks, no store, no clock but the times handed in. [`publisher`] applies it to
-//! the store; the tests here drive it like a playlist render.
-//!
-//! [`publisher`]: crate::package::publisher
+//! Pure state: no locks, no store, no clock but the times handed in. The rendition publisher
+//! (`publisher.rs`) applies it to the store; the tests here drive it like a playlist render.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::config::Hardware;
 use crate::metrics::{BackendSeries, FallbackReason, Metrics};
-use crate::transcode::placement::Placement;
+use crate::transcode::placement::{Placement, Unavailable};
 use crate::transcode::scale;
 
 /// A transcoding stage.
@@ -48,25 +48,6 @@ impl Backend {
             Backend::Cpu => "cpu",
             Backend::Nvidia => "nvidia",
         }
-    }
-}
-
-/// Why hardware is not available: a fixed cause for metrics and a detail for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unavailable {
-    pub cause: FallbackReason,
-    pub detail: String,
-}
-
-impl Unavailable {
-    pub fn new(cause: FallbackReason, detail: impl Into<String>) -> Self {
-        Self { cause, detail: detail.into() }
-    }
-}
-
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.detail)
     }
 }
 

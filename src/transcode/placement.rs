@@ -19,7 +19,25 @@ use prometheus::IntGaugeVec;
 use crate::config::{GpuSelection, OnGpuFull};
 use crate::gpu::{GpuInfo, GpuStats};
 use crate::metrics::FallbackReason;
-use crate::transcode::backend::Unavailable;
+
+/// Why hardware is not available: a fixed cause for metrics and a detail for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub cause: FallbackReason,
+    pub detail: String,
+}
+
+impl Unavailable {
+    pub fn new(cause: FallbackReason, detail: impl Into<String>) -> Self {
+        Self { cause, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
 
 /// One GPU as NVML reports it when a channel is placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
