@@ -1,5 +1,5 @@
 //! FFmpeg error codes as sentences, and what NVIDIA's FFmpeg code leaves out of them.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
 
 use std::ffi::{CStr, c_int};
 

@@ -5,7 +5,7 @@
 //! Nothing here may take the process down on a machine without a GPU. Every failure comes back
 //! as a sentence that names what was tried and why it did not work, because these sentences end
 //! up in `ladderd probe`, in the backend choice's WARN line and in the placement decision.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
 
 use std::ffi::c_int;
 

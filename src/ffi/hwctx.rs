@@ -6,7 +6,7 @@
 //! Reference counting is FFmpeg's: an `AVBufferRef` is one reference, `av_buffer_ref` makes another
 //! and `av_buffer_unref` drops one. Each value here owns exactly one reference and drops it exactly
 //! once, in `Drop`; frames are `ffmpeg_next::frame::Video`, whose `Drop` calls `av_frame_free`.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
 
 use std::ffi::{CString, c_int, c_void};
 use std::ops::{Deref, DerefMut};
@@ -21,6 +21,7 @@ use ffmpeg_next::util::error::EINVAL;
 use ffmpeg_next::{Dictionary, codec, frame};
 
 use super::averror::{error_text, nvidia_hint};
+use super::{codec_ptr, frame_mut_ptr, frame_ptr};
 
 /// A hardware operation that failed, as one sentence: what was tried, FFmpeg's error, and a hint
 /// where FFmpeg's NVIDIA code only logs the cause.
@@ -130,9 +131,11 @@ impl HwDevice {
 
     /// The pixel format of this device's frames (`AV_PIX_FMT_CUDA` for CUDA).
     fn frame_format(&self) -> Result<sys::AVPixelFormat, HwError> {
-        // SAFETY: the reference is live and its data is the initialised AVHWDeviceContext
+        // SAFETY: the reference is live; reading its data pointer.
+        let ctx = unsafe { (*self.buf.as_ptr()).data.cast::<sys::AVHWDeviceContext>() };
+        // SAFETY: a device reference's data is the initialised AVHWDeviceContext
         // (libavutil/hwcontext.h); reading its type.
-        let kind = unsafe { (*(*self.buf.as_ptr()).data.cast::<sys::AVHWDeviceContext>()).type_ };
+        let kind = unsafe { (*ctx).type_ };
         match kind {
             sys::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA => Ok(sys::AVPixelFormat::AV_PIX_FMT_CUDA),
             sys::AVHWDeviceType::AV_HWDEVICE_TYPE_VULKAN => Ok(sys::AVPixelFormat::AV_PIX_FMT_VULKAN),
@@ -182,12 +185,13 @@ impl HwFrames {
         // SAFETY: `ctx` points at the AVHWFramesContext the new reference owns; it is not yet
         // initialised and nobody else holds it, so its public fields may be written
         // (libavutil/hwcontext.h: set them between alloc and init).
-        unsafe {
-            (*ctx).format = format;
-            (*ctx).sw_format = sw_format.into();
-            (*ctx).width = w;
-            (*ctx).height = h;
-        }
+        unsafe { (*ctx).format = format };
+        // SAFETY: as above.
+        unsafe { (*ctx).sw_format = sw_format.into() };
+        // SAFETY: as above.
+        unsafe { (*ctx).width = w };
+        // SAFETY: as above.
+        unsafe { (*ctx).height = h };
         // SAFETY: the reference is live and the fields above are set, as av_hwframe_ctx_init requires.
         let ret = unsafe { sys::av_hwframe_ctx_init(frames.raw()) };
         if ret < 0 {
@@ -213,7 +217,7 @@ impl HwFrames {
     /// frame in system memory.
     pub fn of_frame(frame: &frame::Video) -> Option<Self> {
         // SAFETY: `frame` owns a valid AVFrame for its lifetime; reading one pointer field.
-        let raw = unsafe { (*frame.as_ptr()).hw_frames_ctx };
+        let raw = unsafe { (*frame_ptr(frame)).hw_frames_ctx };
         // SAFETY: a frame's hw_frames_ctx is null or a reference the frame holds while we borrow it.
         unsafe { Self::from_borrowed(raw) }
     }
@@ -240,8 +244,11 @@ impl HwFrames {
 
     /// The allocated size of the pool's frames (which may exceed the pictures' display size).
     pub fn size(&self) -> (u32, u32) {
+        let ctx = self.context();
         // SAFETY: as in `sw_format`.
-        let (w, h) = unsafe { ((*self.context()).width, (*self.context()).height) };
+        let w = unsafe { (*ctx).width };
+        // SAFETY: as in `sw_format`.
+        let h = unsafe { (*ctx).height };
         (w.unsigned_abs(), h.unsigned_abs())
     }
 
@@ -276,7 +283,7 @@ fn dimensions(width: u32, height: u32) -> Result<(c_int, c_int), HwError> {
 /// Whether `frame` is in GPU memory (it has a hardware frames context).
 pub fn is_hw_frame(frame: &frame::Video) -> bool {
     // SAFETY: `frame` owns a valid AVFrame; reading one pointer field.
-    !unsafe { (*frame.as_ptr()).hw_frames_ctx }.is_null()
+    !unsafe { (*frame_ptr(frame)).hw_frames_ctx }.is_null()
 }
 
 /// A new frame referring to the same picture buffers as `src`, with its own properties (pts,
@@ -290,7 +297,7 @@ pub fn frame_ref(src: &frame::Video) -> Result<frame::Video, HwError> {
     // SAFETY: `dst` is a freshly allocated, blank AVFrame and `src` a valid one; av_frame_ref
     // adds references to `src`'s buffers (and hw_frames_ctx) into `dst`, leaving `src` unchanged,
     // and leaves `dst` blank on failure. `dst` frees what it holds when dropped.
-    let ret = unsafe { sys::av_frame_ref(dst.as_mut_ptr(), src.as_ptr()) };
+    let ret = unsafe { sys::av_frame_ref(frame_mut_ptr(&mut dst), frame_ptr(src)) };
     if ret < 0 {
         return Err(HwError::code("referencing a picture", ret));
     }
@@ -301,14 +308,25 @@ pub fn frame_ref(src: &frame::Video) -> Result<frame::Video, HwError> {
 /// Removes every side data entry of a frame this code owns.
 fn strip_side_data(frame: &mut frame::Video) {
     // SAFETY: `frame` owns a valid AVFrame for as long as it lives, and we hold it mutably.
-    let raw = unsafe { frame.as_mut_ptr() };
+    let raw = frame_mut_ptr(frame);
     loop {
-        // SAFETY: `raw` is the frame's valid AVFrame; reading its side data count and first entry.
-        let first = unsafe { ((*raw).nb_side_data > 0).then(|| *(*raw).side_data) };
-        let Some(first) = first.filter(|p| !p.is_null()) else { break };
-        // SAFETY: `first` is an entry of the frame's own side data array; av_frame_remove_side_data
-        // frees every entry of its type, so the count falls each turn.
-        unsafe { sys::av_frame_remove_side_data(raw, (*first).type_) };
+        // SAFETY: `raw` is the frame's valid AVFrame; reading its side data count.
+        if unsafe { (*raw).nb_side_data } <= 0 {
+            break;
+        }
+        // SAFETY: as above; the array has at least one entry, so reading its first is in bounds.
+        let entries = unsafe { (*raw).side_data };
+        // SAFETY: `entries` is the frame's non-empty side data array (FFmpeg allocates it with
+        // the count above); reading its first element.
+        let first = unsafe { *entries };
+        if first.is_null() {
+            break;
+        }
+        // SAFETY: `first` is an entry of the frame's own side data array; reading its type.
+        let kind = unsafe { (*first).type_ };
+        // SAFETY: `raw` is the frame's AVFrame; av_frame_remove_side_data frees every entry of
+        // `kind`, so the count falls each turn.
+        unsafe { sys::av_frame_remove_side_data(raw, kind) };
     }
 }
 
@@ -337,15 +355,15 @@ pub fn copy_on_device(frames: &HwFrames, src: &frame::Video) -> Result<frame::Vi
     // The pool's frame comes at the pool's size; the copy is of the picture's (the transfer
     // copies the source's rows, each as wide as the narrower of the two pitches), and the encoder
     // reads the frame's size, which av_frame_copy_props does not carry.
-    // SAFETY: `dst` owns a valid AVFrame; setting two plain fields within the buffer's size.
-    unsafe {
-        (*dst.as_mut_ptr()).width = src.width() as i32;
-        (*dst.as_mut_ptr()).height = src.height() as i32;
-    }
+    let raw = frame_mut_ptr(&mut dst);
+    // SAFETY: `dst` owns a valid AVFrame; setting a plain field within the buffer's size.
+    unsafe { (*raw).width = src.width() as i32 };
+    // SAFETY: as above.
+    unsafe { (*raw).height = src.height() as i32 };
     // SAFETY: both frames are hardware frames with buffers (checked and allocated above), of one
     // sw_format, the source no larger than the destination: av_hwframe_transfer_data's
     // hardware-to-hardware case.
-    let ret = unsafe { sys::av_hwframe_transfer_data(dst.as_mut_ptr(), src.as_ptr(), 0) };
+    let ret = unsafe { sys::av_hwframe_transfer_data(frame_mut_ptr(&mut dst), frame_ptr(src), 0) };
     if ret < 0 {
         return Err(HwError(format!(
             "copying a picture between two GPU frame pools failed: {}{}",
@@ -363,7 +381,7 @@ fn pool_frame(frames: &HwFrames) -> Result<frame::Video, HwError> {
     let mut dst = frame::Video::empty();
     // SAFETY: `frames` is an initialised frames context and `dst` a blank frame; on success
     // av_hwframe_get_buffer gives `dst` a pool buffer and a reference to the context.
-    let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), dst.as_mut_ptr(), 0) };
+    let ret = unsafe { sys::av_hwframe_get_buffer(frames.raw(), frame_mut_ptr(&mut dst), 0) };
     if ret < 0 {
         return Err(HwError::code("taking a frame from the GPU frame pool", ret));
     }
@@ -375,7 +393,7 @@ fn pool_frame(frames: &HwFrames) -> Result<frame::Video, HwError> {
 fn copy_props(dst: &mut frame::Video, src: &frame::Video) -> Result<(), HwError> {
     // SAFETY: both are valid frames; av_frame_copy_props copies metadata fields and side data
     // into `dst`, which owns what it receives.
-    let ret = unsafe { sys::av_frame_copy_props(dst.as_mut_ptr(), src.as_ptr()) };
+    let ret = unsafe { sys::av_frame_copy_props(frame_mut_ptr(dst), frame_ptr(src)) };
     if ret < 0 {
         return Err(HwError::code("copying a picture's properties", ret));
     }
@@ -393,7 +411,7 @@ pub fn download(src: &frame::Video) -> Result<frame::Video, HwError> {
     // SAFETY: `src` is a valid hardware frame (checked above) and `dst` a blank frame whose format
     // is AV_PIX_FMT_NONE, which libavutil/hwcontext.h allows: the function allocates `dst`'s
     // buffers itself. On failure `dst` is untouched and freed when dropped.
-    let ret = unsafe { sys::av_hwframe_transfer_data(dst.as_mut_ptr(), src.as_ptr(), 0) };
+    let ret = unsafe { sys::av_hwframe_transfer_data(frame_mut_ptr(&mut dst), frame_ptr(src), 0) };
     if ret < 0 {
         return Err(HwError(format!(
             "downloading a picture from the GPU failed: {}{}",
@@ -424,8 +442,11 @@ pub fn upload(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwE
             src.height()
         )));
     }
-    // SAFETY: `src` owns a valid AVFrame; reading two buffer pointers.
-    let (buf, more) = unsafe { ((*src.as_ptr()).buf[0], !(*src.as_ptr()).buf[1].is_null()) };
+    let raw = frame_ptr(src);
+    // SAFETY: `src` owns a valid AVFrame; reading a buffer pointer.
+    let buf = unsafe { (*raw).buf[0] };
+    // SAFETY: as above.
+    let more = !unsafe { (*raw).buf[1] }.is_null();
     if buf.is_null() || more {
         // av_frame_get_buffer (frame::Video::new) makes one buffer for all planes; anything else
         // could not be kept alive by one reference.
@@ -439,10 +460,10 @@ pub fn upload(frames: &HwFrames, src: &frame::Video) -> Result<frame::Video, HwE
     }
     // SAFETY: `dst` is valid and its opaque_ref is null (a frame fresh from the pool); the frame
     // now owns `keep`, and av_frame_unref/av_frame_free release it (libavutil/frame.h).
-    unsafe { (*dst.as_mut_ptr()).opaque_ref = keep };
+    unsafe { (*frame_mut_ptr(&mut dst)).opaque_ref = keep };
     // SAFETY: `dst` has the frames context attached and `src` is a system-memory frame of its
     // sw_format and allocated size, as av_hwframe_transfer_data requires for an upload.
-    let ret = unsafe { sys::av_hwframe_transfer_data(dst.as_mut_ptr(), src.as_ptr(), 0) };
+    let ret = unsafe { sys::av_hwframe_transfer_data(frame_mut_ptr(&mut dst), frame_ptr(src), 0) };
     if ret < 0 {
         return Err(HwError::code("uploading a picture to the GPU", ret));
     }
@@ -461,14 +482,15 @@ pub fn set_hw_frames(ctx: &mut codec::Context, frames: &HwFrames) -> Result<(), 
     if new.is_null() {
         return Err(HwError("referencing the encoder's frames context failed: out of memory".into()));
     }
-    // SAFETY: `raw` is valid; any previous hw_frames_ctx is a reference the context owns, which
-    // av_buffer_unref releases (and nulls) before we store ours.
-    unsafe { sys::av_buffer_unref(&mut (*raw).hw_frames_ctx) };
-    // SAFETY: `raw` is valid and not yet opened; plain field writes. The context now owns `new`.
-    unsafe {
-        (*raw).hw_frames_ctx = new;
-        (*raw).sw_pix_fmt = frames.sw_format().into();
-    }
+    // SAFETY: `raw` is valid; taking the address of one field, not reading it.
+    let old = unsafe { &raw mut (*raw).hw_frames_ctx };
+    // SAFETY: any previous hw_frames_ctx is a reference the context owns, which av_buffer_unref
+    // releases (and nulls) before we store ours.
+    unsafe { sys::av_buffer_unref(old) };
+    // SAFETY: `raw` is valid and not yet opened; a plain field write. The context now owns `new`.
+    unsafe { (*raw).hw_frames_ctx = new };
+    // SAFETY: as above.
+    unsafe { (*raw).sw_pix_fmt = frames.sw_format().into() };
     Ok(())
 }
 
@@ -479,9 +501,11 @@ pub fn set_hw_device(ctx: &mut codec::Context, device: &HwDevice) -> Result<(), 
     // SAFETY: `ctx` owns a valid AVCodecContext; we hold it mutably.
     let raw = unsafe { ctx.as_mut_ptr() };
     let new = device.new_ref()?;
-    // SAFETY: `raw` is valid; a previous hw_device_ctx is a reference the context owns, released
-    // (and nulled) before ours is stored.
-    unsafe { sys::av_buffer_unref(&mut (*raw).hw_device_ctx) };
+    // SAFETY: `raw` is valid; taking the address of one field, not reading it.
+    let old = unsafe { &raw mut (*raw).hw_device_ctx };
+    // SAFETY: a previous hw_device_ctx is a reference the context owns, released (and nulled)
+    // before ours is stored.
+    unsafe { sys::av_buffer_unref(old) };
     // SAFETY: `raw` is valid and not yet opened. The codec context takes over the reference and
     // frees it in avcodec_free_context, so `new` must not release it: forget it.
     unsafe { (*raw).hw_device_ctx = new.raw() };
@@ -540,11 +564,11 @@ impl HwDecoder {
         // context: on success it moves into the returned HwDecoder, whose decoder field is dropped
         // (avcodec_free_context) before it; on failure open_as_with frees the context before
         // returning, and `state` is dropped only after that, when this function returns.
-        unsafe {
-            (*raw).hw_device_ctx = device_ref;
-            (*raw).opaque = (&*state as *const FormatState).cast_mut().cast::<c_void>();
-            (*raw).get_format = Some(get_format);
-        }
+        unsafe { (*raw).hw_device_ctx = device_ref };
+        // SAFETY: as above.
+        unsafe { (*raw).opaque = (&*state as *const FormatState).cast_mut().cast::<c_void>() };
+        // SAFETY: as above.
+        unsafe { (*raw).get_format = Some(get_format) };
         let decoder = ctx
             .open_as_with(codec, opts)
             .and_then(|o| o.video())
@@ -626,7 +650,7 @@ unsafe extern "C" fn get_format(
         for i in 0..64 {
             // SAFETY: `offered` is an AV_PIX_FMT_NONE-terminated array (libavcodec/avcodec.h,
             // get_format); we stop at the terminator, so every index read is inside it.
-            let f = unsafe { *offered.add(i) };
+            let f = unsafe { offered.wrapping_add(i).read() };
             if f == sys::AVPixelFormat::AV_PIX_FMT_NONE {
                 break;
             }
@@ -664,12 +688,14 @@ pub fn decoder_supports(codec: ffmpeg::Codec, device_type: sys::AVHWDeviceType) 
     for i in 0..32 {
         // SAFETY: `codec` wraps a static AVCodec; avcodec_get_hw_config returns null past the
         // last configuration, and a static AVCodecHWConfig otherwise.
-        let config = unsafe { sys::avcodec_get_hw_config(codec.as_ptr(), i) };
+        let config = unsafe { sys::avcodec_get_hw_config(codec_ptr(&codec), i) };
         if config.is_null() {
             return false;
         }
-        // SAFETY: non-null, static; reading two plain fields.
-        let (methods, kind) = unsafe { ((*config).methods, (*config).device_type) };
+        // SAFETY: non-null, static; reading a plain field.
+        let methods = unsafe { (*config).methods };
+        // SAFETY: as above.
+        let kind = unsafe { (*config).device_type };
         if kind == device_type && methods & sys::AV_CODEC_HW_CONFIG_METHOD_HW_DEVICE_CTX as c_int != 0 {
             return true;
         }
@@ -765,8 +791,10 @@ pub(crate) mod tests {
             set_hw_device(&mut ctx, &device).expect("set");
             // Replacing it releases the first reference, not the device.
             set_hw_device(&mut ctx, &device).expect("set again");
+            // SAFETY: `ctx` owns a valid AVCodecContext; taking its pointer.
+            let raw = unsafe { ctx.as_mut_ptr() };
             // SAFETY: reading a field of the live context.
-            assert!(!unsafe { (*ctx.as_mut_ptr()).hw_device_ctx }.is_null());
+            assert!(!unsafe { (*raw).hw_device_ctx }.is_null());
             // Dropping the context frees its reference (avcodec_free_context).
         }
         // Ours is intact: still usable for frames.

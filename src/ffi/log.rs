@@ -13,7 +13,7 @@
 //! "…"), keeps only the start of a line FFmpeg writes in pieces (per thread, until the piece that
 //! ends it), skips the formatting when neither FFmpeg's level (`av_log_get_level`) nor the
 //! subscriber wants the event, and never unwinds into C.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
 
 use std::cell::Cell;
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -209,11 +209,13 @@ unsafe fn context_names<'a>(avcl: *mut c_void) -> (&'static str, &'a str) {
     if class.is_null() {
         return ("", "");
     }
-    // SAFETY: `class` points at a static AVClass; class_name is a static C string (or null).
-    let class_name = unsafe { c_str((*class).class_name) };
+    // SAFETY: `class` points at a static AVClass; reading two plain fields.
+    let (name, item_name) = (unsafe { (*class).class_name }, unsafe { (*class).item_name });
+    // SAFETY: class_name is a static C string (or null).
+    let class_name = unsafe { c_str(name) };
     // SAFETY: as FFmpeg's default callback does, item_name is called with its own context, and
     // returns a C string that lives at least as long as the context (a static name or a field).
-    let item = unsafe { (*class).item_name.map(|f| f(avcl)) };
+    let item = item_name.map(|f| unsafe { f(avcl) });
     // SAFETY: `item` is null or such a string.
     let item = item.map_or("", |p| unsafe { c_str(p) });
     (class_name, item)

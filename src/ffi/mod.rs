@@ -1,7 +1,8 @@
 //! The only `unsafe` of the crate: the few FFmpeg facts that `ffmpeg-next` does not wrap.
 //!
-//! Every unsafe block does one operation and says why it is sound.
-#![deny(clippy::undocumented_unsafe_blocks)]
+//! Every unsafe block does one operation and says why it is sound (both lints below enforce it,
+//! for every file of this module).
+#![deny(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
 
 pub mod averror;
 pub mod hw;
@@ -12,8 +13,28 @@ pub mod scale_graph;
 use std::sync::Once;
 
 use ffmpeg_next as ffmpeg;
-use ffmpeg_next::codec;
 use ffmpeg_next::ffi as sys;
+use ffmpeg_next::{codec, frame};
+
+/// The AVFrame a frame owns, valid for as long as the frame lives and is not replaced.
+/// ffmpeg-next marks the accessor `unsafe` for what may be done with the pointer; taking it is
+/// safe, and each use says why it is sound.
+pub(crate) fn frame_ptr(frame: &frame::Video) -> *const sys::AVFrame {
+    // SAFETY: `as_ptr` only returns the pointer the frame owns.
+    unsafe { frame.as_ptr() }
+}
+
+/// [`frame_ptr`], for writing through: the caller holds the frame mutably.
+pub(crate) fn frame_mut_ptr(frame: &mut frame::Video) -> *mut sys::AVFrame {
+    // SAFETY: `as_mut_ptr` only returns the pointer the frame owns.
+    unsafe { frame.as_mut_ptr() }
+}
+
+/// The AVCodec a codec handle refers to (a static description of the codec).
+pub(crate) fn codec_ptr(codec: &ffmpeg::Codec) -> *const sys::AVCodec {
+    // SAFETY: `as_ptr` only returns the pointer of the static AVCodec.
+    unsafe { codec.as_ptr() }
+}
 
 /// Why an FFmpeg call failed, with the operation it was.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +71,11 @@ pub fn set_extradata(ctx: &mut codec::Context, data: &[u8]) -> Result<(), FfiErr
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
     // SAFETY: `ctx` owns a valid AVCodecContext for its lifetime; we hold it mutably.
     let raw = unsafe { ctx.as_mut_ptr() };
-    // SAFETY: `raw` is valid (above). Any previous extradata was allocated by FFmpeg with
-    // av_malloc (or is null); av_freep frees it and nulls the field.
-    unsafe { sys::av_freep(std::ptr::addr_of_mut!((*raw).extradata) as *mut std::ffi::c_void) };
+    // SAFETY: `raw` is valid (above); taking the address of one field, not reading it.
+    let old = unsafe { &raw mut (*raw).extradata };
+    // SAFETY: any previous extradata was allocated by FFmpeg with av_malloc (or is null);
+    // av_freep frees it and nulls the field.
+    unsafe { sys::av_freep(old.cast::<std::ffi::c_void>()) };
     // SAFETY: `raw` is valid; from here the context owns `buf` (avcodec_free_context frees it
     // with av_freep), as libavcodec requires for extradata.
     unsafe { (*raw).extradata = buf };
@@ -66,8 +89,10 @@ pub fn set_extradata(ctx: &mut codec::Context, data: &[u8]) -> Result<(), FfiErr
 pub fn extradata(ctx: &codec::Context) -> Vec<u8> {
     // SAFETY: `ctx` owns a valid AVCodecContext for its lifetime.
     let raw = unsafe { ctx.as_ptr() };
-    // SAFETY: `raw` is valid; reading two plain fields.
-    let (ptr, size) = unsafe { ((*raw).extradata, (*raw).extradata_size) };
+    // SAFETY: `raw` is valid; reading a plain field.
+    let ptr = unsafe { (*raw).extradata };
+    // SAFETY: as above.
+    let size = unsafe { (*raw).extradata_size };
     if ptr.is_null() || size <= 0 {
         return Vec::new();
     }

@@ -5,7 +5,7 @@
 //! ffmpeg-next wraps filter graphs, but not hardware input (`av_buffersrc_parameters_set` with a
 //! `hw_frames_ctx`), nor `av_buffersink_get_hw_frames_ctx`; and its graph API panics on an
 //! allocation failure or a NUL in a string. So the whole graph is wrapped here.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
 
 use std::ffi::{CString, c_int};
 use std::ptr::{self, NonNull};
@@ -73,12 +73,15 @@ impl InOut {
         // copies `name` (null on failure, which avfilter_graph_parse_ptr treats as an unnamed
         // link and fails on). `ctx` belongs to the graph being built. From here the list owns
         // `entry`, and avfilter_inout_free frees it with its name.
-        unsafe {
-            (*entry).name = sys::av_strdup(name.as_ptr());
-            (*entry).filter_ctx = ctx;
-            (*entry).pad_idx = 0;
-            (*entry).next = self.0;
-        }
+        let copy = unsafe { sys::av_strdup(name.as_ptr()) };
+        // SAFETY: as above; plain field writes into the entry nothing else refers to.
+        unsafe { (*entry).name = copy };
+        // SAFETY: as above.
+        unsafe { (*entry).filter_ctx = ctx };
+        // SAFETY: as above.
+        unsafe { (*entry).pad_idx = 0 };
+        // SAFETY: as above.
+        unsafe { (*entry).next = self.0 };
         self.0 = entry;
         Ok(())
     }
@@ -242,7 +245,7 @@ impl ScaleGraph {
         // SAFETY: the source is a live buffersrc of this graph and `frame` a valid frame;
         // av_buffersrc_write_frame adds a reference (AV_BUFFERSRC_FLAG_KEEP_REF) and does not
         // modify `frame`.
-        let ret = unsafe { sys::av_buffersrc_write_frame(self.source, frame.as_ptr()) };
+        let ret = unsafe { sys::av_buffersrc_write_frame(self.source, super::frame_ptr(frame)) };
         if ret < 0 {
             return Err(fail("giving a picture to the scaling graph", ret));
         }
@@ -257,7 +260,7 @@ impl ScaleGraph {
         let mut frame = frame::Video::empty();
         // SAFETY: `ctx` is a live buffersink of this graph and `frame` a blank frame, which
         // av_buffersink_get_frame fills with a new reference (or leaves blank on failure).
-        let ret = unsafe { sys::av_buffersink_get_frame(ctx, frame.as_mut_ptr()) };
+        let ret = unsafe { sys::av_buffersink_get_frame(ctx, super::frame_mut_ptr(&mut frame)) };
         match ret {
             r if r >= 0 => Ok(Pulled::Frame(frame)),
             r if r == sys::AVERROR(EAGAIN) => Ok(Pulled::Again),
