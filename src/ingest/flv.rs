@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::media::aac::{self, AacError};
-use crate::media::avc::{self, AvcError};
+use crate::media::avc::{self, AvcError, LengthPrefixedNals, NalLengthError};
 use crate::media::{AudioParams, VideoParams};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -195,32 +195,14 @@ fn audio_fourcc_name(fourcc: [u8; 4]) -> String {
     format!("{name} (enhanced RTMP audio '{}')", fourcc_text(fourcc))
 }
 
-/// The NAL units of an AVC sample: each a `length_size`-byte big-endian length then the unit
-/// (ISO/IEC 14496-15 §5.3.2).
-struct LengthPrefixedNals<'a> {
-    data: &'a [u8],
-    length_size: usize,
-}
-
-impl<'a> Iterator for LengthPrefixedNals<'a> {
-    type Item = Result<&'a [u8], FlvError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.data.is_empty() {
-            return None;
-        }
-        let Some((prefix, rest)) = self.data.split_at_checked(self.length_size) else {
-            self.data = &[];
-            return Some(Err(FlvError::Malformed("NAL unit length prefix cut short")));
-        };
-        let len = prefix.iter().fold(0usize, |len, &b| (len << 8) | usize::from(b));
-        let Some((nal, rest)) = rest.split_at_checked(len) else {
-            self.data = &[];
-            return Some(Err(FlvError::Malformed("NAL unit length runs past the end of the tag")));
-        };
-        self.data = rest;
-        Some(Ok(nal))
-    }
+/// The NAL units of an AVC sample of this tag, as FLV errors.
+fn nal_units(data: &[u8], length_size: usize) -> impl Iterator<Item = Result<&[u8], FlvError>> {
+    LengthPrefixedNals::new(data, length_size).map(|nal| {
+        nal.map_err(|e| match e {
+            NalLengthError::CutShort => FlvError::Malformed("NAL unit length prefix cut short"),
+            NalLengthError::Overrun { .. } => FlvError::Malformed("NAL unit length runs past the end of the tag"),
+        })
+    })
 }
 
 fn is_forwarded(nal: &[u8]) -> bool {
@@ -243,7 +225,7 @@ struct AccessUnit {
 fn to_four_byte_lengths(data: Bytes, length_size: u8) -> Result<Option<AccessUnit>, FlvError> {
     let length_size = usize::from(length_size);
     let (mut total, mut kept, mut kept_bytes, mut idr) = (0usize, 0usize, 0usize, false);
-    for nal in (LengthPrefixedNals { data: &data, length_size }) {
+    for nal in nal_units(&data, length_size) {
         let nal = nal?;
         total += 1;
         if is_forwarded(nal) {
@@ -259,7 +241,7 @@ fn to_four_byte_lengths(data: Bytes, length_size: u8) -> Result<Option<AccessUni
         return Ok(Some(AccessUnit { data, idr }));
     }
     let mut out = BytesMut::with_capacity(kept_bytes + 4 * kept);
-    for nal in (LengthPrefixedNals { data: &data, length_size }) {
+    for nal in nal_units(&data, length_size) {
         let nal = nal?;
         if is_forwarded(nal) {
             // At most 4 bytes of length were read, so the length fits a u32.

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::AudioParams;
+use super::bits::BitReader;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AacError {
@@ -21,46 +22,88 @@ const AOT_PS: u8 = 29;
 const SAMPLING_FREQUENCIES: [u32; 13] =
     [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
 
-/// MSB-first bit reader; every read is bounds-checked.
-struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// u(n) for n ≤ 32; `what` names the field in the error when the config ends first.
+fn bits(r: &mut BitReader<'_>, n: u32, what: &'static str) -> Result<u32, AacError> {
+    r.bits(n).ok_or(AacError::Bad(what))
 }
 
-impl BitReader<'_> {
-    /// u(n) for n ≤ 32; `what` names the field in the error when the config ends first.
-    fn bits(&mut self, n: u32, what: &'static str) -> Result<u32, AacError> {
-        let mut value = 0u32;
-        for _ in 0..n {
-            let byte = self.data.get(self.pos / 8).ok_or(AacError::Bad(what))?;
-            value = (value << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
-            self.pos += 1;
-        }
-        Ok(value)
-    }
+/// GetAudioObjectType() of §1.6.2.1: 5 bits, 31 escaping to 32 + 6 more bits.
+fn audio_object_type(r: &mut BitReader<'_>) -> Result<u8, AacError> {
+    let aot = bits(r, 5, "audioObjectType truncated")?;
+    let aot = if aot == 31 { 32 + bits(r, 6, "audioObjectTypeExt truncated")? } else { aot };
+    // At most 32 + 63 = 95.
+    Ok(aot as u8)
+}
 
-    /// GetAudioObjectType() of §1.6.2.1: 5 bits, 31 escaping to 32 + 6 more bits.
-    fn audio_object_type(&mut self) -> Result<u8, AacError> {
-        let aot = self.bits(5, "audioObjectType truncated")?;
-        let aot = if aot == 31 { 32 + self.bits(6, "audioObjectTypeExt truncated")? } else { aot };
-        // At most 32 + 63 = 95.
-        Ok(aot as u8)
+/// samplingFrequencyIndex, or the explicit 24-bit samplingFrequency after index 0xF; with the
+/// index when there is one.
+fn sampling_frequency(r: &mut BitReader<'_>) -> Result<(u32, Option<u8>), AacError> {
+    let index = bits(r, 4, "samplingFrequencyIndex truncated")?;
+    let frequency = match index {
+        0xf => bits(r, 24, "samplingFrequency truncated")?,
+        _ => *SAMPLING_FREQUENCIES
+            .get(index as usize)
+            .ok_or(AacError::Bad("samplingFrequencyIndex is reserved (0xD or 0xE)"))?,
+    };
+    if frequency == 0 {
+        return Err(AacError::Bad("samplingFrequency is 0"));
     }
+    Ok((frequency, (index != 0xf).then_some(index as u8)))
+}
 
-    /// samplingFrequencyIndex, or the explicit 24-bit samplingFrequency after index 0xF.
-    fn sampling_frequency(&mut self) -> Result<u32, AacError> {
-        let index = self.bits(4, "samplingFrequencyIndex truncated")?;
-        let frequency = match index {
-            0xf => self.bits(24, "samplingFrequency truncated")?,
-            _ => *SAMPLING_FREQUENCIES
-                .get(index as usize)
-                .ok_or(AacError::Bad("samplingFrequencyIndex is reserved (0xD or 0xE)"))?,
-        };
-        if frequency == 0 {
-            return Err(AacError::Bad("samplingFrequency is 0"));
-        }
-        Ok(frequency)
-    }
+/// The samplingFrequencyIndex of `rate`, if the table has it.
+pub fn frequency_index(rate: u32) -> Option<u8> {
+    SAMPLING_FREQUENCIES.iter().position(|&f| f == rate).map(|i| i as u8)
+}
+
+/// The samplingFrequencyIndex of `rate`, or of the nearest rate the table has (for an explicit
+/// rate, which ADTS cannot state).
+pub fn nearest_frequency_index(rate: u32) -> u8 {
+    let nearest = SAMPLING_FREQUENCIES.iter().enumerate().min_by_key(|&(_, &f)| f.abs_diff(rate)).map(|(i, _)| i);
+    nearest.unwrap_or(3) as u8
+}
+
+/// The start of an AudioSpecificConfig (§1.6.2.1): the AAC core it describes, and the SBR/PS
+/// extension explicit signalling puts around it (§1.6.5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// The outer audioObjectType: 5 (SBR) or 29 (PS) with explicit signalling, else the core's.
+    pub outer_object_type: u8,
+    /// The core's audioObjectType (AAC Main 1, LC 2, LTP 4, …).
+    pub object_type: u8,
+    /// The core's sampling frequency, and its index when the config gives one.
+    pub sampling_frequency: u32,
+    pub sampling_frequency_index: Option<u8>,
+    pub channel_configuration: u8,
+    /// The extension's (output) sampling frequency with explicit SBR/PS signalling.
+    pub extension_frequency: Option<u32>,
+}
+
+/// Reads the [`CoreConfig`] at the start of an AudioSpecificConfig, leaving `r` after it.
+fn read_core(r: &mut BitReader<'_>) -> Result<CoreConfig, AacError> {
+    let outer_object_type = audio_object_type(r)?;
+    let (frequency, frequency_index) = sampling_frequency(r)?;
+    let channel_configuration = bits(r, 4, "channelConfiguration truncated")? as u8;
+    let (object_type, extension_frequency) = if matches!(outer_object_type, AOT_SBR | AOT_PS) {
+        let (extension, _) = sampling_frequency(r)?;
+        (audio_object_type(r)?, Some(extension))
+    } else {
+        (outer_object_type, None)
+    };
+    Ok(CoreConfig {
+        outer_object_type,
+        object_type,
+        sampling_frequency: frequency,
+        sampling_frequency_index: frequency_index,
+        channel_configuration,
+        extension_frequency,
+    })
+}
+
+/// The AAC core an AudioSpecificConfig describes: what an ADTS header repeats (ISO/IEC 13818-7
+/// §6.2.1 describes the core; ADTS carries HE-AAC by implicit signalling).
+pub fn core_config(asc: &[u8]) -> Result<CoreConfig, AacError> {
+    read_core(&mut BitReader::new(asc))
 }
 
 /// Why an audio object type other than AAC Main/LC/LTP (with or without SBR/PS) is refused.
@@ -106,27 +149,20 @@ fn channel_count(channel_configuration: u32) -> Result<u8, AacError> {
 /// compatible signalling (a trailing syncExtensionType 0x2B7 after an AAC-LC config) is reported
 /// as the AAC-LC stream it declares itself to be (RFC 6381 §3.3 takes the first object type).
 pub fn parse_asc(asc: Bytes) -> Result<AudioParams, AacError> {
-    let mut r = BitReader { data: &asc, pos: 0 };
-    let outer_aot = r.audio_object_type()?;
-    let core_rate = r.sampling_frequency()?;
-    let channel_configuration = r.bits(4, "channelConfiguration truncated")?;
-
-    let (aot, extension_rate) = if matches!(outer_aot, AOT_SBR | AOT_PS) {
-        let extension_rate = r.sampling_frequency()?;
-        (r.audio_object_type()?, Some(extension_rate))
-    } else {
-        (outer_aot, None)
-    };
+    let mut r = BitReader::new(&asc);
+    let core = read_core(&mut r)?;
+    let (outer_aot, aot, core_rate) = (core.outer_object_type, core.object_type, core.sampling_frequency);
+    let (channel_configuration, extension_rate) = (u32::from(core.channel_configuration), core.extension_frequency);
     if !matches!(aot, AOT_AAC_MAIN | AOT_AAC_LC | AOT_AAC_LTP) {
         return Err(unsupported_object_type(aot));
     }
 
     // GASpecificConfig (§4.4.1, Table 4.1).
-    let frame_length_flag = r.bits(1, "frameLengthFlag truncated")? == 1;
-    if r.bits(1, "dependsOnCoreCoder truncated")? == 1 {
-        r.bits(14, "coreCoderDelay truncated")?;
+    let frame_length_flag = bits(&mut r, 1, "frameLengthFlag truncated")? == 1;
+    if bits(&mut r, 1, "dependsOnCoreCoder truncated")? == 1 {
+        bits(&mut r, 14, "coreCoderDelay truncated")?;
     }
-    r.bits(1, "extensionFlag truncated")?;
+    bits(&mut r, 1, "extensionFlag truncated")?;
     let mut channels = channel_count(channel_configuration)?;
     let core_frame_samples: u32 = if frame_length_flag { 960 } else { 1024 };
 

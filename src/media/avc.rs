@@ -4,6 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::VideoParams;
+use super::bits;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AvcError {
@@ -41,51 +42,27 @@ struct SpsDetail {
     bit_depth_chroma_minus8: u8,
 }
 
-/// MSB-first reader over an RBSP with the Exp-Golomb codes of ITU-T H.264 §9.1. Every read is
-/// bounds-checked; the `&'static str` each takes is the error reported when it fails.
-struct BitReader<'a> {
-    data: &'a [u8],
-    /// Position in bits from the start of `data`.
-    pos: usize,
-}
+/// The SPS's reader: [`bits::BitReader`] with each failed read reported as [`AvcError::BadSps`] naming
+/// the field.
+struct SpsReader<'a>(bits::BitReader<'a>);
 
-impl<'a> BitReader<'a> {
+impl<'a> SpsReader<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0 }
-    }
-
-    fn bit(&mut self, what: &'static str) -> Result<u32, AvcError> {
-        let byte = self.data.get(self.pos / 8).ok_or(AvcError::BadSps(what))?;
-        let bit = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Ok(u32::from(bit))
+        Self(bits::BitReader::new(data))
     }
 
     fn flag(&mut self, what: &'static str) -> Result<bool, AvcError> {
-        Ok(self.bit(what)? == 1)
+        self.0.flag().ok_or(AvcError::BadSps(what))
     }
 
     /// u(n) for n ≤ 32.
     fn bits(&mut self, n: u32, what: &'static str) -> Result<u32, AvcError> {
-        debug_assert!(n <= 32);
-        let mut value: u64 = 0;
-        for _ in 0..n {
-            value = (value << 1) | u64::from(self.bit(what)?);
-        }
-        u32::try_from(value).map_err(|_| AvcError::BadSps(what))
+        self.0.bits(n).ok_or(AvcError::BadSps(what))
     }
 
-    /// ue(v), §9.1. Codes with more than 31 leading zeros do not fit 32 bits and are refused.
+    /// ue(v), §9.1.
     fn ue(&mut self, what: &'static str) -> Result<u32, AvcError> {
-        let mut leading_zeros = 0u32;
-        while self.bit(what)? == 0 {
-            leading_zeros += 1;
-            if leading_zeros > 31 {
-                return Err(AvcError::BadSps(what));
-            }
-        }
-        let suffix = u64::from(self.bits(leading_zeros, what)?);
-        u32::try_from((1u64 << leading_zeros) - 1 + suffix).map_err(|_| AvcError::BadSps(what))
+        self.0.ue().ok_or(AvcError::BadSps(what))
     }
 
     /// ue(v) with an upper bound from the semantics in §7.4.2.1.1.
@@ -99,8 +76,51 @@ impl<'a> BitReader<'a> {
 
     /// se(v), §9.1.1.
     fn se(&mut self, what: &'static str) -> Result<i64, AvcError> {
-        let k = i64::from(self.ue(what)?);
-        Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+        self.0.se().ok_or(AvcError::BadSps(what))
+    }
+}
+
+/// Why the NAL units of a length-prefixed sample cannot be walked to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NalLengthError {
+    /// The sample ends inside a length prefix.
+    CutShort,
+    /// A length runs past the end of the sample.
+    Overrun { len: usize },
+}
+
+/// The NAL units of an AVC sample: each a `length_size`-byte big-endian length, then the unit
+/// (ISO/IEC 14496-15 §5.3.2). Ends after the first error.
+pub struct LengthPrefixedNals<'a> {
+    data: &'a [u8],
+    length_size: usize,
+}
+
+impl<'a> LengthPrefixedNals<'a> {
+    /// `length_size` is the avcC's lengthSizeMinusOne + 1: 1, 2 or 4.
+    pub fn new(data: &'a [u8], length_size: usize) -> Self {
+        Self { data, length_size }
+    }
+}
+
+impl<'a> Iterator for LengthPrefixedNals<'a> {
+    type Item = Result<&'a [u8], NalLengthError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.data.is_empty() {
+            return None;
+        }
+        let Some((prefix, rest)) = self.data.split_at_checked(self.length_size) else {
+            self.data = &[];
+            return Some(Err(NalLengthError::CutShort));
+        };
+        let len = prefix.iter().fold(0usize, |len, &b| (len << 8) | usize::from(b));
+        let Some((nal, rest)) = rest.split_at_checked(len) else {
+            self.data = &[];
+            return Some(Err(NalLengthError::Overrun { len }));
+        };
+        self.data = rest;
+        Some(Ok(nal))
     }
 }
 
@@ -126,7 +146,7 @@ fn has_chroma_format_fields(profile_idc: u8) -> bool {
 }
 
 /// scaling_list() of §7.3.2.1.1.1, read only to get past it.
-fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), AvcError> {
+fn skip_scaling_list(r: &mut SpsReader<'_>, size: usize) -> Result<(), AvcError> {
     let mut last_scale: i64 = 8;
     let mut next_scale: i64 = 8;
     for _ in 0..size {
@@ -150,7 +170,7 @@ fn parse_sps_detail(nal: &[u8]) -> Result<SpsDetail, AvcError> {
         return Err(AvcError::BadSps("NAL unit type is not 7 (SPS)"));
     }
     let rbsp = nal_to_rbsp(payload);
-    let mut r = BitReader::new(&rbsp);
+    let mut r = SpsReader::new(&rbsp);
 
     let profile_idc = r.bits(8, "profile_idc truncated")? as u8;
     let constraint_flags = r.bits(8, "constraint flags truncated")? as u8;
@@ -657,6 +677,19 @@ mod tests {
             let _ = parse_avcc(&nal);
             let _ = annexb_nals(&nal);
         }
+    }
+
+    #[test]
+    fn length_prefixed_nal_units_are_walked_to_the_first_error() {
+        let units: Vec<_> = LengthPrefixedNals::new(&[0, 2, 0x65, 0xAA, 0, 1, 0x06], 2).collect();
+        assert_eq!(units, [Ok(&[0x65, 0xAA][..]), Ok(&[0x06][..])]);
+        let units: Vec<_> = LengthPrefixedNals::new(&[1, 0x09, 0, 0, 0], 1).collect();
+        // Zero lengths are empty units, which callers skip or refuse.
+        assert_eq!(units, [Ok(&[0x09][..]), Ok(&[][..]), Ok(&[][..]), Ok(&[][..])]);
+        let units: Vec<_> = LengthPrefixedNals::new(&[0, 0, 0, 9, 0x65], 4).collect();
+        assert_eq!(units, [Err(NalLengthError::Overrun { len: 9 })]);
+        let units: Vec<_> = LengthPrefixedNals::new(&[0, 0, 0], 4).collect();
+        assert_eq!(units, [Err(NalLengthError::CutShort)], "an error ends the walk");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod aac;
 pub mod avc;
+pub mod bits;
 
 use std::time::SystemTime;
 

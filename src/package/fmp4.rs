@@ -11,7 +11,7 @@ use mp4_atom::{
     Url, Visual, Vmhd,
 };
 
-use crate::media::{AudioParams, TIMESCALE, VideoParams};
+use crate::media::{AudioParams, TIMESCALE, VideoParams, aac};
 
 /// The one track of a CMAF track file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +241,8 @@ fn mp4a(a: &AudioParams) -> Codec {
                     // DecoderSpecificInfo = the AudioSpecificConfig bytes, written verbatim.
                     dec_specific: Some(DecoderSpecific {
                         profile: 2,
-                        freq_index: sampling_frequency_index(a.sample_rate),
+                        // Used only when no ASC bytes are given; 15 escapes to an explicit rate (§1.6.3.4).
+                        freq_index: aac::frequency_index(a.sample_rate).unwrap_or(15),
                         chan_conf: a.channels.min(7),
                         raw: a.asc.to_vec(),
                     }),
@@ -254,12 +255,6 @@ fn mp4a(a: &AudioParams) -> Codec {
         taic: None,
     }
     .into()
-}
-
-/// ISO/IEC 14496-3 §1.6.3.4 samplingFrequencyIndex; used only when no ASC bytes are given.
-fn sampling_frequency_index(rate: u32) -> u8 {
-    const RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
-    RATES.iter().position(|&r| r == rate).map_or(15, |i| i as u8)
 }
 
 fn clamp_u16(v: u32) -> u16 {

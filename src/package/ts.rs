@@ -11,7 +11,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::media::Ticks;
-use crate::media::avc;
+use crate::media::avc::{LengthPrefixedNals, NalLengthError};
+use crate::media::{aac, avc};
 use crate::package::fmp4::TrackParams;
 
 /// Transport packet size (§2.4.3.2).
@@ -84,10 +85,6 @@ const MAX_PES_PACKET_LENGTH: usize = 0xFFFF;
 /// ADTS frame_length is 13 bits and includes the 7-byte header (ISO/IEC 13818-7 §6.2.2).
 const ADTS_HEADER_LEN: usize = 7;
 const MAX_ADTS_FRAME_LEN: usize = (1 << 13) - 1;
-
-/// samplingFrequencyIndex table (ISO/IEC 14496-3 §1.6.3.4, Table 1.18).
-const SAMPLING_FREQUENCIES: [u32; 13] =
-    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
 
 /// One access unit on the 90 kHz clock.
 #[derive(Debug, Clone)]
@@ -195,7 +192,7 @@ impl TsWriter {
                     );
                     Adts {
                         profile: 1,
-                        sampling_frequency_index: sampling_frequency_index(a.sample_rate),
+                        sampling_frequency_index: aac::nearest_frequency_index(a.sample_rate),
                         channel_configuration: a.channels.min(7),
                     }
                 });
@@ -295,18 +292,25 @@ impl TsWriter {
                 if sample.keyframe && !parameter_sets.is_empty() {
                     pieces.push(parameter_sets);
                 }
-                let mut rest: &[u8] = &sample.data;
-                while !rest.is_empty() {
-                    let Some((len, tail)) = rest.split_at_checked(*nal_length_size) else {
-                        tracing::warn!(pts = sample.pts, "TS: truncated NAL length in an H.264 sample; rest dropped");
-                        break;
+                for nal in LengthPrefixedNals::new(&sample.data, *nal_length_size) {
+                    let nal = match nal {
+                        Ok(nal) => nal,
+                        Err(NalLengthError::CutShort) => {
+                            tracing::warn!(
+                                pts = sample.pts,
+                                "TS: truncated NAL length in an H.264 sample; rest dropped"
+                            );
+                            break;
+                        }
+                        Err(NalLengthError::Overrun { len }) => {
+                            tracing::warn!(
+                                pts = sample.pts,
+                                len,
+                                "TS: H.264 NAL unit overruns its sample; rest dropped"
+                            );
+                            break;
+                        }
                     };
-                    let len = len.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-                    let Some((nal, tail)) = tail.split_at_checked(len) else {
-                        tracing::warn!(pts = sample.pts, len, "TS: H.264 NAL unit overruns its sample; rest dropped");
-                        break;
-                    };
-                    rest = tail;
                     // The delimiter is written above; an empty NAL unit is nothing to carry.
                     if nal.first().is_none_or(|&header| header & 0x1F == NAL_AUD) {
                         continue;
@@ -471,52 +475,15 @@ impl Adts {
 /// signalling the ADTS header describes the AAC core (core sampling rate, inner object type), as
 /// ADTS carries HE-AAC by implicit signalling (§1.6.5.2).
 fn adts_from_asc(asc: &[u8]) -> Option<Adts> {
-    let mut bits = Bits { data: asc, pos: 0 };
-    let object_type = |bits: &mut Bits| match bits.read(5)? {
-        31 => Some(32 + bits.read(6)?),
-        aot => Some(aot),
-    };
-    let sampling_index = |bits: &mut Bits| match bits.read(4)? {
-        0xF => Some(sampling_frequency_index(bits.read(24)?)),
-        index => Some(index as u8),
-    };
-    let mut aot = object_type(&mut bits)?;
-    let sampling_frequency_index = sampling_index(&mut bits)?;
-    let channel_configuration = bits.read(4)? as u8;
-    if aot == 5 || aot == 29 {
-        sampling_index(&mut bits)?; // extensionSamplingFrequencyIndex
-        aot = object_type(&mut bits)?;
-    }
+    let core = aac::core_config(asc).ok()?;
+    let sampling_frequency_index =
+        core.sampling_frequency_index.unwrap_or_else(|| aac::nearest_frequency_index(core.sampling_frequency));
+    let (aot, channel_configuration) = (core.object_type, core.channel_configuration);
     // profile_ObjectType is 2 bits: AAC Main, LC, SSR, LTP (object types 1–4).
     if !(1..=4).contains(&aot) || sampling_frequency_index > 12 || channel_configuration > 7 {
         return None;
     }
-    Some(Adts { profile: aot as u8 - 1, sampling_frequency_index, channel_configuration })
-}
-
-/// The samplingFrequencyIndex of a rate, or of the nearest tabled rate (ADTS cannot state an
-/// explicit rate).
-fn sampling_frequency_index(rate: u32) -> u8 {
-    let nearest = SAMPLING_FREQUENCIES.iter().enumerate().min_by_key(|&(_, &f)| f.abs_diff(rate)).map(|(i, _)| i);
-    nearest.unwrap_or(3) as u8
-}
-
-/// MSB-first bit reader.
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Bits<'_> {
-    fn read(&mut self, n: u32) -> Option<u32> {
-        let mut value = 0;
-        for _ in 0..n {
-            let byte = self.data.get(self.pos / 8)?;
-            value = (value << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
-            self.pos += 1;
-        }
-        Some(value)
-    }
+    Some(Adts { profile: aot - 1, sampling_frequency_index, channel_configuration })
 }
 
 /// Bytes of a PES header with PTS, and DTS when `with_dts` (§2.4.3.6).
