@@ -26,6 +26,8 @@ pub mod package;
 pub mod store;
 pub mod sync;
 pub mod systemd;
+#[cfg(test)]
+mod testutil;
 pub mod tls;
 pub mod transcode;
 

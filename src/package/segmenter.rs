@@ -452,8 +452,6 @@ fn clamp_i32(v: i64) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     use std::time::Duration;
 
     use mp4_atom::{Codec, Decode, Encode, Moof, TrunEntry};
@@ -461,6 +459,7 @@ mod tests {
     use super::*;
     use crate::media::{Sample, VideoParams};
     use crate::package::fixture::read_fixture;
+    use crate::testutil;
 
     fn video_track() -> TrackParams {
         TrackParams::Video(VideoParams {
@@ -770,25 +769,7 @@ mod tests {
     }
 
     fn ffprobe(input: &[u8], args: &[&str]) -> (String, String) {
-        let mut child = Command::new(std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into()))
-            .args(["-v", "error"])
-            .args(args)
-            .args(["-of", "csv=p=0", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ffprobe on PATH (or FFPROBE)");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            // ffprobe may stop reading early; a broken pipe then is not the test's concern.
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().expect("ffprobe runs");
-        writer.join().expect("writer");
-        assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        testutil::ffprobe(input, &[args, &["-of", "csv=p=0"]].concat())
     }
 
     fn record(avcc: &mp4_atom::Avcc) -> Bytes {

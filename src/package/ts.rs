@@ -589,15 +589,14 @@ fn crc32_mpeg2(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::io::Write;
     use std::path::Path;
-    use std::process::{Command, Stdio};
 
     use mp4_atom::{Codec, Encode};
 
     use super::*;
     use crate::media::{AudioParams, VideoParams};
     use crate::package::fixture::read_fixture;
+    use crate::testutil;
 
     /// The PAT and PMT packets as they go out in the first call (continuity counters 0).
     const PAT_PACKET: &str = "474000100000b00d0001c100000001f0002ab104b2";
@@ -1029,32 +1028,10 @@ mod tests {
         out
     }
 
-    fn run_tool(program: &str, args: &[&str], input: &[u8]) -> (String, String) {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program} could not start ({e}); run scripts/setup.sh"));
-        let mut stdin = child.stdin.take().expect("stdin");
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            // The tool may stop reading early; a broken pipe then is not the test's concern.
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().expect("tool runs");
-        writer.join().expect("writer");
-        assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-
     /// The streams ffprobe reports (JSON, so that a program's copy of each is not counted
     /// again) and what it wrote to stderr.
     fn ffprobe(input: &[u8], args: &[&str]) -> (Vec<serde_json::Value>, String) {
-        let program = std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into());
-        let args = [&["-v", "error"], args, &["-of", "json", "-"]].concat();
-        let (out, err) = run_tool(&program, &args, input);
+        let (out, err) = testutil::ffprobe(input, &[args, &["-of", "json"]].concat());
         let json: serde_json::Value = serde_json::from_str(&out).expect("ffprobe JSON");
         (json["streams"].as_array().cloned().unwrap_or_default(), err)
     }
@@ -1063,7 +1040,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
         assert!(dir.join("node_modules/mux.js").exists(), "run scripts/setup.sh first (npm package mux.js is missing)");
         let script = dir.join("ts-id3.mjs");
-        let (out, err) = run_tool("node", &[script.to_str().expect("path")], input);
+        let (out, err) = testutil::run_tool("node", &[script.to_str().expect("path")], input);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("ts-id3.mjs printed no JSON ({e}): {out}{err}"))
     }
 

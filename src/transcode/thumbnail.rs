@@ -215,11 +215,11 @@ fn run(channel: &str, rx: Receiver<Arc<SharedFrame>>, sink: ThumbnailSink) {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::testutil;
 
     #[test]
     fn thumbnails_are_320_wide_even_and_keep_the_aspect_ratio() {
@@ -251,23 +251,10 @@ mod tests {
     }
 
     fn ffprobe(jpeg: &[u8]) -> String {
-        let mut child = Command::new(std::env::var("FFPROBE").unwrap_or_else(|_| "ffprobe".into()))
-            // The demuxer is named: probing a pipe by content alone can take a few kilobytes of
-            // compressed stripes for MPEG-TS. The JPEG decoder still has to read the picture.
-            .args(["-v", "error", "-f", "jpeg_pipe"])
-            .args(["-show_entries", "stream=codec_name,width,height,pix_fmt", "-of", "csv=p=0", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ffprobe must be installed");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let data = jpeg.to_vec();
-        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data));
-        let out = child.wait_with_output().expect("ffprobe");
-        let _ = writer.join();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        // The demuxer is named: probing a pipe by content alone can take a few kilobytes of
+        // compressed stripes for MPEG-TS. The JPEG decoder still has to read the picture.
+        let args = ["-f", "jpeg_pipe", "-show_entries", "stream=codec_name,width,height,pix_fmt", "-of", "csv=p=0"];
+        testutil::ffprobe(jpeg, &args).0.trim().to_string()
     }
 
     #[test]
