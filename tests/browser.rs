@@ -8,34 +8,18 @@ use std::time::Duration;
 
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "360p", width: 640, height: 360, video_bitrate: 700000 }
-    - { name: "180p", width: 320, height: 180, video_bitrate: 250000 }
-channels:
-  - { name: "shop", stream_key: "shop-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("360p", 640, 360, 700_000), ("180p", 320, 180, 250_000)];
+const CHANNELS: &[&str] = &["shop"];
 
 #[test]
 fn hls_js_in_chromium_plays_the_ladder() {
     init_tracing();
-    let dir = browser_dir(&["hls.js", "playwright-core"]);
-    let daemon = Running::start(config(LADDER, 1.0));
+    let daemon = Running::start(config(&ladder(RUNGS, CHANNELS), 1.0));
     let (rtmp, http) = (daemon.rtmp, daemon.http);
 
     let publisher = publish(rtmp, "shop-key", "640x360", 120, &["-g", "30", "-keyint_min", "30"]);
-    eventually(Duration::from_secs(20), "the master playlist", || {
-        (http_get(http, "/live/shop/master.m3u8").status == 200).then_some(())
-    });
-    let out = Command::new("node")
-        .arg(dir.join("play.mjs"))
-        .arg(format!("http://{http}/live/shop/master.m3u8"))
-        .arg("10")
-        .output()
-        .expect("node must be installed (scripts/setup.sh)");
-    assert!(out.status.success(), "play.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("play.mjs prints JSON");
+    wait_for_master(http, "shop");
+    let report = play(http, "shop", 10, &[]).report();
 
     let levels = report["levels"].as_array().expect("levels");
     assert_eq!(levels.len(), 2, "{report}");
@@ -65,45 +49,29 @@ fn hls_js_in_chromium_plays_the_ladder() {
     daemon.stop();
 }
 
-const LOW_LATENCY_LADDER: &str = r#"
-ladders:
-  default:
-    - { name: "720p", width: 1280, height: 720, video_bitrate: 3000000 }
-    - { name: "480p", width: 854,  height: 480, video_bitrate: 1200000 }
-    - { name: "360p", width: 640,  height: 360, video_bitrate: 700000 }
-channels:
-  - { name: "live", stream_key: "live-key", ladder: "default" }
-"#;
+const LOW_LATENCY_RUNGS: &[TestRung] =
+    &[("720p", 1280, 720, 3_000_000), ("480p", 854, 480, 1_200_000), ("360p", 640, 360, 700_000)];
+const LOW_LATENCY_CHANNELS: &[&str] = &["live"];
 
 /// hls.js in lowLatencyMode plays each rendition of a 720p source from LL-HLS parts. Latency
 /// figures are printed, not judged: benches/latency.sh owns them; only a sanity bound applies.
 #[test]
 fn hls_js_low_latency_mode_plays_every_rendition_from_parts() {
     init_tracing();
-    let dir = browser_dir(&["hls.js", "playwright-core"]);
     // A 720p source, three rungs and Chromium decoding 720p share two cores here: the fastest
     // x264 preset (for ladderd and the publisher) keeps every rung in real time, so that what is
     // tested is the player, not whether this machine keeps up.
-    let mut cfg = config(LOW_LATENCY_LADDER, 1.0);
+    let mut cfg = config(&ladder(LOW_LATENCY_RUNGS, LOW_LATENCY_CHANNELS), 1.0);
     cfg.transcode.x264_preset = "ultrafast".into();
     let daemon = Running::start(cfg);
     let (rtmp, http) = (daemon.rtmp, daemon.http);
 
     let publisher =
         publish(rtmp, "live-key", "1280x720", 120, &["-g", "30", "-keyint_min", "30", "-preset", "ultrafast"]);
-    eventually(Duration::from_secs(20), "the master playlist", || {
-        (http_get(http, "/live/live/master.m3u8").status == 200).then_some(())
-    });
+    wait_for_master(http, "live");
     // hls.js orders levels by bitrate, lowest first.
     for (level, height) in [(2u64, 720u64), (1, 480), (0, 360)] {
-        let out = Command::new("node")
-            .arg(dir.join("play.mjs"))
-            .arg(format!("http://{http}/live/live/master.m3u8"))
-            .args(["8", "--low-latency", "--level", &level.to_string(), "--settle", "3"])
-            .output()
-            .expect("node must be installed (scripts/setup.sh)");
-        assert!(out.status.success(), "play.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("play.mjs prints JSON");
+        let report = play(http, "live", 8, &["--low-latency", "--level", &level.to_string(), "--settle", "3"]).report();
         let heights: Vec<u64> =
             report["levels"].as_array().expect("levels").iter().filter_map(|l| l["height"].as_u64()).collect();
         assert_eq!(heights, vec![360, 480, 720], "{report}");
@@ -165,7 +133,7 @@ fn the_preview_page_plays_and_shows_a_posted_coupon_over_the_video() {
     std::fs::create_dir_all(root.join("target")).expect("target/");
 
     const TOKEN: &str = "preview-test-token";
-    let mut config = config(LADDER, 1.0);
+    let mut config = config(&ladder(RUNGS, CHANNELS), 1.0);
     config.admin.token = Some(TOKEN.into());
     config.http.player_js = player_js;
     let daemon = Running::start(config);
@@ -179,9 +147,7 @@ fn the_preview_page_plays_and_shows_a_posted_coupon_over_the_video() {
     assert_eq!(http_get(http, "/preview/nope").status, 404);
 
     let publisher = publish(rtmp, "shop-key", "640x360", 120, &["-g", "30", "-keyint_min", "30"]);
-    eventually(Duration::from_secs(20), "the master playlist", || {
-        (http_get(http, "/live/shop/master.m3u8").status == 200).then_some(())
-    });
+    wait_for_master(http, "shop");
     let mut page = Command::new("node")
         .arg(dir.join("preview.mjs"))
         .arg(format!("http://{http}/preview/shop"))

@@ -10,14 +10,8 @@ use std::time::Duration;
 
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "180p", width: 320, height: 180, video_bitrate: 300000 }
-channels:
-  - { name: "shop", stream_key: "shop-key", ladder: "small" }
-  - { name: "idle", stream_key: "idle-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("180p", 320, 180, 300_000)];
+const CHANNELS: &[&str] = &["shop", "idle"];
 
 /// A response as curl reports it: status, headers (lower-case names) and body length.
 struct Seen {
@@ -58,7 +52,7 @@ fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> Seen {
 #[test]
 fn origin_headers_seen_by_a_real_http_client() {
     init_tracing();
-    let mut cfg = config(LADDER, 1.0);
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
     cfg.http.cache.preset = ladderd::config::CachePreset::Cdn;
     let lifetime = (cfg.hls.window + 2) as u64; // segments of one second
     let daemon = Running::start(cfg);

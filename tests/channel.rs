@@ -14,14 +14,8 @@ use ladderd::metrics::Metrics;
 use ladderd::store::{ObjectName, Store};
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "240p", width: 426, height: 240, video_bitrate: 400000 }
-    - { name: "120p", width: 214, height: 120, video_bitrate: 150000 }
-channels:
-  - { name: "phone", stream_key: "phone-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("240p", 426, 240, 400_000), ("120p", 214, 120, 150_000)];
+const CHANNELS: &[&str] = &["phone"];
 
 fn text(store: &Store, name: &str) -> String {
     store
@@ -55,10 +49,11 @@ fn feed(tx: &tokio::sync::mpsc::Sender<Arrival>, samples: &[Sample], offset: i64
     }
 }
 
-/// The phone channel of [`LADDER`] with one publish begun: its store, its channels, the publish.
+/// The phone channel of [`RUNGS`] with one publish begun: its store, its channels, the publish.
 fn publish_phone() -> (Arc<Store>, Channels, Publish) {
     let store = Arc::new(Store::new());
-    let channels = Channels::new(Arc::new(config(LADDER, 1.0)), store.clone(), Arc::new(Metrics::new()));
+    let channels =
+        Channels::new(Arc::new(config(&ladder(RUNGS, CHANNELS), 1.0)), store.clone(), Arc::new(Metrics::new()));
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
     (store, channels, publish)

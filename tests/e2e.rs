@@ -8,17 +8,13 @@ use std::time::Duration;
 
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  default:
-    - { name: "1080p", width: 1920, height: 1080, video_bitrate: 6000000 }
-    - { name: "720p",  width: 1280, height: 720,  video_bitrate: 3000000 }
-    - { name: "480p",  width: 854,  height: 480,  video_bitrate: 1200000 }
-    - { name: "360p",  width: 640,  height: 360,  video_bitrate: 700000 }
-channels:
-  - { name: "demo", stream_key: "demo-key", ladder: "default" }
-  - { name: "other", stream_key: "other-key", ladder: "default" }
-"#;
+const RUNGS: &[TestRung] = &[
+    ("1080p", 1920, 1080, 6_000_000),
+    ("720p", 1280, 720, 3_000_000),
+    ("480p", 854, 480, 1_200_000),
+    ("360p", 640, 360, 700_000),
+];
+const CHANNELS: &[&str] = &["demo", "other"];
 
 /// Attributes of an `#EXT-X-STREAM-INF` line.
 fn attrs(line: &str) -> BTreeMap<String, String> {
@@ -44,7 +40,7 @@ fn attrs(line: &str) -> BTreeMap<String, String> {
 #[test]
 fn rtmp_to_cpu_ladder_to_fmp4_hls() {
     init_tracing();
-    let daemon = Running::start(config(LADDER, 2.0));
+    let daemon = Running::start(config(&ladder(RUNGS, CHANNELS), 2.0));
     let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
     let metrics = daemon.metrics.clone();
 

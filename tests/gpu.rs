@@ -16,13 +16,8 @@ use ladderd::metrics::Metrics;
 use ladderd::store::{ObjectName, Store};
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "240p", width: 320, height: 240, video_bitrate: 400000 }
-channels:
-  - { name: "cam", stream_key: "cam-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("240p", 320, 240, 400_000)];
+const CHANNELS: &[&str] = &["cam"];
 
 /// Publishes two seconds of real H.264 to a channel through the gate ingest uses, and waits for
 /// the publish to end.
@@ -30,7 +25,7 @@ fn publish_to(hardware: &str) -> (Arc<Metrics>, Arc<Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (params, samples) = encoded_video(dir.path(), "320x240", 30, 2);
     // The support config sets `transcode:` already; the hardware is set on the parsed config.
-    let mut cfg = config(LADDER, 1.0);
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
     cfg.transcode.hardware = match hardware {
         "nvidia" => ladderd::config::Hardware::Nvidia,
         _ => ladderd::config::Hardware::Auto,

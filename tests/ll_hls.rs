@@ -15,14 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "360p", width: 640, height: 360, video_bitrate: 700000 }
-    - { name: "180p", width: 320, height: 180, video_bitrate: 250000 }
-channels:
-  - { name: "ll", stream_key: "ll-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("360p", 640, 360, 700_000), ("180p", 320, 180, 250_000)];
+const CHANNELS: &[&str] = &["ll"];
 
 /// 1 s segments in a 20-segment window: CAN-SKIP-UNTIL (six target durations) leaves older
 /// segments to skip once the stream has run for a few seconds longer than that.
@@ -447,7 +441,7 @@ fn gstreamer(http: SocketAddr) -> Option<Child> {
 #[test]
 fn ll_hls_blocking_reloads_parts_delta_updates_and_plain_clients() {
     init_tracing();
-    let mut cfg = config(LADDER, SEGMENT);
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), SEGMENT);
     // A rung that falls behind real time skips to the next segment, and the part before the
     // skip then lasts until it (a held picture): the fastest preset keeps this test's CPU
     // transcode clear of that on a loaded machine.

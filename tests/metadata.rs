@@ -4,22 +4,14 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::*;
 
 const TOKEN: &str = "test-token-0123456789";
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "360p", width: 640, height: 360, video_bitrate: 700000 }
-    - { name: "180p", width: 320, height: 180, video_bitrate: 250000 }
-channels:
-  - { name: "shop", stream_key: "shop-key", ladder: "small" }
-  - { name: "idle", stream_key: "idle-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("360p", 640, 360, 700_000), ("180p", 320, 180, 250_000)];
+const CHANNELS: &[&str] = &["shop", "idle"];
 
 fn now_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64() * 1000.0
@@ -54,8 +46,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     init_tracing();
-    let dir = browser_dir(&["hls.js", "playwright-core"]);
-    let mut cfg = config(LADDER, 1.0);
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
     cfg.admin.token = Some(TOKEN.into());
     let daemon = Running::start(cfg);
     let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
@@ -66,20 +57,11 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     // Not live yet: 409. Too big: 413.
     assert_eq!(post("idle", b"hello").status, 409);
     let publisher = publish(rtmp, "shop-key", "640x360", 120, &["-g", "30", "-keyint_min", "30"]);
-    eventually(Duration::from_secs(20), "the master playlist", || {
-        (http_get(http, "/live/shop/master.m3u8").status == 200).then_some(())
-    });
+    wait_for_master(http, "shop");
     assert_eq!(post("shop", &[b'x'; 1025]).status, 413);
 
     // hls.js plays the 360p rendition (pinned, so no level switch loads a moment twice).
-    let player = Command::new("node")
-        .arg(dir.join("play.mjs"))
-        .arg(format!("http://{http}/live/shop/master.m3u8"))
-        .args(["20", "--low-latency", "--level", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node must be installed (scripts/setup.sh)");
+    let player = play(http, "shop", 20, &["--low-latency", "--level", "1"]);
     std::thread::sleep(Duration::from_secs(7));
     let payloads: Vec<String> =
         (0..5).map(|i| format!(r#"{{"type":"quiz","n":{i},"q":"Which colour? — ünïcödé ✓"}}"#)).collect();
@@ -104,9 +86,7 @@ fn posted_metadata_reaches_hls_js_once_per_rendition_at_its_time() {
     assert!(accepted as f64 <= 5.0 + (took * 5.0).ceil(), "{accepted} accepted in {took:.2} s: {statuses:?}");
     assert!(took >= 1.0 || statuses.contains(&429), "{statuses:?} in {took:.2} s");
 
-    let out = player.wait_with_output().expect("player");
-    assert!(out.status.success(), "play.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("play.mjs prints JSON");
+    let report = player.report();
     let seen = report["metadata"].as_array().expect("metadata");
     let mut walls = vec![0.0; payloads.len()];
     for (i, p) in payloads.iter().enumerate() {

@@ -335,19 +335,16 @@ async fn shutdown_releases_held_requests_promptly() {
     assert_eq!(s.origin.waiting(), 0);
 }
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "240p", width: 426, height: 240, video_bitrate: 400000 }
-channels:
-  - { name: "demo", stream_key: "demo-key", ladder: "small" }
-"#;
+const RUNGS: &[support::TestRung] = &[("240p", 426, 240, 400_000)];
+const CHANNELS: &[&str] = &["demo"];
 
 #[tokio::test]
 async fn the_daemon_speaks_h2c_and_stops_promptly_with_connections_open() {
     support::init_tracing();
     let token = CancellationToken::new();
-    let daemon = ladderd::start(support::config(LADDER, 2.0), token.clone()).await.expect("daemon starts");
+    let daemon = ladderd::start(support::config(&support::ladder(RUNGS, CHANNELS), 2.0), token.clone())
+        .await
+        .expect("daemon starts");
     let mut h2 = H2::connect(daemon.http_addr).await;
     assert_eq!(h2.settings.get(&SETTINGS_MAX_CONCURRENT_STREAMS), Some(&1024));
     let mut ids = Vec::new();

@@ -19,15 +19,8 @@ use support::*;
 
 const TOKEN: &str = "prometheus-test-token";
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "180p", width: 320, height: 180, video_bitrate: 300000 }
-    - { name: "90p", width: 160, height: 90, video_bitrate: 100000 }
-channels:
-  - { name: "cam", stream_key: "cam-key", ladder: "small" }
-  - { name: "idle", stream_key: "idle-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("180p", 320, 180, 300_000), ("90p", 160, 90, 100_000)];
+const CHANNELS: &[&str] = &["cam", "idle"];
 
 fn prometheus_binary() -> String {
     std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".into())
@@ -160,7 +153,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[test]
 fn prometheus_scrapes_ladderd_and_the_dashboard_queries_evaluate() {
     init_tracing();
-    let mut cfg = config(LADDER, 2.0);
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 2.0);
     cfg.admin.token = Some(TOKEN.into());
     let daemon = Running::start(cfg);
     let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
@@ -168,9 +161,7 @@ fn prometheus_scrapes_ladderd_and_the_dashboard_queries_evaluate() {
 
     // A keyframe every 60 frames at 30 fps: a 2 s source GOP.
     let publisher = publish(rtmp, "cam-key", "320x180", 120, &[]);
-    eventually(Duration::from_secs(20), "the master playlist", || {
-        (http_get(http, "/live/cam/master.m3u8").status == 200).then_some(())
-    });
+    wait_for_master(http, "cam");
     // A viewer polling the origin, so that there are requests to count.
     let watching = Arc::new(AtomicBool::new(true));
     let viewer = {

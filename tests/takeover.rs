@@ -9,13 +9,8 @@ use std::time::Duration;
 
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "180p", width: 320, height: 180, video_bitrate: 300000 }
-channels:
-  - { name: "shop", stream_key: "shop-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("180p", 320, 180, 300_000)];
+const CHANNELS: &[&str] = &["shop"];
 
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
@@ -31,7 +26,7 @@ fn playlist(http: std::net::SocketAddr) -> Option<(MediaPlaylist, String)> {
 fn a_silent_publisher_gives_way_to_a_reconnecting_one_and_a_sending_one_does_not() {
     init_tracing();
     // An idle timeout far beyond the test, so that only the takeover can free the channel.
-    let mut cfg = config(LADDER, 1.0);
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
     cfg.rtmp.idle_timeout = 60.0;
     let daemon = Running::start(cfg);
     let (rtmp, http, metrics) = (daemon.rtmp, daemon.http, daemon.metrics.clone());

@@ -8,14 +8,8 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "180p", width: 320, height: 180, video_bitrate: 300000 }
-channels:
-  - { name: "cam", stream_key: "cam-key", ladder: "small" }
-  - { name: "idle", stream_key: "idle-key", ladder: "small" }
-"#;
+const RUNGS: &[TestRung] = &[("180p", 320, 180, 300_000)];
+const CHANNELS: &[&str] = &["cam", "idle"];
 
 /// (codec, width, height) of a JPEG as ffprobe reads it.
 fn probe(jpeg: &[u8]) -> String {
@@ -28,7 +22,7 @@ fn probe(jpeg: &[u8]) -> String {
 #[test]
 fn thumb_jpg_is_a_small_jpeg_refreshed_every_interval_while_live() {
     init_tracing();
-    let cfg = config(LADDER, 1.0);
+    let cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
     assert_eq!(cfg.hls.thumbnail_interval, 2.0, "the default interval");
     let daemon = Running::start(cfg);
     let (rtmp, http) = (daemon.rtmp, daemon.http);

@@ -13,14 +13,8 @@ use support::*;
 
 const TOKEN: &str = "ts-test-token-0123";
 
-const LADDER: &str = r#"
-ladders:
-  small:
-    - { name: "360p", width: 640, height: 360, video_bitrate: 700000 }
-    - { name: "180p", width: 320, height: 180, video_bitrate: 250000 }
-channels:
-  - { name: "legacy", stream_key: "legacy-key", ladder: "small", container: ts }
-"#;
+const RUNGS: &[TestRung] = &[("360p", 640, 360, 700_000), ("180p", 320, 180, 250_000)];
+const CHANNELS: &[&str] = &["legacy"];
 
 fn mux_js(dir: &Path, ts: &[u8]) -> serde_json::Value {
     let mut child = Command::new("node")
@@ -42,23 +36,14 @@ fn mux_js(dir: &Path, ts: &[u8]) -> serde_json::Value {
 fn ts_segments_decode_carry_timed_id3_and_play_in_hls_js() {
     init_tracing();
     let dir = browser_dir(&["mux.js", "hls.js", "playwright-core"]);
-    let mut cfg = config(LADDER, 1.0);
+    let mut cfg = config(&ladder_with(RUNGS, CHANNELS, "container: ts"), 1.0);
     cfg.admin.token = Some(TOKEN.into());
     let daemon = Running::start(cfg);
     let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
 
     let publisher = publish(rtmp, "legacy-key", "640x360", 20, &["-g", "30", "-keyint_min", "30"]);
-    eventually(Duration::from_secs(20), "the master playlist", || {
-        (http_get(http, "/live/legacy/master.m3u8").status == 200).then_some(())
-    });
-    let player = Command::new("node")
-        .arg(dir.join("play.mjs"))
-        .arg(format!("http://{http}/live/legacy/master.m3u8"))
-        .args(["12", "--low-latency", "--level", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node");
+    wait_for_master(http, "legacy");
+    let player = play(http, "legacy", 12, &["--low-latency", "--level", "1"]);
     std::thread::sleep(Duration::from_secs(5));
     let payloads = ["{\"type\":\"poll\",\"q\":\"TS?\"}", "plain text ✓"];
     for p in payloads {
@@ -66,9 +51,7 @@ fn ts_segments_decode_carry_timed_id3_and_play_in_hls_js() {
         assert_eq!(r.status, 204, "{}", r.text());
         std::thread::sleep(Duration::from_millis(1500));
     }
-    let out = player.wait_with_output().expect("player");
-    assert!(out.status.success(), "play.mjs: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let report = player.report();
     let fatal =
         report["errors"].as_array().expect("errors").iter().any(|e| e.as_str().is_some_and(|s| s.starts_with("FATAL")));
     assert!(!fatal, "{report}");

@@ -57,6 +57,29 @@ impl Running {
     }
 }
 
+/// A rung of a test ladder: name, width, height, video bitrate.
+pub type TestRung = (&'static str, u32, u32, u64);
+
+/// The `ladders:` and `channels:` YAML of a test: one ladder of `rungs`, and each of `channels`
+/// on it, publishing with the stream key `{name}-key`.
+pub fn ladder(rungs: &[TestRung], channels: &[&str]) -> String {
+    ladder_with(rungs, channels, "")
+}
+
+/// [`ladder`], with `options` on every channel (`container: ts`).
+pub fn ladder_with(rungs: &[TestRung], channels: &[&str], options: &str) -> String {
+    let mut yaml = String::from("ladders:\n  small:\n");
+    for (name, width, height, bitrate) in rungs {
+        yaml += &format!("    - {{ name: \"{name}\", width: {width}, height: {height}, video_bitrate: {bitrate} }}\n");
+    }
+    yaml += "channels:\n";
+    let options = if options.is_empty() { String::new() } else { format!(", {options}") };
+    for name in channels {
+        yaml += &format!("  - {{ name: \"{name}\", stream_key: \"{name}-key\", ladder: \"small\"{options} }}\n");
+    }
+    yaml
+}
+
 /// A configuration on ephemeral loopback ports with the given `ladders:` and `channels:` YAML.
 pub fn config(ladders_and_channels: &str, segment_duration: f64) -> Config {
     let text = format!(
@@ -185,6 +208,40 @@ pub fn browser_dir(packages: &[&str]) -> std::path::PathBuf {
         assert!(dir.join("node_modules").join(package).exists(), "run scripts/setup.sh first ({package} is missing)");
     }
     dir
+}
+
+/// Waits (20 s at most) for `channel`'s master playlist: its ladder is publishing.
+pub fn wait_for_master(http: SocketAddr, channel: &str) {
+    let path = format!("/live/{channel}/master.m3u8");
+    eventually(Duration::from_secs(20), "the master playlist", || (http_get(http, &path).status == 200).then_some(()));
+}
+
+/// hls.js in headless Chromium (`tests/browser/play.mjs`) playing a channel's master playlist.
+pub struct Player(Child);
+
+/// Starts a [`Player`] on `channel`'s master playlist for `secs` seconds, with play.mjs's
+/// `options` (`--low-latency`, `--level N`, `--settle S`).
+pub fn play(http: SocketAddr, channel: &str, secs: u32, options: &[&str]) -> Player {
+    let dir = browser_dir(&["hls.js", "playwright-core"]);
+    let child = Command::new("node")
+        .arg(dir.join("play.mjs"))
+        .arg(format!("http://{http}/live/{channel}/master.m3u8"))
+        .arg(secs.to_string())
+        .args(options)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node must be installed (scripts/setup.sh)");
+    Player(child)
+}
+
+impl Player {
+    /// Waits for the player to finish; what it saw (play.mjs's JSON report).
+    pub fn report(self) -> serde_json::Value {
+        let out = self.0.wait_with_output().expect("player");
+        assert!(out.status.success(), "play.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("play.mjs prints JSON")
+    }
 }
 
 /// Runs ffprobe on bytes given on stdin and returns its stdout.
