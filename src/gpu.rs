@@ -89,7 +89,7 @@ impl GpuInfo {
     }
 
     /// Marks the engines named in `list` (the value of [`DISABLE_VAR`]) as refused.
-    fn disable(&mut self, list: &str) {
+    pub(crate) fn disable(&mut self, list: &str) {
         let why = |engine: &str| Err(format!("{engine} is switched off by {DISABLE_VAR}={list}"));
         for engine in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             match engine {

@@ -63,6 +63,7 @@ pub fn nvidia_offer(probe: &Probe, gpu: Option<u32>) -> NvidiaOffer {
 mod tests {
     use super::*;
     use crate::config::Hardware;
+    use crate::gpu::DISABLE_VAR;
     use crate::gpu::tests::{NO_NVDEC_CUDA, NO_NVENC, gpu, with_gpus};
     use crate::transcode::backend::{Backend, choose};
     use crate::transcode::placement::GpuState;
@@ -178,5 +179,14 @@ mod tests {
             let why = probe.driver.as_ref().err().cloned().unwrap_or_else(|| "the NVIDIA driver lists no GPUs".into());
             assert_eq!(offer, NvidiaOffer { decode: Err(why.clone()), scale: Err(why.clone()), encode: Err(why) });
         }
+    }
+
+    #[test]
+    fn an_engine_the_operator_switched_off_is_refused_with_the_variable_as_the_reason() {
+        let mut g = gpu(0, true, true);
+        g.disable("nvdec");
+        let offer = nvidia_offer(&with_gpus(vec![g]), Some(0));
+        assert_eq!(offer.decode, Err(format!("NVDEC is switched off by {DISABLE_VAR}=nvdec")));
+        assert!(offer.scale.is_err() && offer.encode.is_ok());
     }
 }
