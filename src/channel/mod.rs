@@ -37,9 +37,6 @@ use crate::store::Store;
 use crate::sync::{lock, read, write};
 use crate::transcode::placement::Placer;
 
-#[cfg(doc)]
-use crate::package::publisher::Packaging;
-
 /// Source packets buffered between ingest and the channel thread. Beyond this, ingest waits and
 /// TCP pushes back on the publisher.
 const INGEST_QUEUE: usize = 512;
@@ -68,7 +65,8 @@ struct ChannelState {
     window: Arc<Mutex<ChannelWindow>>,
     /// Timed metadata posted through the API, waiting for the channel thread to stamp it.
     posted_metadata: Mutex<VecDeque<(Bytes, SystemTime)>>,
-    /// Id of the latest timed metadata on the window's board ([`Packaging::metadata_latest`]).
+    /// Id of the latest timed metadata on the window's board
+    /// ([`Packaging::metadata_latest`](crate::package::publisher::Packaging::metadata_latest)).
     metadata_latest: Arc<AtomicU32>,
     /// The `ladderd_backend_info` series this channel set last.
     backend_series: Mutex<Vec<BackendSeries>>,

@@ -24,13 +24,13 @@ use crate::package::publisher::{Packaging, RenditionPublisher};
 use crate::package::window::ChannelWindow;
 use crate::store::{Cacheability, ChannelObjects, ObjectName};
 use crate::sync::lock;
+use crate::transcode::Transcoder;
 use crate::transcode::backend::{self, Backend, NoHardware, NvidiaOffer, StagePlan};
 use crate::transcode::ladder;
-use crate::transcode::pipeline::{self, DecoderChoice, EncoderChoice};
 use crate::transcode::placement::{GpuState, Placement, Placer, Rejected, SessionGuard, Unavailable};
 use crate::transcode::probe;
+use crate::transcode::spec::{DecoderChoice, EncoderChoice, RUNG_QUEUE, TranscodeSpec};
 use crate::transcode::thumbnail::ThumbnailSpec;
-use crate::transcode::{TranscodeSpec, Transcoder};
 
 /// Name of the audio rendition (rung names may not use it).
 const AUDIO: &str = "audio";
@@ -503,7 +503,7 @@ impl Session {
                     _ => DecoderChoice::Cpu,
                 },
                 thumbnails: thumbnails(ctx),
-                rung_queue: pipeline::RUNG_QUEUE,
+                rung_queue: RUNG_QUEUE,
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };

@@ -11,4 +11,5 @@ pub mod scale;
 pub mod spec;
 pub mod thumbnail;
 
-pub use pipeline::{TranscodeError, TranscodeSpec, Transcoder};
+pub use pipeline::Transcoder;
+pub use spec::{TranscodeError, TranscodeSpec};

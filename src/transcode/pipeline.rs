@@ -28,8 +28,7 @@ use crate::metrics::Metrics;
 use crate::transcode::decode::{DecodeWorker, RungFeed, open_decoder};
 use crate::transcode::rung::RungWorker;
 use crate::transcode::scale;
-use crate::transcode::spec::{DECODE_QUEUE, DecodeInput};
-pub use crate::transcode::spec::{DecoderChoice, EncoderChoice, RUNG_QUEUE, TranscodeError, TranscodeSpec};
+use crate::transcode::spec::{DECODE_QUEUE, DecodeInput, DecoderChoice, EncoderChoice, TranscodeError, TranscodeSpec};
 use crate::transcode::thumbnail::Thumbnailer;
 
 /// A running transcode.
@@ -179,6 +178,7 @@ mod tests {
     use crate::media::{Alignment, EncodedPacket, TIMESCALE, Ticks, VideoParams, avc};
     use crate::metrics::DropReason;
     use crate::transcode::ladder::Rung;
+    use crate::transcode::spec::RUNG_QUEUE;
 
     /// What a fake sink saw.
     #[derive(Default)]
