@@ -35,6 +35,7 @@ use crate::transcode::thumbnail::ThumbnailSpec;
 /// Name of the audio rendition (rung names may not use it).
 const AUDIO: &str = "audio";
 
+/// What the thread of one publish is handed when the publish begins.
 pub(super) struct PublishContext {
     pub(super) placer: Placer,
     pub(super) state: Arc<ChannelState>,
