@@ -239,6 +239,26 @@ async fn unknown_names_are_404_and_not_cached() {
     }
 }
 
+/// Every object has one URL: another spelling of a stored name (a number with a leading zero)
+/// is not an alias a cache would keep a second copy under, and is not held as a hinted part.
+#[tokio::test]
+async fn another_spelling_of_a_stored_name_is_not_found_at_once() {
+    let f = fixture();
+    assert_eq!(get(&f.origin, Method::GET, "/live/demo/720p/5.0.m4s").await.status(), 200);
+    for p in
+        ["/live/demo/720p/05.0.m4s", "/live/demo/720p/5.00.m4s", "/live/demo/720p/01.m4s", "/live/demo/720p/5.02.m4s"]
+    {
+        let started = Instant::now();
+        let r = get(&f.origin, Method::GET, p).await;
+        assert_eq!(
+            (r.status(), r.headers()[header::CACHE_CONTROL].to_str().ok()),
+            (StatusCode::NOT_FOUND, Some(CACHE_MISS)),
+            "{p}"
+        );
+        assert!(started.elapsed() < AT_ONCE, "{p} was held");
+    }
+}
+
 #[tokio::test]
 async fn head_has_length_and_no_body_and_other_methods_are_refused() {
     let f = fixture();

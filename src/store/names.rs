@@ -156,9 +156,10 @@ fn extension(container: Container) -> &'static str {
     }
 }
 
-/// A decimal-integer (RFC 8216bis §4.2): digits only, no sign, no spaces.
+/// A number as names write it: decimal digits without a leading zero (but `0` itself), so that
+/// each object has one name and no other spelling of a URL reaches it.
 fn number(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
         return None;
     }
     s.parse().ok()
@@ -186,6 +187,7 @@ mod tests {
             ObjectName::Segment { rendition: r, msn: 5, container: Container::Ts },
             ObjectName::Part { rendition: r, msn: 17_640_000_003, part: 4, container: Container::Fmp4 },
             ObjectName::Part { rendition: r, msn: 5, part: 0, container: Container::Ts },
+            ObjectName::Part { rendition: r, msn: 0, part: 0, container: Container::Fmp4 },
         ];
         for name in names {
             let text = name.to_string();
@@ -244,6 +246,10 @@ mod tests {
             "a/1.2.3.m4s",
             "a/1.m3u8",
             "a/18446744073709551616.m4s",
+            "a/01.m4s",
+            "a/1.00.m4s",
+            "a/init-07.mp4",
+            "a/08820000001.2.m4s",
             "a/thumb.jpg",
             "master.m3u8/x",
         ] {
