@@ -75,6 +75,11 @@ if [ "$runtime_only" -eq 0 ]; then
     echo "setup: installing cargo-nextest"
     cargo install --locked cargo-nextest
   fi
+  # The fuzz targets (scripts/fuzz.sh) build on the stable toolchain with cargo-fuzz.
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz"
+    cargo install --locked cargo-fuzz@0.13.2
+  fi
   if ! python3 -c 'import m3u8' >/dev/null 2>&1; then
     echo "setup: installing the Python m3u8 parser"
     # Debian's own Python refuses system-wide pip installs (PEP 668); a user install is enough.
