@@ -9,12 +9,12 @@
 
 use std::ffi::c_int;
 
-use super::averror::{error_text, nvidia_hint};
-
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cusys;
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::{Dictionary, Rational, codec, format};
+
+use super::averror::{error_text, nvidia_hint};
 
 /// The reason every NVIDIA stage is refused on a machine whose driver library cannot be loaded.
 /// FFmpeg's NVIDIA code loads `libcuda.so.1` by that name at run time (ffnvcodec's dynlink loader).
