@@ -121,12 +121,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     // RTMP and RTMPS connections share one limit, as the origin's do.
-    let rtmp_slots = Arc::new(Semaphore::new(config.rtmp.max_connections.min(Semaphore::MAX_PERMITS)));
+    let rtmp_admission =
+        ingest::admission::Admission::new(ingest::admission::AdmissionLimits::new(&config.rtmp), metrics.clone());
     let rtmp_serve = |listener, tls| {
         ingest::listener::serve(
             listener,
             tls,
-            rtmp_slots.clone(),
+            rtmp_admission.clone(),
             channels.clone(),
             config.rtmp.clone(),
             metrics.clone(),

@@ -38,7 +38,9 @@ pub struct Metrics {
     pub publisher_takeovers: IntCounterVec,
     /// RTMP connections open now.
     pub rtmp_connections: IntGauge,
-    /// RTMP connections closed by the server, by reason (`limit`, `handshake_timeout`, `idle_timeout`, `protocol`, `tls`, `panic`).
+    /// RTMP connections whose publish has not been accepted yet (handshakes, `connect`), now.
+    pub rtmp_pending_connections: IntGauge,
+    /// RTMP connections closed by the server, by reason (`limit`, `pending`, `pending_per_address`, `handshake_timeout`, `idle_timeout`, `protocol`, `tls`, `panic`).
     pub rtmp_connections_dropped: IntCounterVec,
     /// Channels with a live publisher (1) or not (0).
     pub channel_live: IntGaugeVec,
@@ -318,6 +320,10 @@ impl Metrics {
             &["channel"],
         );
         let rtmp_connections = b.scalar_gauge("rtmp_connections", "RTMP connections open now");
+        let rtmp_pending_connections = b.scalar_gauge(
+            "rtmp_pending_connections",
+            "RTMP connections open now whose publish has not been accepted yet",
+        );
         let rtmp_connections_dropped = b.counter(
             "rtmp_connections_dropped_total",
             "RTMP connections closed by the server, by reason",
@@ -423,6 +429,7 @@ impl Metrics {
             publish_rejections,
             publisher_takeovers,
             rtmp_connections,
+            rtmp_pending_connections,
             rtmp_connections_dropped,
             channel_live,
             frames_decoded,

@@ -49,6 +49,14 @@ pub struct RtmpConfig {
     /// Connections open at once (publishers and half-open handshakes together).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections whose publish has not been accepted yet, at once (within
+    /// `max_connections`). A new connection beyond it closes the least advanced of them.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Such pending connections from one address (IPv6: one /64) at once; a new one beyond it
+    /// closes that address's least advanced pending connection.
+    #[serde(default = "default_max_pending_per_address")]
+    pub max_pending_per_address: usize,
     /// Seconds a client has to complete the RTMP handshake and `publish`.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: f64,
@@ -66,6 +74,8 @@ impl Default for RtmpConfig {
             listen: "0.0.0.0:1935".parse().expect("literal address"),
             tls_listen: None,
             max_connections: default_max_connections(),
+            max_pending: default_max_pending(),
+            max_pending_per_address: default_max_pending_per_address(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
             app: default_app(),
@@ -75,6 +85,12 @@ impl Default for RtmpConfig {
 
 fn default_max_connections() -> usize {
     256
+}
+fn default_max_pending() -> usize {
+    128
+}
+fn default_max_pending_per_address() -> usize {
+    8
 }
 fn default_handshake_timeout() -> f64 {
     5.0

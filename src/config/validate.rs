@@ -58,8 +58,14 @@ impl Config {
         if !(self.http.idle_timeout.is_finite() && (5.0..=3600.0).contains(&self.http.idle_timeout)) {
             bad("http.idle_timeout".into(), "must be between 5 and 3600 seconds".into());
         }
-        if self.rtmp.max_connections == 0 {
-            bad("rtmp.max_connections".into(), "must be at least 1".into());
+        for (key, v) in [
+            ("rtmp.max_connections", self.rtmp.max_connections),
+            ("rtmp.max_pending", self.rtmp.max_pending),
+            ("rtmp.max_pending_per_address", self.rtmp.max_pending_per_address),
+        ] {
+            if v == 0 {
+                bad(key.into(), "must be at least 1".into());
+            }
         }
         for (key, v) in
             [("rtmp.handshake_timeout", self.rtmp.handshake_timeout), ("rtmp.idle_timeout", self.rtmp.idle_timeout)]

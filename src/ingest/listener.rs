@@ -1,6 +1,6 @@
-//! The RTMP listener: accepts connections (RTMPS too) up to `rtmp.max_connections`, and runs
-//! each as its own task until it closes, with its outcome counted and logged. What a connection
-//! says is [`rtmp`](super::rtmp)'s.
+//! The RTMP listener: accepts connections (RTMPS too) as [`admission`](super::admission) allows,
+//! and runs each as its own task until it closes or is displaced, with its outcome counted and
+//! logged. What a connection says is [`rtmp`](super::rtmp)'s.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RtmpConfig;
 use crate::ingest::PublishGate;
+use crate::ingest::admission::{Admission, Stage, Ticket};
 use crate::ingest::rtmp::{Connection, Ended, Limits, Socket};
 use crate::metrics::{GaugeGuard, Metrics};
 
@@ -24,12 +24,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts RTMP connections until `shutdown`; with `tls`, each connection is RTMPS (RTMP inside a
 /// TLS session, as OBS and ffmpeg speak it for `rtmps://` URLs).
-/// `slots` bounds the connections open at once (`rtmp.max_connections`); RTMP and RTMPS share it.
+/// `admission` bounds the connections open at once; RTMP and RTMPS share it.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<G: PublishGate>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    slots: Arc<Semaphore>,
+    admission: Arc<Admission>,
     gate: Arc<G>,
     config: RtmpConfig,
     metrics: Arc<Metrics>,
@@ -53,9 +53,9 @@ pub async fn serve<G: PublishGate>(
                 }
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(ticket) = admission.admit(peer.ip()) else {
             metrics.rtmp_connections_dropped.with_label_values(&["limit"]).inc();
-            tracing::debug!(%peer, limit = config.max_connections, "RTMP connection refused: too many open");
+            tracing::debug!(%peer, limit = config.max_connections, "RTMP connection refused: rtmp.max_connections publishers are live");
             drop(socket);
             continue;
         };
@@ -67,7 +67,7 @@ pub async fn serve<G: PublishGate>(
             limits,
             metrics.clone(),
             shutdown.clone(),
-            slot,
+            ticket,
         ));
     }
     tasks.close();
@@ -84,10 +84,30 @@ async fn connection<G: PublishGate>(
     limits: Limits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    ticket: Ticket,
 ) {
     // Keeps `ladderd_rtmp_connections` right however the task ends, unwinding included.
     let _open = GaugeGuard::new(&metrics.rtmp_connections);
+    // Displacement (counted by the admission) drops the connection wherever it is waiting.
+    let displaced = ticket.displaced();
+    tokio::select! {
+        biased;
+        () = displaced.cancelled() => tracing::debug!(%peer, "RTMP connection closed: displaced by newer pending connections"),
+        () = run(socket, tls, peer, gate, limits, metrics, shutdown, ticket) => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<G: PublishGate>(
+    socket: TcpStream,
+    tls: Option<TlsAcceptor>,
+    peer: SocketAddr,
+    gate: Arc<G>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    mut ticket: Ticket,
+) {
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
@@ -100,7 +120,10 @@ async fn connection<G: PublishGate>(
                 accepted = tokio::time::timeout(limits.handshake, acceptor.accept(socket)) => accepted,
             };
             match accepted {
-                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Ok(stream)) => {
+                    ticket.reached(Stage::Handshaking);
+                    Box::new(stream)
+                }
                 Ok(Err(e)) => {
                     metrics.rtmp_connections_dropped.with_label_values(&["tls"]).inc();
                     tracing::info!(%peer, error = %e, "RTMPS connection closed: TLS handshake failed");
@@ -114,7 +137,7 @@ async fn connection<G: PublishGate>(
             }
         }
     };
-    let conn = Connection::new(socket, peer, limits, metrics.clone(), shutdown);
+    let conn = Connection::new(socket, peer, limits, metrics.clone(), shutdown, ticket);
     // A panic inside rml_rtmp or a parser unwinds to here: nothing it touched is shared with
     // other connections except through the channel's queue, which stays consistent.
     match AssertUnwindSafe(conn.run(&*gate)).catch_unwind().await {

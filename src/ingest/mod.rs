@@ -1,6 +1,7 @@
 //! RTMP ingest: accepts publishers, authenticates stream keys, parses FLV tags into
 //! [`MediaPacket`](crate::media::MediaPacket)s for the channel.
 
+pub mod admission;
 pub mod cadence;
 pub mod chunk_guard;
 pub mod flv;

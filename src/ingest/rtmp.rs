@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RtmpConfig;
+use crate::ingest::admission::{Stage, Ticket};
 use crate::ingest::cadence::CadenceGauges;
 use crate::ingest::chunk_guard::{ChunkGuard, ChunkViolation, timed_text_payload};
 use crate::ingest::flv::{self, AudioTag, FlvError, VideoDemuxer, VideoTag};
@@ -275,6 +276,8 @@ pub(super) struct Connection {
     out: Vec<u8>,
     guard: ChunkGuard,
     publish: Option<ActivePublish>,
+    /// This connection's place among the open ones; it moves up as the client gets further.
+    ticket: Ticket,
 }
 
 /// Outcome of one socket read.
@@ -291,6 +294,7 @@ impl Connection {
         limits: Limits,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        ticket: Ticket,
     ) -> Self {
         Self {
             socket,
@@ -302,6 +306,7 @@ impl Connection {
             out: Vec::new(),
             guard: ChunkGuard::new(),
             publish: None,
+            ticket,
         }
     }
 
@@ -347,10 +352,15 @@ impl Connection {
                 .map_err(|source| IngestError::Handshake { peer: self.peer, source })?;
             match step {
                 HandshakeProcessResult::InProgress { response_bytes } => {
+                    if !response_bytes.is_empty() {
+                        // S0+S1+S2 answer a whole C0+C1.
+                        self.ticket.reached(Stage::Handshaking);
+                    }
                     self.out.extend_from_slice(&response_bytes);
                     self.flush().await?;
                 }
                 HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    self.ticket.reached(Stage::Handshaken);
                     self.out.extend_from_slice(&response_bytes);
                     self.flush().await?;
                     return Ok(remaining_bytes);
@@ -518,6 +528,7 @@ impl Connection {
             ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
                 tracing::debug!(%peer, app = ?app_name, "RTMP connect");
                 let results = session.accept_request(request_id).map_err(|e| self.session_error(e))?;
+                self.ticket.reached(Stage::Connected);
                 self.queue_nested(results);
                 self.flush().await
             }
@@ -583,6 +594,7 @@ impl Connection {
             Ok(publish) => {
                 let results = session.accept_request(request_id).map_err(|e| self.session_error(e))?;
                 tracing::debug!(peer = %self.peer, channel = %publish.channel, "publish accepted");
+                self.ticket.publishing();
                 self.publish = Some(ActivePublish::new(publish, &self.metrics));
                 self.queue_nested(results);
                 self.flush().await
@@ -743,9 +755,9 @@ mod tests {
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::ingest::admission::{Admission, AdmissionLimits};
     use crate::ingest::chunk_guard::AMF0_COMMAND;
     use crate::ingest::chunk_guard::tests::{amf_number, amf_string, chunks, nested_command};
     use crate::ingest::listener::serve;
@@ -813,12 +825,17 @@ mod tests {
                 handshake_timeout,
                 idle_timeout: 5.0,
                 app: "live".into(),
-                tls_listen: None,
+                ..RtmpConfig::default()
             };
+            Self::start_with(listener, gate, config).await
+        }
+
+        async fn start_with(listener: TcpListener, gate: Arc<FakeGate>, config: RtmpConfig) -> Server {
+            let addr = listener.local_addr().expect("local addr");
             let metrics = Arc::new(Metrics::new());
             let shutdown = CancellationToken::new();
-            let slots = Arc::new(Semaphore::new(max_connections));
-            let task = tokio::spawn(serve(listener, None, slots, gate, config, metrics.clone(), shutdown.clone()));
+            let admission = Admission::new(AdmissionLimits::new(&config), metrics.clone());
+            let task = tokio::spawn(serve(listener, None, admission, gate, config, metrics.clone(), shutdown.clone()));
             Server { addr, metrics, shutdown, task }
         }
 
@@ -1027,16 +1044,82 @@ mod tests {
         server.stop().await;
     }
 
+    /// A connection from `source` (a loopback address: all of 127/8 is local on Linux).
+    async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((source, 0))).expect("bind a loopback source address");
+        socket.connect(to).await.expect("connect")
+    }
+
+    /// Whether the server has closed `socket` (it reads end of stream or a reset at once).
+    async fn is_closed(socket: &mut TcpStream) -> bool {
+        closed_within(socket, Duration::from_millis(300)).await
+    }
+
     #[tokio::test]
-    async fn rtmp_connections_over_the_limit_are_closed_at_once() {
+    async fn rtmp_a_new_connection_displaces_the_least_advanced_pending_one() {
         let (gate, _rx) = FakeGate::new("k");
-        let server = Server::start(gate, 10.0, 1).await;
-        let _first = TcpStream::connect(server.addr).await.expect("connect");
-        eventually("first connection open", || server.metrics.rtmp_connections.get() == 1).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let config = RtmpConfig { max_pending: 2, max_pending_per_address: 8, ..RtmpConfig::default() };
+        let server = Server::start_with(listener, gate, config).await;
+        let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+        let mut shaken = TcpStream::connect(server.addr).await.expect("connect");
+        client_handshake(&mut shaken).await;
+        eventually("two pending", || server.metrics.rtmp_pending_connections.get() == 2).await;
+        // The oldest of those that got least far goes: the silent one, not the handshaken one.
+        let mut third = TcpStream::connect(server.addr).await.expect("connect");
+        assert!(closed_within(&mut silent, Duration::from_secs(2)).await, "the silent connection is displaced");
+        eventually("counted", || server.dropped("pending") == 1).await;
+        // The third has not sent anything either, so the next newcomer displaces it, and again
+        // the handshaken connection stays.
+        let mut fourth = TcpStream::connect(server.addr).await.expect("connect");
+        assert!(closed_within(&mut third, Duration::from_secs(2)).await, "the newer silent one goes next");
+        eventually("counted", || server.dropped("pending") == 2).await;
+        assert!(!is_closed(&mut shaken).await, "the handshaken connection keeps its place");
+        assert!(!is_closed(&mut fourth).await, "the newest keeps its place");
+        assert_eq!(server.dropped("limit"), 0, "nobody was refused at accept");
+        assert_eq!(server.metrics.rtmp_pending_connections.get(), 2);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rtmp_pending_connections_per_address_displace_only_their_own() {
+        let (gate, _rx) = FakeGate::new("k");
+        let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let config = RtmpConfig { max_pending: 16, max_pending_per_address: 2, ..RtmpConfig::default() };
+        let server = Server::start_with(listener, gate, config).await;
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut other = connect_from([127, 0, 0, 2], to).await;
+        let mut first = connect_from([127, 0, 0, 3], to).await;
+        let mut second = connect_from([127, 0, 0, 3], to).await;
+        eventually("three pending", || server.metrics.rtmp_pending_connections.get() == 3).await;
+        let mut third = connect_from([127, 0, 0, 3], to).await;
+        assert!(closed_within(&mut first, Duration::from_secs(2)).await, "that address's oldest is displaced");
+        eventually("counted", || server.dropped("pending_per_address") == 1).await;
+        for (name, socket) in [("other address", &mut other), ("second", &mut second), ("third", &mut third)] {
+            assert!(!is_closed(socket).await, "{name} keeps its place");
+        }
+        assert_eq!(server.dropped("pending"), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_connections_beyond_the_publishers_are_refused_at_once() {
+        let (gate, mut rx) = FakeGate::new("k1234");
+        let server = Server::start(gate.clone(), 10.0, 1).await;
+        let publisher = tokio::spawn(ffmpeg_publish(server.addr, "k1234", 3));
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("media arrives");
+        assert!(first.is_some());
+        assert_eq!(server.metrics.rtmp_pending_connections.get(), 0, "a publisher is not pending");
+        // The only place is a publisher's: a newcomer cannot displace it.
         let mut second = TcpStream::connect(server.addr).await.expect("connect");
         assert!(closed_within(&mut second, Duration::from_secs(2)).await, "over the cap: closed at once");
         assert_eq!(server.dropped("limit"), 1);
         assert_eq!(server.metrics.rtmp_connections.get(), 1);
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let out = publisher.await.expect("join");
+        assert!(out.status.success(), "the publisher was never disturbed: {}", String::from_utf8_lossy(&out.stderr));
         server.stop().await;
     }
 

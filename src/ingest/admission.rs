@@ -1,0 +1,346 @@
+//! Who may hold an RTMP connection open.
+//!
+//! A connection whose publish has been accepted is a publisher and keeps its place. Every other
+//! connection is *pending*: it is bounded in all (`rtmp.max_pending`, and never more than
+//! `rtmp.max_connections` less the publishers) and per address (`rtmp.max_pending_per_address`).
+//! A new connection over either bound does not wait and is not refused: the pending connection
+//! that has got least far ([`Stage`]), the oldest among equals, is closed to make room; one
+//! admitted less than [`NEWCOMER_GRACE`] ago is passed over while an older one can go, so that a
+//! newcomer has time to show its progress. A flood of half-open, garbage or slow connections,
+//! from one address or many, therefore only ever displaces itself, and an encoder that answers
+//! the handshake promptly moves ahead of all of it within one round trip. Only when every place
+//! is a publisher is a connection refused at accept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RtmpConfig;
+use crate::metrics::Metrics;
+use crate::sync::lock;
+
+/// How far a pending connection has got. Ordered: a later stage is kept over an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// TCP accepted; nothing useful received yet.
+    Accepted,
+    /// The client's first handshake packet (C0+C1, RTMP spec §5.2.2) arrived and was answered, or
+    /// (RTMPS) the TLS handshake is done.
+    Handshaking,
+    /// The RTMP handshake is complete.
+    Handshaken,
+    /// `connect` was accepted; the client may now ask to publish.
+    Connected,
+}
+
+/// The bounds, from `rtmp.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionLimits {
+    /// Connections open at once, publishers included.
+    pub total: usize,
+    /// Pending connections at once.
+    pub pending: usize,
+    /// Pending connections from one address (IPv6: one /64) at once.
+    pub per_address: usize,
+}
+
+impl AdmissionLimits {
+    pub fn new(config: &RtmpConfig) -> Self {
+        Self {
+            total: config.max_connections.max(1),
+            pending: config.max_pending.max(1),
+            per_address: config.max_pending_per_address.max(1),
+        }
+    }
+}
+
+/// Why a pending connection was closed to make room: the `reason` label of
+/// `ladderd_rtmp_connections_dropped_total`, and the config key that bounded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Displaced {
+    /// The address had `rtmp.max_pending_per_address` pending connections.
+    Address,
+    /// `rtmp.max_pending` (or `rtmp.max_connections`) pending connections were open.
+    Pending,
+}
+
+impl Displaced {
+    fn label(self) -> &'static str {
+        match self {
+            Displaced::Address => "pending_per_address",
+            Displaced::Pending => "pending",
+        }
+    }
+}
+
+/// How long a newly admitted connection is passed over for displacement while an older one can
+/// go instead: several round trips, so that a real client is past the handshake by then.
+pub const NEWCOMER_GRACE: Duration = Duration::from_millis(500);
+
+/// Warnings about a full budget are repeated at most this often: a flood must not flood the log.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct Admission {
+    limits: AdmissionLimits,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Pending connections by (stage, arrival): the first entry is the one closed first.
+    pending: BTreeMap<(Stage, u64), Pending>,
+    per_address: HashMap<IpAddr, usize>,
+    publishers: usize,
+    arrivals: u64,
+    last_warning: Option<Instant>,
+}
+
+struct Pending {
+    address: IpAddr,
+    admitted: Instant,
+    close: CancellationToken,
+}
+
+/// The address a per-address bound counts against: an IPv4 address (IPv4-mapped IPv6 included),
+/// or the /64 an IPv6 address is in (one host is commonly given a whole /64).
+fn budget_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+impl Admission {
+    pub fn new(limits: AdmissionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self { limits, metrics, state: Mutex::new(State::default()) })
+    }
+
+    /// A place for a connection from `peer`, making room if needed; `None` when every place is
+    /// taken by a publisher.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
+        let address = budget_address(peer);
+        let mut state = lock(&self.state);
+        let from_address = state.per_address.get(&address).copied().unwrap_or(0);
+        if from_address >= self.limits.per_address {
+            self.displace(&mut state, Displaced::Address, |p| p.address == address);
+        } else {
+            let pending_limit = self.limits.pending.min(self.limits.total.saturating_sub(state.publishers));
+            if state.pending.len() >= pending_limit {
+                if state.pending.is_empty() {
+                    return None;
+                }
+                self.displace(&mut state, Displaced::Pending, |_| true);
+            }
+        }
+        state.arrivals += 1;
+        let key = (Stage::Accepted, state.arrivals);
+        let close = CancellationToken::new();
+        state.pending.insert(key, Pending { address, admitted: Instant::now(), close: close.clone() });
+        *state.per_address.entry(address).or_insert(0) += 1;
+        self.metrics.rtmp_pending_connections.set(state.pending.len() as i64);
+        Some(Ticket { admission: self.clone(), address, place: Place::Pending(key), close })
+    }
+
+    /// Closes the least advanced, oldest pending connection that `which` picks, passing over
+    /// newcomers while it can.
+    fn displace(&self, state: &mut State, why: Displaced, which: impl Fn(&Pending) -> bool) {
+        let now = Instant::now();
+        let settled = |p: &Pending| now.duration_since(p.admitted) >= NEWCOMER_GRACE;
+        let pick =
+            |also: &dyn Fn(&Pending) -> bool| state.pending.iter().find(|(_, p)| which(p) && also(p)).map(|(k, _)| *k);
+        let Some((stage, arrival)) = pick(&settled).or_else(|| pick(&|_| true)) else { return };
+        let Some(victim) = state.pending.remove(&(stage, arrival)) else { return };
+        Self::forget_address(state, victim.address);
+        victim.close.cancel();
+        self.metrics.rtmp_connections_dropped.with_label_values(&[why.label()]).inc();
+        if state.last_warning.is_none_or(|t| now.duration_since(t) >= WARNING_INTERVAL) {
+            state.last_warning = Some(now);
+            let (config_key, limit) = match why {
+                Displaced::Address => ("rtmp.max_pending_per_address", self.limits.per_address),
+                Displaced::Pending => ("rtmp.max_pending", self.limits.pending.min(self.limits.total)),
+            };
+            tracing::warn!(
+                config_key,
+                limit,
+                address = %victim.address,
+                ?stage,
+                "RTMP pending connections at their limit: the least advanced one was closed to make room (repeated at most every 10 s; ladderd_rtmp_connections_dropped_total counts each)"
+            );
+        } else {
+            tracing::debug!(address = %victim.address, reason = why.label(), "pending RTMP connection closed to make room");
+        }
+    }
+
+    fn forget_address(state: &mut State, address: IpAddr) {
+        if let Some(n) = state.per_address.get_mut(&address) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_address.remove(&address);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Pending((Stage, u64)),
+    Publisher,
+    /// Displaced: the admission no longer counts this connection.
+    Gone,
+}
+
+/// One connection's place. Dropping it gives the place back.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    address: IpAddr,
+    place: Place,
+    close: CancellationToken,
+}
+
+impl Ticket {
+    /// Cancelled when the connection has been displaced and must close.
+    pub fn displaced(&self) -> CancellationToken {
+        self.close.clone()
+    }
+
+    /// Records progress: a pending connection that got further is kept longer.
+    pub fn reached(&mut self, stage: Stage) {
+        let Place::Pending(key) = self.place else { return };
+        if stage <= key.0 {
+            return;
+        }
+        let mut state = lock(&self.admission.state);
+        let Some(entry) = state.pending.remove(&key) else {
+            self.place = Place::Gone;
+            return;
+        };
+        let moved = (stage, key.1);
+        state.pending.insert(moved, entry);
+        self.place = Place::Pending(moved);
+    }
+
+    /// The publish was accepted: from now on the connection is never displaced.
+    pub fn publishing(&mut self) {
+        let Place::Pending(key) = self.place else { return };
+        let mut state = lock(&self.admission.state);
+        if state.pending.remove(&key).is_none() {
+            self.place = Place::Gone;
+            return;
+        }
+        Admission::forget_address(&mut state, self.address);
+        state.publishers += 1;
+        self.place = Place::Publisher;
+        self.admission.metrics.rtmp_pending_connections.set(state.pending.len() as i64);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut state = lock(&self.admission.state);
+        match self.place {
+            Place::Pending(key) => {
+                if state.pending.remove(&key).is_some() {
+                    Admission::forget_address(&mut state, self.address);
+                }
+            }
+            Place::Publisher => state.publishers = state.publishers.saturating_sub(1),
+            Place::Gone => {}
+        }
+        self.admission.metrics.rtmp_pending_connections.set(state.pending.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(total: usize, pending: usize, per_address: usize) -> Arc<Admission> {
+        Admission::new(AdmissionLimits { total, pending, per_address }, Arc::new(Metrics::new()))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn a_newcomer_is_passed_over_while_an_older_connection_can_go() {
+        let a = admission(100, 2, 10);
+        let old = a.admit(ip("10.0.0.1")).expect("place");
+        std::thread::sleep(NEWCOMER_GRACE + Duration::from_millis(50));
+        let mut advanced_but_new = a.admit(ip("10.0.0.2")).expect("place");
+        advanced_but_new.reached(Stage::Handshaken);
+        let fresh = a.admit(ip("10.0.0.3")).expect("place");
+        // The newest two are in their grace: the settled one goes even though it got no further.
+        assert!(old.displaced().is_cancelled());
+        assert!(!advanced_but_new.displaced().is_cancelled() && !fresh.displaced().is_cancelled());
+        // With nobody settled, the least advanced goes.
+        let newest = a.admit(ip("10.0.0.4")).expect("place");
+        assert!(fresh.displaced().is_cancelled());
+        assert!(!advanced_but_new.displaced().is_cancelled() && !newest.displaced().is_cancelled());
+        assert_eq!(a.metrics.rtmp_connections_dropped.with_label_values(&["pending"]).get(), 2);
+    }
+
+    #[test]
+    fn publishers_keep_their_places_and_the_rest_is_refused_only_when_all_are_publishers() {
+        let a = admission(2, 8, 8);
+        let mut p1 = a.admit(ip("10.0.0.1")).expect("place");
+        p1.publishing();
+        let mut p2 = a.admit(ip("10.0.0.2")).expect("place");
+        p2.publishing();
+        assert!(a.admit(ip("10.0.0.3")).is_none(), "every place is a publisher's");
+        drop(p2);
+        let pending = a.admit(ip("10.0.0.3")).expect("a publisher left");
+        // The one place left is pending: a newcomer displaces it, never the publisher.
+        let newcomer = a.admit(ip("10.0.0.4")).expect("place");
+        assert!(pending.displaced().is_cancelled() && !p1.displaced().is_cancelled());
+        assert_eq!(a.metrics.rtmp_pending_connections.get(), 1);
+        drop(newcomer);
+        assert_eq!(a.metrics.rtmp_pending_connections.get(), 0);
+    }
+
+    #[test]
+    fn an_address_displaces_only_its_own_and_ipv6_counts_by_64() {
+        let a = admission(100, 100, 2);
+        let mine: Vec<Ticket> =
+            ["2001:db8:1:2::10", "2001:db8:1:2:ffff::1"].iter().map(|s| a.admit(ip(s)).expect("place")).collect();
+        let other = a.admit(ip("2001:db8:1:3::10")).expect("place");
+        let v4 = a.admit(ip("::ffff:192.0.2.1")).expect("place");
+        let v4_again = a.admit(ip("192.0.2.1")).expect("place");
+        let third = a.admit(ip("2001:db8:1:2::99")).expect("place");
+        assert!(mine[0].displaced().is_cancelled(), "the same /64's oldest goes");
+        assert!(!mine[1].displaced().is_cancelled() && !third.displaced().is_cancelled());
+        assert!(!other.displaced().is_cancelled(), "another /64 is another address");
+        assert!(!v4.displaced().is_cancelled() && !v4_again.displaced().is_cancelled(), "mapped IPv4 is that IPv4");
+        let _v4_third = a.admit(ip("192.0.2.1")).expect("place");
+        assert!(v4.displaced().is_cancelled());
+        assert_eq!(a.metrics.rtmp_connections_dropped.with_label_values(&["pending_per_address"]).get(), 2);
+    }
+
+    #[test]
+    fn a_displaced_ticket_that_advances_or_publishes_gives_nothing_back_twice() {
+        let a = admission(3, 1, 8);
+        let mut first = a.admit(ip("10.0.0.1")).expect("place");
+        let second = a.admit(ip("10.0.0.2")).expect("place");
+        assert!(first.displaced().is_cancelled());
+        first.reached(Stage::Connected);
+        first.publishing();
+        drop(first);
+        // The displaced ticket neither became a publisher nor freed the other's place.
+        assert_eq!(a.metrics.rtmp_pending_connections.get(), 1);
+        let third = a.admit(ip("10.0.0.3")).expect("place");
+        assert!(second.displaced().is_cancelled());
+        drop(third);
+        let state = lock(&a.state);
+        assert_eq!((state.pending.len(), state.publishers, state.per_address.len()), (0, 0, 0));
+    }
+}
