@@ -5,8 +5,8 @@
 //! `rtmp.max_connections` less the publishers) and per address (`rtmp.max_pending_per_address`).
 //! A new connection over either bound does not wait and is not refused: the pending connection
 //! that has got least far ([`Stage`]), the oldest among equals, is closed to make room; one
-//! admitted less than [`NEWCOMER_GRACE`] ago is passed over while an older one can go, so that a
-//! newcomer has time to show its progress. A flood of half-open, garbage or slow connections,
+//! admitted less than [`NEWCOMER_GRACE`] ago counts as handshaking at least, so that a newcomer
+//! has time to show its progress. A flood of half-open, garbage or slow connections,
 //! from one address or many, therefore only ever displaces itself, and an encoder that answers
 //! the handshake promptly moves ahead of all of it within one round trip. Only when every place
 //! is a publisher is a connection refused at accept.
@@ -76,8 +76,8 @@ impl Displaced {
     }
 }
 
-/// How long a newly admitted connection is passed over for displacement while an older one can
-/// go instead: several round trips, so that a real client is past the handshake by then.
+/// How long a newly admitted connection counts as handshaking, whatever it has sent: several
+/// round trips, so that a real client is past the handshake by then.
 pub const NEWCOMER_GRACE: Duration = Duration::from_millis(500);
 
 /// Warnings about a full budget are repeated at most this often: a flood must not flood the log.
@@ -151,14 +151,16 @@ impl Admission {
         Some(Ticket { admission: self.clone(), address, place: Place::Pending(key), close })
     }
 
-    /// Closes the least advanced, oldest pending connection that `which` picks, passing over
-    /// newcomers while it can.
+    /// Closes the least advanced, oldest pending connection that `which` picks. One in its
+    /// [`NEWCOMER_GRACE`] counts as handshaking at least: it has had no time to show more.
     fn displace(&self, state: &mut State, why: Displaced, which: impl Fn(&Pending) -> bool) {
         let now = Instant::now();
-        let settled = |p: &Pending| now.duration_since(p.admitted) >= NEWCOMER_GRACE;
-        let pick =
-            |also: &dyn Fn(&Pending) -> bool| state.pending.iter().find(|(_, p)| which(p) && also(p)).map(|(k, _)| *k);
-        let Some((stage, arrival)) = pick(&settled).or_else(|| pick(&|_| true)) else { return };
+        let rank = |&(stage, arrival): &(Stage, u64), p: &Pending| {
+            let new = now.duration_since(p.admitted) < NEWCOMER_GRACE;
+            (if new { stage.max(Stage::Handshaking) } else { stage }, arrival)
+        };
+        let victim = state.pending.iter().filter(|(_, p)| which(p)).min_by_key(|(k, p)| rank(k, p));
+        let Some(&(stage, arrival)) = victim.map(|(k, _)| k) else { return };
         let Some(victim) = state.pending.remove(&(stage, arrival)) else { return };
         Self::forget_address(state, victim.address);
         victim.close.cancel();
@@ -280,10 +282,10 @@ mod tests {
         let mut advanced_but_new = a.admit(ip("10.0.0.2")).expect("place");
         advanced_but_new.reached(Stage::Handshaken);
         let fresh = a.admit(ip("10.0.0.3")).expect("place");
-        // The newest two are in their grace: the settled one goes even though it got no further.
+        // The newest two are in their grace: the settled one goes, as it got no further.
         assert!(old.displaced().is_cancelled());
         assert!(!advanced_but_new.displaced().is_cancelled() && !fresh.displaced().is_cancelled());
-        // With nobody settled, the least advanced goes.
+        // In their grace, one that shows more progress outranks one presumed to be handshaking.
         let newest = a.admit(ip("10.0.0.4")).expect("place");
         assert!(fresh.displaced().is_cancelled());
         assert!(!advanced_but_new.displaced().is_cancelled() && !newest.displaced().is_cancelled());

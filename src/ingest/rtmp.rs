@@ -46,6 +46,9 @@ const MALFORMED_TAGS_LIMIT: u32 = 50;
 /// How long a connection we are closing is drained, so that our last response (a refusal) reaches
 /// the client instead of being discarded by the reset a close with unread data would cause.
 const LINGER: Duration = Duration::from_secs(1);
+/// C0 and C1 (RTMP spec §5.2.2-5.2.3): a client that has sent them is getting somewhere. (The
+/// session answers S0+S1 to the very first byte, so its responses do not tell.)
+const C0_C1_LEN: usize = 1 + 1536;
 /// How often a publish waiting on a full ingest queue is marked as active.
 const ACTIVITY_REFRESH: Duration = Duration::from_millis(500);
 
@@ -345,17 +348,18 @@ impl Connection {
     /// Runs the RTMP handshake (RTMP spec §5.2); returns the bytes that followed it.
     async fn handshake(&mut self, buf: &mut [u8]) -> Result<Vec<u8>, Stop> {
         let mut handshake = Handshake::new(PeerType::Server);
+        let mut received = 0usize;
         loop {
             let n = self.read(buf).await?;
+            received += n;
+            if received >= C0_C1_LEN {
+                self.ticket.reached(Stage::Handshaking);
+            }
             let step = handshake
                 .process_bytes(&buf[..n])
                 .map_err(|source| IngestError::Handshake { peer: self.peer, source })?;
             match step {
                 HandshakeProcessResult::InProgress { response_bytes } => {
-                    if !response_bytes.is_empty() {
-                        // S0+S1+S2 answer a whole C0+C1.
-                        self.ticket.reached(Stage::Handshaking);
-                    }
                     self.out.extend_from_slice(&response_bytes);
                     self.flush().await?;
                 }

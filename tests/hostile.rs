@@ -1,0 +1,219 @@
+//! Hostile clients against the daemon, with real ffmpeg publishers beside them: whatever the
+//! attacker does, a publisher with a valid key gets in, the other channels carry on, nothing
+//! published disappears early and memory stays bounded.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const RUNGS: &[TestRung] = &[("180p", 320, 180, 250_000)];
+
+/// Resident memory of this process (the daemon runs in it), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Lets this process hold a few thousand sockets (the flood's and the daemon's ends), raising the
+/// soft limit on open files to the hard one where it is lower.
+fn allow_many_sockets() {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files limit");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    if soft.parse::<u64>().is_ok_and(|s| s >= 4096) {
+        return;
+    }
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), &format!("--nofile={hard}:{hard}")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "cannot raise the open files limit from {soft} to {hard}");
+}
+
+/// Connections opened at `rate` per second, each from the next of `sources`, each sending
+/// `payload` and then nothing; the newest `hold` are kept open (the oldest closed beyond that).
+struct Flood {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(to: SocketAddr, sources: Vec<Ipv4Addr>, hold: usize, rate: u32, payload: &'static [u8]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (stop2, opened2) = (stop.clone(), opened.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut held = VecDeque::new();
+                let interval = Duration::from_secs(1) / rate;
+                let mut next = tokio::time::Instant::now();
+                let mut i = 0usize;
+                while !stop2.load(Ordering::Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                    socket.bind(SocketAddr::from((sources[i % sources.len()], 0))).expect("bind source");
+                    i += 1;
+                    // A refused or reset connection is what a flood expects now and then.
+                    if let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(1), socket.connect(to)).await {
+                        let _ = stream.write_all(payload).await;
+                        held.push_back(stream);
+                        opened2.fetch_add(1, Ordering::Relaxed);
+                        if held.len() > hold {
+                            held.pop_front();
+                        }
+                    }
+                    next += interval;
+                    tokio::time::sleep_until(next).await;
+                }
+            });
+        });
+        Flood { stop, opened, thread: Some(thread) }
+    }
+
+    fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn counter(daemon: &Running, reason: &str) -> u64 {
+    daemon.metrics.rtmp_connections_dropped.with_label_values(&[reason]).get()
+}
+
+fn live(daemon: &Running, channel: &str) -> bool {
+    daemon.metrics.channel_live.with_label_values(&[channel]).get() == 1
+}
+
+/// Waits for `channel` to go live with `publisher`, which must not give up first.
+fn got_in_within(daemon: &Running, channel: &str, publisher: &mut std::process::Child, limit: Duration) {
+    let t0 = Instant::now();
+    while !live(daemon, channel) {
+        if let Ok(Some(status)) = publisher.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = publisher.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("the publisher for {channel} gave up ({status}) after {:?}: {err}", t0.elapsed());
+        }
+        assert!(t0.elapsed() < limit, "{channel}: no publish within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The channel carries on: its playlist moved on since `since` (a media sequence number, or the
+/// newest segment's), and its oldest listed segment is still there. Returns its newest segment.
+fn carries_on(http: SocketAddr, channel: &str, since: Option<&str>) -> String {
+    let path = format!("/live/{channel}/180p/index.m3u8");
+    let text = http_get(http, &path).text();
+    let p = parse_media_playlist(&text);
+    let (oldest, newest) = match (p.segments.first(), p.segments.last()) {
+        (Some(o), Some(n)) => (o.0.clone(), n.0.clone()),
+        _ => panic!("{channel}: no segments:\n{text}"),
+    };
+    assert!(!p.ended, "{channel} ended:\n{text}");
+    if let Some(before) = since {
+        assert_ne!(newest, before, "{channel} published nothing new:\n{text}");
+    }
+    let r = http_get(http, &format!("/live/{channel}/180p/{oldest}"));
+    assert_eq!(r.status, 200, "{channel}: the oldest listed segment {oldest} is gone");
+    newest
+}
+
+/// The first packet of an RTMP handshake (C0+C1, RTMP spec §5.2.2-5.2.3): the version, then
+/// 1536 bytes. Enough for a connection to look like a client that is getting somewhere.
+static C0_C1: [u8; 1537] = {
+    let mut b = [0u8; 1537];
+    b[0] = 3;
+    b
+};
+
+#[test]
+fn floods_of_half_open_connections_never_keep_an_encoder_out() {
+    init_tracing();
+    allow_many_sockets();
+    let daemon = Running::start(config(&ladder(RUNGS, &["calm", "shop", "late"]), 1.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+
+    let calm = publish(rtmp, "calm-key", "320x180", 120, &[]);
+    wait_for_master(http, "calm");
+    let mut newest = carries_on(http, "calm", None);
+    let before = rss();
+
+    // (1) From 200 addresses: connections that send one byte and wait, 1,000 held at a time.
+    let sources: Vec<Ipv4Addr> = (1..=200).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect();
+    let flood = Flood::start(rtmp, sources, 1000, 400, b"\x03");
+    eventually(Duration::from_secs(20), "1,000 flood connections, the pending places full", || {
+        (flood.opened() >= 1000 && counter(&daemon, "pending") > 0).then_some(())
+    });
+    let during = rss();
+    assert!(
+        during < before + (64 << 20),
+        "memory grew by {} MiB under the flood",
+        (during.saturating_sub(before)) >> 20
+    );
+    let t0 = Instant::now();
+    let mut shop = publish(rtmp, "shop-key", "320x180", 120, &[]);
+    got_in_within(&daemon, "shop", &mut shop, Duration::from_secs(10));
+    let got_in = t0.elapsed();
+    wait_for_master(http, "shop");
+    eprintln!(
+        "flood from 200 addresses: {} connections opened, {} displaced; the encoder got in after {got_in:?}",
+        flood.opened(),
+        counter(&daemon, "pending")
+    );
+    newest = carries_on(http, "calm", Some(&newest));
+    drop(flood);
+
+    // (2) From the encoder's own address: connections that send a whole C0+C1 and stall, which
+    // makes them look further along than a connection just accepted.
+    let flood = Flood::start(rtmp, vec![Ipv4Addr::LOCALHOST], 1000, 300, &C0_C1);
+    eventually(Duration::from_secs(20), "the flood to fill its address's places", || {
+        (counter(&daemon, "pending_per_address") > 0).then_some(())
+    });
+    let t0 = Instant::now();
+    let mut late = publish(rtmp, "late-key", "320x180", 120, &[]);
+    got_in_within(&daemon, "late", &mut late, Duration::from_secs(10));
+    let got_in = t0.elapsed();
+    wait_for_master(http, "late");
+    eprintln!(
+        "flood from the encoder's address: {} connections opened, {} displaced; the encoder got in after {got_in:?}",
+        flood.opened(),
+        counter(&daemon, "pending_per_address")
+    );
+    carries_on(http, "calm", Some(&newest));
+    carries_on(http, "shop", None);
+    drop(flood);
+    assert!(rss() < before + (96 << 20), "memory stays bounded: {} MiB more", rss().saturating_sub(before) >> 20);
+    assert_eq!(counter(&daemon, "panic"), 0);
+    assert_eq!(counter(&daemon, "limit"), 0, "nobody was refused at accept: displacement made room");
+
+    for p in [calm, shop, late] {
+        stop_publisher(p);
+    }
+    daemon.stop();
+}
