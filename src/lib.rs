@@ -23,6 +23,7 @@ pub mod media;
 pub mod metrics;
 pub mod origin;
 pub mod package;
+pub mod secret;
 pub mod store;
 pub mod sync;
 pub mod systemd;
@@ -90,6 +91,7 @@ pub struct Daemon {
 /// Binds every listener (so a port conflict fails here, before anything runs) and starts serving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon, RunError> {
     let config = Arc::new(config);
+    log_warnings(&config);
     // Certificates first: a bad file should fail the start before any port is taken.
     let certificates = config.tls.as_ref().map(tls::Certificates::load).transpose()?;
     let bind = |what: &'static str, addr: SocketAddr| async move {
@@ -311,12 +313,20 @@ impl Reloader {
 
     fn try_reload(&self, path: &std::path::Path) -> Result<channel::ReloadSummary, ReloadError> {
         let new = Config::load(path).map_err(ReloadError::Config)?;
+        log_warnings(&new);
         if let (Some(certs), Some(tls)) = (&self.certificates, &new.tls) {
             certs.reload(tls)?;
         }
         let summary = self.channels.reload(new);
         self.admin.configure(&self.channels.config(), &summary.still_live);
         Ok(summary)
+    }
+}
+
+/// What the configuration allows but should not (`ladderd check-config` prints the same).
+fn log_warnings(config: &Config) {
+    for w in config.warnings() {
+        tracing::warn!(key = %w.key, "configuration: {}", w.message);
     }
 }
 

@@ -55,6 +55,9 @@ fn main() -> ExitCode {
                     eprintln!("{}: {e}", file.display());
                     return ExitCode::from(2);
                 }
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!(
                     "{}: ok ({} channel{}, {} ladder{})",
                     file.display(),

@@ -32,7 +32,7 @@ pub struct Metrics {
     pub ingest_keyframe_interval: GaugeVec,
     /// Publishes accepted, per channel.
     pub publishes: IntCounterVec,
-    /// Publishes refused, by reason (`unknown_key`, `busy`, `unsupported_codec`, `bad_app`, `protocol`).
+    /// Publishes refused, by reason (`unknown_key`, `busy`, `throttled`, `unsupported_codec`, `bad_app`, `draining`).
     pub publish_rejections: IntCounterVec,
     /// Publishes that replaced a live publisher gone silent (a reconnecting encoder), per channel.
     pub publisher_takeovers: IntCounterVec,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::media::Container;
+use crate::secret::constant_time_eq;
 use locate::locate;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +58,10 @@ pub struct RtmpConfig {
     /// closes that address's least advanced pending connection.
     #[serde(default = "default_max_pending_per_address")]
     pub max_pending_per_address: usize,
+    /// Publishes with an unknown stream key that one address may attempt per minute (in bursts
+    /// of as many); beyond it its publishes are refused, whatever the key, until it slows down.
+    #[serde(default = "default_key_failures_per_minute")]
+    pub key_failures_per_minute: u32,
     /// Seconds a client has to complete the RTMP handshake and `publish`.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: f64,
@@ -76,6 +81,7 @@ impl Default for RtmpConfig {
             max_connections: default_max_connections(),
             max_pending: default_max_pending(),
             max_pending_per_address: default_max_pending_per_address(),
+            key_failures_per_minute: default_key_failures_per_minute(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
             app: default_app(),
@@ -91,6 +97,9 @@ fn default_max_pending() -> usize {
 }
 fn default_max_pending_per_address() -> usize {
     8
+}
+fn default_key_failures_per_minute() -> u32 {
+    10
 }
 fn default_handshake_timeout() -> f64 {
     5.0
@@ -585,9 +594,18 @@ impl Config {
         }
     }
 
-    /// The channel a stream key publishes to.
+    /// The channel a stream key publishes to. Every channel's key is compared, each in time that
+    /// depends only on its own length: how long the lookup takes says nothing about which key, or
+    /// how much of one, a guess matched.
     pub fn channel_by_key(&self, key: &str) -> Option<&ChannelConfig> {
-        self.channels.iter().find(|c| c.stream_key == key)
+        let mut found = None;
+        for c in &self.channels {
+            let matches = constant_time_eq(key.as_bytes(), c.stream_key.as_bytes());
+            if matches && found.is_none() {
+                found = Some(c);
+            }
+        }
+        found
     }
 
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
@@ -672,6 +690,28 @@ channels:
         assert_eq!(c.transcode.x264_preset, "veryfast");
         assert_eq!(c.rtmp.app, "live");
         assert_eq!(c.channel_by_key("demo-key").map(|c| c.name.as_str()), Some("demo"));
+    }
+
+    #[test]
+    fn short_and_sample_stream_keys_are_warned_about() {
+        let c = parse(EXAMPLE).expect("valid");
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "channels[0].stream_key");
+        assert!(w[0].message.contains("sample key") && w[0].message.contains("\"demo\""), "{}", w[0]);
+        // On loopback the sample key is only short.
+        let local = parse(&EXAMPLE.replace("0.0.0.0:1935", "127.0.0.1:1935")).expect("valid");
+        let w = local.warnings();
+        assert!(w.len() == 1 && w[0].message.starts_with("is 8 characters long"), "{w:?}");
+        // RTMPS on a public address exposes it as much.
+        let tls = EXAMPLE.replace("\"0.0.0.0:1935\"", "\"127.0.0.1:1935\", tls_listen: \"[::]:1936\"");
+        let tls = tls.replace("hls:", "tls: { cert_file: \"c.pem\", key_file: \"k.pem\" }\nhls:");
+        let c = parse(&tls).expect("valid");
+        assert!(c.warnings()[0].message.contains("sample key"), "{:?}", c.warnings());
+        let good = parse(&EXAMPLE.replace("demo-key", "3f9c2a7e1b8d4c6f0a5e9b2d")).expect("valid");
+        assert!(good.warnings().is_empty(), "{:?}", good.warnings());
+        assert_eq!(good.channel_by_key("3f9c2a7e1b8d4c6f0a5e9b2d").map(|c| c.name.as_str()), Some("demo"));
+        assert!(good.channel_by_key("3f9c2a7e1b8d4c6f0a5e9b2").is_none() && good.channel_by_key("").is_none());
     }
 
     #[test]

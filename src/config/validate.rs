@@ -58,6 +58,9 @@ impl Config {
         if !(self.http.idle_timeout.is_finite() && (5.0..=3600.0).contains(&self.http.idle_timeout)) {
             bad("http.idle_timeout".into(), "must be between 5 and 3600 seconds".into());
         }
+        if self.rtmp.key_failures_per_minute == 0 {
+            bad("rtmp.key_failures_per_minute".into(), "must be at least 1".into());
+        }
         for (key, v) in [
             ("rtmp.max_connections", self.rtmp.max_connections),
             ("rtmp.max_pending", self.rtmp.max_pending),
@@ -235,6 +238,44 @@ impl Config {
             }
             if !self.ladders.contains_key(&c.ladder) {
                 bad(format!("channels[{i}].ladder"), format!("no ladder named {:?}", c.ladder));
+            }
+        }
+        out
+    }
+}
+
+/// Stream keys shorter than this are accepted, with a warning: RTMP has no other secret, and a
+/// key of 16 random characters is out of reach of guessing even without the failure throttle.
+pub const RECOMMENDED_KEY_LENGTH: usize = 16;
+/// The stream keys of the shipped configuration and the documentation: fine on a loopback
+/// address, published everywhere else.
+const SAMPLE_KEYS: [&str; 1] = ["demo-key"];
+
+impl Config {
+    /// What is allowed but unwise, each naming its key: `check-config` prints these and the
+    /// daemon logs them at start and on reload.
+    pub fn warnings(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let public = |a: &SocketAddr| !a.ip().is_loopback();
+        let exposed = public(&self.rtmp.listen) || self.rtmp.tls_listen.as_ref().is_some_and(public);
+        for (i, c) in self.channels.iter().enumerate() {
+            let key = format!("channels[{i}].stream_key");
+            if exposed && SAMPLE_KEYS.contains(&c.stream_key.as_str()) {
+                out.push(Violation {
+                    key,
+                    message: format!(
+                        "is the sample key of the documentation, and RTMP listens on a non-loopback address: anyone can publish to channel {:?}; set a key of {RECOMMENDED_KEY_LENGTH} or more random characters (e.g. `openssl rand -hex 16`)",
+                        c.name
+                    ),
+                });
+            } else if c.stream_key.len() < RECOMMENDED_KEY_LENGTH {
+                out.push(Violation {
+                    key,
+                    message: format!(
+                        "is {} characters long; use {RECOMMENDED_KEY_LENGTH} or more random characters (e.g. `openssl rand -hex 16`)",
+                        c.stream_key.len()
+                    ),
+                });
             }
         }
         out

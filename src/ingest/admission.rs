@@ -45,6 +45,8 @@ pub struct AdmissionLimits {
     pub pending: usize,
     /// Pending connections from one address (IPv6: one /64) at once.
     pub per_address: usize,
+    /// Publishes with an unknown key one address may attempt per minute, in bursts of as many.
+    pub key_failures_per_minute: u32,
 }
 
 impl AdmissionLimits {
@@ -53,6 +55,7 @@ impl AdmissionLimits {
             total: config.max_connections.max(1),
             pending: config.max_pending.max(1),
             per_address: config.max_pending_per_address.max(1),
+            key_failures_per_minute: config.key_failures_per_minute.max(1),
         }
     }
 }
@@ -87,6 +90,28 @@ pub struct Admission {
     limits: AdmissionLimits,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    keys: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// Addresses whose key failures are remembered at once; beyond it, those whose bucket has
+/// refilled are forgotten first (a fresh bucket is what an unknown address gets anyway).
+const KEY_FAILURE_ADDRESSES: usize = 65_536;
+
+/// A token bucket of key attempts for one address.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// Whether the address was told it is throttled since the bucket last had a token.
+    warned: bool,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant, capacity: f64) {
+        let per_second = capacity / 60.0;
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_second).min(capacity);
+        self.at = now;
+    }
 }
 
 #[derive(Default)]
@@ -122,7 +147,53 @@ fn budget_address(ip: IpAddr) -> IpAddr {
 
 impl Admission {
     pub fn new(limits: AdmissionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { limits, metrics, state: Mutex::new(State::default()) })
+        Arc::new(Self { limits, metrics, state: Mutex::new(State::default()), keys: Mutex::new(HashMap::new()) })
+    }
+
+    /// Whether `peer` may try a stream key now: false once its unknown keys used up
+    /// `rtmp.key_failures_per_minute`, until the bucket refills. A throttled address is refused
+    /// without its key being looked at, so guessing cannot go faster than that.
+    pub fn may_try_key(&self, peer: IpAddr) -> bool {
+        let address = budget_address(peer);
+        let capacity = f64::from(self.limits.key_failures_per_minute);
+        let mut keys = lock(&self.keys);
+        let Some(bucket) = keys.get_mut(&address) else { return true };
+        bucket.refill(Instant::now(), capacity);
+        if bucket.tokens >= 1.0 {
+            bucket.warned = false;
+            return true;
+        }
+        if !std::mem::replace(&mut bucket.warned, true) {
+            tracing::warn!(
+                %address,
+                config_key = "rtmp.key_failures_per_minute",
+                limit = self.limits.key_failures_per_minute,
+                "RTMP publishes from this address are refused for now: too many unknown stream keys"
+            );
+        }
+        false
+    }
+
+    /// Records a publish from `peer` refused for its key.
+    pub fn key_failed(&self, peer: IpAddr) {
+        let address = budget_address(peer);
+        let capacity = f64::from(self.limits.key_failures_per_minute);
+        let now = Instant::now();
+        let mut keys = lock(&self.keys);
+        if keys.len() >= KEY_FAILURE_ADDRESSES && !keys.contains_key(&address) {
+            keys.retain(|_, b| {
+                b.refill(now, capacity);
+                b.tokens < capacity
+            });
+            if keys.len() >= KEY_FAILURE_ADDRESSES {
+                // Every remembered address is still throttled: this many attackers are beyond
+                // what a per-address bound can do, and the map must stay bounded.
+                return;
+            }
+        }
+        let bucket = keys.entry(address).or_insert(Bucket { tokens: capacity, at: now, warned: false });
+        bucket.refill(now, capacity);
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
     }
 
     /// A place for a connection from `peer`, making room if needed; `None` when every place is
@@ -231,6 +302,16 @@ impl Ticket {
         self.place = Place::Pending(moved);
     }
 
+    /// Whether this connection's address may try a stream key now ([`Admission::may_try_key`]).
+    pub fn may_try_key(&self) -> bool {
+        self.admission.may_try_key(self.address)
+    }
+
+    /// Records a publish refused for its key against this connection's address.
+    pub fn key_failed(&self) {
+        self.admission.key_failed(self.address);
+    }
+
     /// The publish was accepted: from now on the connection is never displaced.
     pub fn publishing(&mut self) {
         let Place::Pending(key) = self.place else { return };
@@ -267,7 +348,30 @@ mod tests {
     use super::*;
 
     fn admission(total: usize, pending: usize, per_address: usize) -> Arc<Admission> {
-        Admission::new(AdmissionLimits { total, pending, per_address }, Arc::new(Metrics::new()))
+        let limits = AdmissionLimits { total, pending, per_address, key_failures_per_minute: 10 };
+        Admission::new(limits, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn unknown_keys_are_throttled_per_address_and_the_bucket_refills() {
+        let a = admission(10, 10, 10);
+        let (guesser, other) = (ip("198.51.100.7"), ip("198.51.100.8"));
+        for _ in 0..10 {
+            assert!(a.may_try_key(guesser));
+            a.key_failed(guesser);
+        }
+        assert!(!a.may_try_key(guesser), "ten failures in a burst use up the minute's allowance");
+        assert!(a.may_try_key(other), "another address is not affected");
+        // One failure is given back every 6 s: pretend that much time passed.
+        lock(&a.keys).get_mut(&guesser).expect("remembered").at -= Duration::from_secs(7);
+        assert!(a.may_try_key(guesser));
+        a.key_failed(guesser);
+        assert!(!a.may_try_key(guesser));
+        // IPv6 counts by /64.
+        for _ in 0..10 {
+            a.key_failed(ip("2001:db8::1"));
+        }
+        assert!(!a.may_try_key(ip("2001:db8::ffff")));
     }
 
     fn ip(s: &str) -> IpAddr {

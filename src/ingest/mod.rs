@@ -30,6 +30,9 @@ pub enum Refusal {
     BadApp,
     /// The daemon is shutting down.
     Draining,
+    /// The client's address sent too many unknown keys lately (`rtmp.key_failures_per_minute`);
+    /// the key was not looked at.
+    Throttled,
 }
 
 impl Refusal {
@@ -40,6 +43,7 @@ impl Refusal {
             Refusal::Busy => "busy",
             Refusal::BadApp => "bad_app",
             Refusal::Draining => "draining",
+            Refusal::Throttled => "throttled",
         }
     }
 }

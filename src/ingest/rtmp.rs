@@ -560,8 +560,12 @@ impl Connection {
                 tracing::debug!(%peer, command = ?command_name, "RTMP command ignored");
                 Ok(())
             }
-            ServerSessionEvent::ReleaseStreamRequested { .. }
-            | ServerSessionEvent::PlayStreamFinished { .. }
+            ServerSessionEvent::ReleaseStreamRequested { stream_key, .. } => {
+                // Its Debug form would print the whole key.
+                tracing::trace!(%peer, key = %redact(&stream_key), "RTMP releaseStream");
+                Ok(())
+            }
+            ServerSessionEvent::PlayStreamFinished { .. }
             | ServerSessionEvent::ClientChunkSizeChanged { .. }
             | ServerSessionEvent::AcknowledgementReceived { .. }
             | ServerSessionEvent::PingResponseReceived { .. } => {
@@ -594,7 +598,12 @@ impl Connection {
             self.queue_nested(results);
             return self.flush().await;
         }
-        match gate.begin(app, stream_key, self.peer) {
+        let outcome =
+            if self.ticket.may_try_key() { gate.begin(app, stream_key, self.peer) } else { Err(Refusal::Throttled) };
+        if outcome.as_ref().is_err_and(|r| *r == Refusal::UnknownKey) {
+            self.ticket.key_failed();
+        }
+        match outcome {
             Ok(publish) => {
                 let results = session.accept_request(request_id).map_err(|e| self.session_error(e))?;
                 tracing::debug!(peer = %self.peer, channel = %publish.channel, "publish accepted");
@@ -605,14 +614,24 @@ impl Connection {
             }
             Err(refusal) => {
                 self.metrics.publish_rejections.with_label_values(&[refusal.label()]).inc();
-                tracing::warn!(
-                    peer = %self.peer,
-                    app,
-                    key = %redact(stream_key),
-                    reason = refusal.label(),
-                    "publish refused"
-                );
-                let description = format!("publish refused: {}", refusal.label());
+                if refusal == Refusal::Throttled {
+                    // Admission warned once for the address; a guesser must not flood the log.
+                    tracing::debug!(peer = %self.peer, "publish refused: address throttled");
+                } else {
+                    tracing::warn!(
+                        peer = %self.peer,
+                        app,
+                        key = %redact(stream_key),
+                        reason = refusal.label(),
+                        "publish refused"
+                    );
+                }
+                // The client is not told which: a "busy" would confirm that a guessed key is
+                // right, and a "throttled" that guessing is noticed.
+                let description = match refusal {
+                    Refusal::UnknownKey | Refusal::Busy | Refusal::Throttled => "publish refused".to_string(),
+                    Refusal::BadApp | Refusal::Draining => format!("publish refused: {}", refusal.label()),
+                };
                 let results = session
                     .reject_request(request_id, "NetStream.Publish.BadName", &description)
                     .map_err(|e| self.session_error(e))?;
@@ -1026,6 +1045,89 @@ mod tests {
         assert_eq!(gate.calls(), vec![("live".to_string(), "wrong-key".to_string())]);
         assert_eq!(server.metrics.publish_rejections.with_label_values(&["unknown_key"]).get(), 1);
         eventually("connection gauge back to 0", || server.metrics.rtmp_connections.get() == 0).await;
+        server.stop().await;
+    }
+
+    /// Log lines written at every level while it is held, on this thread (a current-thread
+    /// runtime runs the server's tasks here).
+    struct CapturedLogs {
+        text: Arc<Mutex<Vec<u8>>>,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    impl CapturedLogs {
+        fn start() -> Self {
+            let text = Arc::new(Mutex::new(Vec::new()));
+            let sink = text.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || SharedWriter(sink.clone()))
+                .finish();
+            CapturedLogs { text, _guard: tracing::subscriber::set_default(subscriber) }
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.text.lock().expect("lock")).into_owned()
+        }
+    }
+
+    struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn rtmp_keys_never_reach_the_log_and_refusals_do_not_say_why() {
+        let logs = CapturedLogs::start();
+        let (gate, mut rx) = FakeGate::new("Right-Key-0123456789");
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        let wrong = ffmpeg_publish(server.addr, "Wrong-Key-9876543210", 1).await;
+        let stderr = String::from_utf8_lossy(&wrong.stderr);
+        assert!(!wrong.status.success() && stderr.contains("publish refused"), "{stderr}");
+        assert!(!stderr.contains("unknown"), "the client is not told why: {stderr}");
+        // The key is taken once: a second publish of it is refused as busy, in the same words.
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let first = ffmpeg_publish(server.addr, "Right-Key-0123456789", 1).await;
+        assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+        let busy = ffmpeg_publish(server.addr, "Right-Key-0123456789", 1).await;
+        let busy_err = String::from_utf8_lossy(&busy.stderr);
+        assert!(!busy.status.success() && busy_err.contains("publish refused"), "{busy_err}");
+        assert!(!busy_err.contains("busy"), "a busy channel reads like a wrong key: {busy_err}");
+        assert_eq!(server.metrics.publish_rejections.with_label_values(&["busy"]).get(), 1);
+        assert_eq!(server.metrics.publish_rejections.with_label_values(&["unknown_key"]).get(), 1);
+        server.stop().await;
+        drain.abort();
+        let text = logs.text();
+        assert!(text.contains("key=Ri…") && text.contains("key=Wr…"), "the logs were captured:\n{text}");
+        for key in ["Right-Key", "Wrong-Key", "0123456789", "9876543210"] {
+            assert!(!text.contains(key), "{key} is in the log:\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rtmp_unknown_keys_are_throttled_per_address() {
+        let (gate, _rx) = FakeGate::new("Right-Key-0123456789");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let config = RtmpConfig { key_failures_per_minute: 3, ..RtmpConfig::default() };
+        let server = Server::start_with(listener, gate.clone(), config).await;
+        for i in 0..3 {
+            let out = ffmpeg_publish(server.addr, &format!("guess-{i}"), 1).await;
+            assert!(!out.status.success());
+        }
+        // The right key from the same address is refused too, without being looked at.
+        let out = ffmpeg_publish(server.addr, "Right-Key-0123456789", 1).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("publish refused"), "{stderr}");
+        assert_eq!(server.metrics.publish_rejections.with_label_values(&["throttled"]).get(), 1);
+        assert_eq!(gate.calls().len(), 3, "a throttled publish never reaches the gate");
         server.stop().await;
     }
 
