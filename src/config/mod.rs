@@ -62,6 +62,10 @@ pub struct RtmpConfig {
     /// of as many); beyond it its publishes are refused, whatever the key, until it slows down.
     #[serde(default = "default_key_failures_per_minute")]
     pub key_failures_per_minute: u32,
+    /// Bytes any one RTMP message may have until the publish is accepted (media may be up to
+    /// 8 MiB after it): an unauthenticated client has no use for more.
+    #[serde(default = "default_max_message_before_publish")]
+    pub max_message_before_publish: usize,
     /// Seconds a client has to complete the RTMP handshake and `publish`.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: f64,
@@ -82,6 +86,7 @@ impl Default for RtmpConfig {
             max_pending: default_max_pending(),
             max_pending_per_address: default_max_pending_per_address(),
             key_failures_per_minute: default_key_failures_per_minute(),
+            max_message_before_publish: default_max_message_before_publish(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
             app: default_app(),
@@ -100,6 +105,13 @@ fn default_max_pending_per_address() -> usize {
 }
 fn default_key_failures_per_minute() -> u32 {
     10
+}
+/// What `rtmp.max_message_before_publish` defaults to: far above any real `connect` or
+/// `publish` command, far below a media message.
+pub const DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH: usize = 16 * 1024;
+
+fn default_max_message_before_publish() -> usize {
+    DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH
 }
 fn default_handshake_timeout() -> f64 {
     5.0

@@ -58,6 +58,9 @@ impl Config {
         if !(self.http.idle_timeout.is_finite() && (5.0..=3600.0).contains(&self.http.idle_timeout)) {
             bad("http.idle_timeout".into(), "must be between 5 and 3600 seconds".into());
         }
+        if !(1024..=64 * 1024).contains(&self.rtmp.max_message_before_publish) {
+            bad("rtmp.max_message_before_publish".into(), "must be between 1024 and 65536 bytes".into());
+        }
         if self.rtmp.key_failures_per_minute == 0 {
             bad("rtmp.key_failures_per_minute".into(), "must be at least 1".into());
         }

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use crate::config::DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH;
+
 /// Largest audio or video message accepted. An H.264 IDR picture of a 4K stream at a high bitrate
 /// is a few megabytes; the protocol allows 16 MiB.
 const MAX_MEDIA_MESSAGE: usize = 8 * 1024 * 1024;
@@ -36,6 +38,10 @@ pub enum ChunkViolation {
     Interleaved { csid: u32, fmt: u8, current: u32 },
     #[error("message of type {type_id} announces {length} bytes, over the {limit}-byte limit")]
     MessageTooLarge { type_id: u8, length: usize, limit: usize },
+    #[error(
+        "message of type {type_id} announces {length} bytes before the publish was accepted, over rtmp.max_message_before_publish ({limit})"
+    )]
+    TooLargeBeforePublish { type_id: u8, length: usize, limit: usize },
     #[error("set chunk size {0} is out of range")]
     BadChunkSize(u32),
     #[error("AMF0 values nested deeper than {MAX_AMF_DEPTH} levels in a message of type {type_id}")]
@@ -66,6 +72,9 @@ pub struct ChunkGuard {
     chunk_left: usize,
     /// Command messages seen so far.
     commands: u32,
+    /// The size limit of every message until the publish is accepted (`rtmp.max_message_before_publish`);
+    /// `None` from then on.
+    before_publish: Option<usize>,
     /// Complete AMF0 data messages that may carry timed text (`onTextData`, `onCuePoint`), which
     /// rml_rtmp drops; taken by the connection after each read.
     timed_text: Vec<Vec<u8>>,
@@ -115,8 +124,17 @@ impl Default for ChunkGuard {
 }
 
 impl ChunkGuard {
+    /// A guard for a new connection, whose messages are held to
+    /// [`DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH`] bytes until [`ChunkGuard::publishing`].
     pub fn new() -> Self {
+        Self::with_limit_before_publish(DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH)
+    }
+
+    /// A guard whose messages are held to `limit` bytes until [`ChunkGuard::publishing`]: an
+    /// unauthenticated client has no use for a large one, and each costs its size in buffers.
+    pub fn with_limit_before_publish(limit: usize) -> Self {
         Self {
+            before_publish: Some(limit),
             chunk_size: 128,
             streams: HashMap::new(),
             header: Vec::new(),
@@ -125,6 +143,11 @@ impl ChunkGuard {
             commands: 0,
             timed_text: Vec::new(),
         }
+    }
+
+    /// The publish was accepted: media messages may now be as large as media gets.
+    pub fn publishing(&mut self) {
+        self.before_publish = None;
     }
 
     /// Follows `input`, the next bytes of the chunk stream.
@@ -210,9 +233,14 @@ impl ChunkGuard {
             return Ok(());
         }
         let StreamHeader { length, type_id, .. } = header.stream;
-        let limit = if matches!(type_id, 8 | 9) { MAX_MEDIA_MESSAGE } else { MAX_CONTROL_MESSAGE };
-        if length > limit {
-            return Err(ChunkViolation::MessageTooLarge { type_id, length, limit });
+        let by_type = if matches!(type_id, 8 | 9) { MAX_MEDIA_MESSAGE } else { MAX_CONTROL_MESSAGE };
+        if length > by_type {
+            return Err(ChunkViolation::MessageTooLarge { type_id, length, limit: by_type });
+        }
+        if let Some(limit) = self.before_publish
+            && length > limit
+        {
+            return Err(ChunkViolation::TooLargeBeforePublish { type_id, length, limit });
         }
         let inspected = matches!(type_id, SET_CHUNK_SIZE | AMF3_DATA | AMF3_COMMAND | AMF0_DATA | AMF0_COMMAND);
         self.message = Some(PartialMessage {
@@ -542,6 +570,21 @@ pub(crate) mod tests {
         let mut g = ChunkGuard::new();
         let header = [6, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0];
         assert!(matches!(g.check(&header), Err(ChunkViolation::MessageTooLarge { type_id: 9, .. })));
+
+        // Before the publish is accepted every message is small; after it, media may be large.
+        let video = [6, 0, 0, 0, 0x01, 0x00, 0x00, 9, 1, 0, 0, 0];
+        let mut g = ChunkGuard::with_limit_before_publish(4096);
+        assert_eq!(
+            g.check(&video),
+            Err(ChunkViolation::TooLargeBeforePublish { type_id: 9, length: 65536, limit: 4096 })
+        );
+        let mut g = ChunkGuard::with_limit_before_publish(4096);
+        g.publishing();
+        assert_eq!(g.check(&video), Ok(()));
+        let mut g = ChunkGuard::with_limit_before_publish(4096);
+        g.publishing();
+        let command = [3, 0, 0, 0, 0x01, 0x00, 0x01, AMF0_COMMAND, 0, 0, 0, 0];
+        assert!(matches!(g.check(&command), Err(ChunkViolation::MessageTooLarge { limit: MAX_CONTROL_MESSAGE, .. })));
 
         // A second chunk stream starting mid-message.
         let mut g = ChunkGuard::new();

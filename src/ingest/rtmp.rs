@@ -62,6 +62,8 @@ pub(super) struct Limits {
     pub(super) handshake: Duration,
     /// Silence from a publisher.
     idle: Duration,
+    /// Largest message before the publish is accepted.
+    before_publish: usize,
 }
 
 impl Limits {
@@ -70,7 +72,11 @@ impl Limits {
         let secs = |v: f64, fallback: u64| {
             Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(fallback))
         };
-        Self { handshake: secs(config.handshake_timeout, 5), idle: secs(config.idle_timeout, 10) }
+        Self {
+            handshake: secs(config.handshake_timeout, 5),
+            idle: secs(config.idle_timeout, 10),
+            before_publish: config.max_message_before_publish,
+        }
     }
 }
 
@@ -307,7 +313,7 @@ impl Connection {
             shutdown,
             deadline: Instant::now() + limits.handshake,
             out: Vec::new(),
-            guard: ChunkGuard::new(),
+            guard: ChunkGuard::with_limit_before_publish(limits.before_publish),
             publish: None,
             ticket,
         }
@@ -608,6 +614,7 @@ impl Connection {
                 let results = session.accept_request(request_id).map_err(|e| self.session_error(e))?;
                 tracing::debug!(peer = %self.peer, channel = %publish.channel, "publish accepted");
                 self.ticket.publishing();
+                self.guard.publishing();
                 self.publish = Some(ActivePublish::new(publish, &self.metrics));
                 self.queue_nested(results);
                 self.flush().await
