@@ -34,6 +34,9 @@ pub struct Metrics {
     pub publishes: IntCounterVec,
     /// Publishes refused, by reason (`unknown_key`, `busy`, `throttled`, `unsupported_codec`, `bad_app`, `draining`).
     pub publish_rejections: IntCounterVec,
+    /// Runs of a track's timestamps that stopped advancing (its frames then timed by their count),
+    /// per channel and track (`audio`, `video`).
+    pub ingest_frozen_tracks: IntCounterVec,
     /// Publishes that replaced a live publisher gone silent (a reconnecting encoder), per channel.
     pub publisher_takeovers: IntCounterVec,
     /// RTMP connections open now.
@@ -319,6 +322,11 @@ impl Metrics {
             "Publishes that replaced a live publisher that had gone silent",
             &["channel"],
         );
+        let ingest_frozen_tracks = b.counter(
+            "ingest_frozen_tracks_total",
+            "Times a track's timestamps stopped advancing for 3 s of its media while it kept sending (its frames are then timed by their count)",
+            &["channel", "track"],
+        );
         let rtmp_connections = b.scalar_gauge("rtmp_connections", "RTMP connections open now");
         let rtmp_pending_connections = b.scalar_gauge(
             "rtmp_pending_connections",
@@ -428,6 +436,7 @@ impl Metrics {
             publishes,
             publish_rejections,
             publisher_takeovers,
+            ingest_frozen_tracks,
             rtmp_connections,
             rtmp_pending_connections,
             rtmp_connections_dropped,

@@ -217,3 +217,186 @@ fn floods_of_half_open_connections_never_keep_an_encoder_out() {
     }
     daemon.stop();
 }
+
+/// The tags of an FLV file: (type, timestamp in ms, body). FLV spec §E.4.
+fn flv_tags(flv: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut tags = Vec::new();
+    let mut at = 9 + 4;
+    while at + 11 <= flv.len() {
+        let kind = flv[at];
+        let size = u32::from_be_bytes([0, flv[at + 1], flv[at + 2], flv[at + 3]]) as usize;
+        let ts = u32::from_be_bytes([flv[at + 7], flv[at + 4], flv[at + 5], flv[at + 6]]);
+        let Some(body) = flv.get(at + 11..at + 11 + size) else { break };
+        tags.push((kind, ts, body.to_vec()));
+        at += 11 + size + 4;
+    }
+    tags
+}
+
+/// An encoder whose audio clock is stuck: a real ffmpeg encoding (H.264 and AAC in FLV), sent in
+/// real time over RTMP by an RTMP client of our own (rml_rtmp's), with every audio tag stamped
+/// `audio_ms` while the video advances. (ffmpeg cannot be made to send this itself: its muxer
+/// interleaves by timestamp and holds the video back behind audio that never advances.)
+fn publish_frozen_audio(rtmp: SocketAddr, key: &str, audio_ms: u32, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{
+        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+    };
+    use rml_rtmp::time::RtmpTimestamp;
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flv = dir.path().join("source.flv");
+    let out = std::process::Command::new(ffmpeg())
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "40"])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .args(["-f", "flv"])
+        .arg(&flv)
+        .output()
+        .expect("ffmpeg must be installed (scripts/setup.sh)");
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    let tags = flv_tags(&std::fs::read(&flv).expect("read the FLV"));
+    let key = key.to_string();
+    std::thread::spawn(move || {
+        let _dir = dir;
+        let mut socket = std::net::TcpStream::connect(rtmp).expect("connect");
+        let mut buf = vec![0u8; 65536];
+        let mut hs = Handshake::new(PeerType::Client);
+        socket.write_all(&hs.generate_outbound_p0_and_p1().expect("c0c1")).expect("write");
+        let leftover = loop {
+            let n = socket.read(&mut buf).expect("read");
+            assert!(n > 0, "closed during the handshake");
+            match hs.process_bytes(&buf[..n]).expect("handshake") {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    socket.write_all(&response_bytes).expect("write")
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    socket.write_all(&response_bytes).expect("write");
+                    break remaining_bytes;
+                }
+            }
+        };
+        let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).expect("session");
+        let send = |socket: &mut std::net::TcpStream, r: ClientSessionResult| {
+            if let ClientSessionResult::OutboundResponse(p) = r {
+                socket.write_all(&p.bytes).expect("write");
+            }
+        };
+        // Reads until the session raises `wanted`, answering what needs an answer.
+        let mut wait_for = |socket: &mut std::net::TcpStream,
+                            session: &mut ClientSession,
+                            mut pending: Vec<u8>,
+                            wanted: ClientSessionEvent| loop {
+            let mut seen = false;
+            if !pending.is_empty() {
+                // Every result in order: packets after the event (a Set Chunk Size) must go too.
+                for r in session.handle_input(&pending).expect("input") {
+                    match r {
+                        ClientSessionResult::RaisedEvent(e) if e == wanted => seen = true,
+                        ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestRejected {
+                            description,
+                        }) => {
+                            panic!("refused: {description}")
+                        }
+                        other => send(socket, other),
+                    }
+                }
+            }
+            if seen {
+                return;
+            }
+            let n = socket.read(&mut buf).expect("read");
+            assert!(n > 0, "the server closed the connection");
+            pending = buf[..n].to_vec();
+        };
+        let r = session.request_connection("live".into()).expect("connect");
+        send(&mut socket, r);
+        wait_for(&mut socket, &mut session, leftover, ClientSessionEvent::ConnectionRequestAccepted);
+        let r = session.request_publishing(key, PublishRequestType::Live).expect("publish");
+        send(&mut socket, r);
+        wait_for(&mut socket, &mut session, Vec::new(), ClientSessionEvent::PublishRequestAccepted);
+        let start = Instant::now();
+        for (kind, ts, body) in tags {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let due = start + Duration::from_millis(u64::from(ts));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let r = match kind {
+                8 => session.publish_audio_data(body.into(), RtmpTimestamp::new(audio_ms), false),
+                9 => session.publish_video_data(body.into(), RtmpTimestamp::new(ts), false),
+                _ => continue,
+            };
+            let ClientSessionResult::OutboundResponse(packet) = r.expect("serialize") else { continue };
+            if socket.write_all(&packet.bytes).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[test]
+fn frozen_audio_timestamps_are_detected_and_the_channel_keeps_publishing() {
+    init_tracing();
+    let daemon = Running::start(config(&ladder(RUNGS, &["frozen", "calm"]), 1.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let calm = publish(rtmp, "calm-key", "320x180", 120, &[]);
+    wait_for_master(http, "calm");
+    let calm_newest = carries_on(http, "calm", None);
+
+    // Every audio packet at timestamp 0, from the first (an encoder whose audio clock is stuck),
+    // while the video advances.
+    let stop = Arc::new(AtomicBool::new(false));
+    let frozen = publish_frozen_audio(rtmp, "frozen-key", 0, stop.clone());
+    let t0 = Instant::now();
+    let frozen_audio = || daemon.metrics.ingest_frozen_tracks.with_label_values(&["frozen", "audio"]).get();
+    eventually(Duration::from_secs(15), "the frozen audio track to be reported", || {
+        (frozen_audio() == 1).then_some(())
+    });
+    eprintln!("frozen audio reported {:?} after the publisher started", t0.elapsed());
+    // The channel publishes, audio included, and goes on doing so.
+    wait_for_master(http, "frozen");
+    let master = http_get(http, "/live/frozen/master.m3u8").text();
+    assert!(master.contains("TYPE=AUDIO"), "the audio rendition is published:\n{master}");
+    let newest = carries_on(http, "frozen", None);
+    let audio = |http| {
+        let text = http_get(http, "/live/frozen/audio/index.m3u8").text();
+        let p = parse_media_playlist(&text);
+        let newest = p.segments.last().map(|s| s.0.clone()).unwrap_or_else(|| panic!("audio segments:\n{text}"));
+        let total: f64 = p.segments.iter().map(|s| s.1).sum();
+        (newest, total, text)
+    };
+    let (audio_newest, _, _) = audio(http);
+    std::thread::sleep(Duration::from_secs(3));
+    carries_on(http, "frozen", Some(&newest));
+    let (later, total, text) = audio(http);
+    assert_ne!(later, audio_newest, "the audio rendition goes on:\n{text}");
+    // Timed by their count, the audio segments last what the video's do (1 s each here).
+    let video = parse_media_playlist(&http_get(http, "/live/frozen/180p/index.m3u8").text());
+    let video_total: f64 = video.segments.iter().map(|s| s.1).sum();
+    assert!((total - video_total).abs() < 2.5, "audio lists {total:.2} s, video {video_total:.2} s:\n{text}");
+    // A late audio segment holds about a second of audio.
+    let segment = http_get(http, &format!("/live/frozen/audio/{later}"));
+    assert_eq!(segment.status, 200);
+    let init = audio(http)
+        .2
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\"").map(|v| v.trim_end_matches('"').to_string()));
+    let mut bytes = init.map(|i| http_get(http, &format!("/live/frozen/audio/{i}")).body).unwrap_or_default();
+    bytes.extend_from_slice(&segment.body);
+    let probe = ffprobe_stdin(&bytes, &["-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"]);
+    let frames: u32 = probe.trim().parse().unwrap_or_else(|_| panic!("ffprobe packets: {probe}"));
+    // A second of AAC at 48 kHz is 46.9 frames of 1024 samples.
+    assert!((35..=60).contains(&frames), "a late 1 s audio segment holds {frames} AAC frames");
+    carries_on(http, "calm", Some(&calm_newest));
+    assert_eq!(frozen_audio(), 1, "one freeze, counted once");
+
+    stop.store(true, Ordering::Relaxed);
+    frozen.join().expect("the RTMP client");
+    stop_publisher(calm);
+    daemon.stop();
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent, ServerSessionResult,
@@ -30,7 +30,7 @@ use crate::ingest::admission::{Stage, Ticket};
 use crate::ingest::cadence::CadenceGauges;
 use crate::ingest::chunk_guard::{ChunkGuard, ChunkViolation, timed_text_payload};
 use crate::ingest::flv::{self, AudioTag, FlvError, VideoDemuxer, VideoTag};
-use crate::ingest::timeline::Timeline;
+use crate::ingest::timeline::{Freeze, Timeline, TrackClock};
 use crate::ingest::{Publish, PublishGate, Refusal};
 use crate::media::{Arrival, MediaPacket, Sample, Ticks};
 use crate::metrics::Metrics;
@@ -223,6 +223,10 @@ struct ActivePublish {
     kick: CancellationToken,
     activity: Arc<AtomicU64>,
     timeline: Timeline,
+    /// Each track's timestamps kept advancing before the timeline places them.
+    video_clock: TrackClock,
+    audio_clock: TrackClock,
+    frozen_tracks: IntCounterVec,
     video: VideoDemuxer,
     ingest_bytes: IntCounter,
     /// The source's frame rate and keyframe interval.
@@ -248,6 +252,10 @@ impl ActivePublish {
             kick: publish.kick,
             activity: publish.activity,
             timeline: Timeline::new(),
+            video_clock: TrackClock::new(1000.0 / 30.0),
+            // An AAC frame is 1024 samples; 48 kHz is the common rate.
+            audio_clock: TrackClock::new(1024.0 / 48.0),
+            frozen_tracks: metrics.ingest_frozen_tracks.clone(),
             video: VideoDemuxer::new(),
             ingest_bytes,
             cadence,
@@ -256,6 +264,30 @@ impl ActivePublish {
             timeline_jumps: 0,
             last_video_pts: 0,
         }
+    }
+
+    /// A track's timestamp, kept advancing; says so when the track froze or resumed.
+    fn track_time(&mut self, peer: SocketAddr, track: &'static str, rtmp_ms: u32) -> u32 {
+        let clock = if track == "video" { &mut self.video_clock } else { &mut self.audio_clock };
+        let (placed, said) = clock.place(rtmp_ms);
+        let channel = &self.channel;
+        match said {
+            Freeze::None => {}
+            Freeze::Frozen { at_ms } => {
+                self.frozen_tracks.with_label_values(&[channel, track]).inc();
+                tracing::warn!(
+                    %peer,
+                    %channel,
+                    track,
+                    at_ms,
+                    "RTMP {track} timestamps stopped advancing while the publisher keeps sending (an encoder fault); its frames are timed by their count so the channel keeps publishing"
+                );
+            }
+            Freeze::Resumed { frozen_ms } => {
+                tracing::info!(%peer, %channel, track, frozen_ms = frozen_ms.round(), "RTMP {track} timestamps advance again");
+            }
+        }
+        placed
     }
 
     /// Logs a jump of the publisher's clock that the timeline absorbed while placing the last packet.
@@ -656,6 +688,7 @@ impl Connection {
         let packet = match p.video.parse(body) {
             Ok(VideoTag::Params(params)) => MediaPacket::VideoParams(params),
             Ok(VideoTag::Frame { keyframe, composition_ms, data }) => {
+                let timestamp = p.track_time(peer, "video", timestamp);
                 let (dts, pts) = p.timeline.video(timestamp, composition_ms);
                 p.log_timeline_jump(peer, "video");
                 p.last_video_pts = pts;
@@ -692,6 +725,7 @@ impl Connection {
         let packet = match flv::parse_audio(body) {
             Ok(AudioTag::Params(params)) => MediaPacket::AudioParams(params),
             Ok(AudioTag::Frame(data)) => {
+                let timestamp = p.track_time(peer, "audio", timestamp);
                 let dts = p.timeline.dts(timestamp);
                 p.log_timeline_jump(peer, "audio");
                 MediaPacket::Audio(Sample { pts: dts, dts, keyframe: true, segment_start: false, data })

@@ -117,9 +117,178 @@ impl Timeline {
     }
 }
 
+/// A track whose timestamps have not advanced for this much media time (the frames it sent in
+/// that time, at its measured frame duration) is reported as frozen.
+pub const FROZEN_REPORT_MS: f64 = 3_000.0;
+
+/// Keeps one track's RTMP timestamps advancing, before the [`Timeline`] places them.
+///
+/// A buggy encoder can keep sending a track with a timestamp that no longer moves (or that
+/// wobbles in place) while its other track advances: placed as they come, those frames would pile
+/// up at one instant, no part of that track would ever end, and the two tracks would read as two
+/// clocks. A timestamp that does not advance on its own track (one up to [`BACKWARD_JUMP_MS`]
+/// behind the track's previous one, equal included) is replaced by the previous one plus the
+/// track's frame duration, measured from its advancing steps: the frames are timed by their
+/// count, which is what their content says anyway. A step back further than that is a jump of
+/// the publisher's clock, left to the timeline.
+#[derive(Debug, Clone)]
+pub struct TrackClock {
+    /// The previous frame's timestamp as it arrived, and as it was handed on.
+    previous: Option<(u32, u32)>,
+    /// Milliseconds added to arriving timestamps since the track last froze (0 until then).
+    offset: u32,
+    /// The fraction of a millisecond by which the frame-counted time of the previous frame is
+    /// later than the timestamp handed on for it.
+    fraction: f64,
+    /// Frame duration, milliseconds: the mean of the recent advancing steps.
+    step_ms: f64,
+    /// Those steps' sum and count (halved together now and then, so that the mean follows a
+    /// change of frame rate).
+    measured: (f64, f64),
+    /// Media time timed by count in the current run of non-advancing timestamps.
+    frozen_ms: f64,
+    /// Whether the current run has been reported.
+    reported: bool,
+}
+
+/// What [`TrackClock::place`] has to say about the track.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Freeze {
+    /// Nothing new.
+    None,
+    /// The track's timestamps have not advanced for [`FROZEN_REPORT_MS`] of its media; its frames
+    /// are being timed by count. `at_ms` is the timestamp it is stuck at.
+    Frozen { at_ms: u32 },
+    /// A frozen track's timestamps advance again, after `frozen_ms` of media timed by count; they
+    /// now run that much later than they arrive, so that the track stays where its frames put it.
+    Resumed { frozen_ms: f64 },
+}
+
+impl TrackClock {
+    /// A clock for a track whose frames last about `typical_step_ms` until measured.
+    pub fn new(typical_step_ms: f64) -> Self {
+        Self {
+            previous: None,
+            offset: 0,
+            fraction: 0.0,
+            step_ms: typical_step_ms,
+            measured: (0.0, 0.0),
+            frozen_ms: 0.0,
+            reported: false,
+        }
+    }
+
+    /// The timestamp to use for a frame that arrived with `rtmp_ms`, and what changed.
+    pub fn place(&mut self, rtmp_ms: u32) -> (u32, Freeze) {
+        let Some((arrived, handed_on)) = self.previous else {
+            self.previous = Some((rtmp_ms, rtmp_ms));
+            return (rtmp_ms, Freeze::None);
+        };
+        let delta = i64::from(rtmp_ms.wrapping_sub(arrived) as i32);
+        let (placed, said) = if delta < -BACKWARD_JUMP_MS {
+            // The publisher's clock jumped: the timeline re-anchors both tracks.
+            self.offset = 0;
+            self.fraction = 0.0;
+            (rtmp_ms, self.advanced())
+        } else if delta as f64 * 2.0 >= self.step_ms {
+            // A step like a frame's (half of one at least: steps of a rounded clock vary).
+            if self.frozen_ms == 0.0 && delta <= MAX_STEP_MS {
+                // A mean, not the last step: AAC at 48 kHz alternates 21 and 22 ms steps.
+                let (sum, count) = &mut self.measured;
+                if *count >= 512.0 {
+                    (*sum, *count) = (*sum / 2.0, *count / 2.0);
+                }
+                *sum += delta as f64;
+                *count += 1.0;
+                self.step_ms = *sum / *count;
+            }
+            let mut placed = rtmp_ms.wrapping_add(self.offset);
+            if (placed.wrapping_sub(handed_on) as i32) <= 0 {
+                // Resuming behind the frames counted meanwhile: continue after them.
+                placed = handed_on.wrapping_add(self.step_ms.round().max(1.0) as u32);
+                self.offset = placed.wrapping_sub(rtmp_ms);
+            }
+            self.fraction = 0.0;
+            (placed, self.advanced())
+        } else {
+            // Not advancing: one frame duration on from the previous frame, at least 1 ms.
+            let ahead = self.fraction + self.step_ms;
+            let whole = ahead.floor().max(1.0);
+            self.fraction = ahead - whole;
+            self.frozen_ms += self.step_ms;
+            let said = if !self.reported && self.frozen_ms >= FROZEN_REPORT_MS {
+                self.reported = true;
+                Freeze::Frozen { at_ms: rtmp_ms }
+            } else {
+                Freeze::None
+            };
+            (handed_on.wrapping_add(whole as u32), said)
+        };
+        self.previous = Some((rtmp_ms, placed));
+        (placed, said)
+    }
+
+    /// Ends a run of non-advancing timestamps, if there was one.
+    fn advanced(&mut self) -> Freeze {
+        let said = if self.reported { Freeze::Resumed { frozen_ms: self.frozen_ms } } else { Freeze::None };
+        self.frozen_ms = 0.0;
+        self.reported = false;
+        said
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frozen_track_is_timed_by_its_frame_count_and_reported_once() {
+        let mut c = TrackClock::new(20.0);
+        // AAC at 48 kHz: 21.33 ms frames, as RTMP's milliseconds round them.
+        let mut ms = 1_000.0f64;
+        for _ in 0..100 {
+            assert_eq!(c.place(ms.round() as u32), (ms.round() as u32, Freeze::None));
+            ms += 1024.0 / 48.0;
+        }
+        let stuck = ms.round() as u32;
+        let mut last = c.place(stuck).0;
+        let mut frozen_at = None;
+        for i in 1..=300 {
+            let (placed, said) = c.place(if i % 2 == 0 { stuck } else { stuck - 1 });
+            assert!(placed > last, "frame {i}: {placed} after {last}");
+            last = placed;
+            if let Freeze::Frozen { at_ms } = said {
+                assert!(frozen_at.is_none(), "reported once");
+                frozen_at = Some((i, at_ms));
+            }
+        }
+        // Reported after 3 s of media (about 141 frames), stuck where it stuck.
+        let (i, at) = frozen_at.expect("reported");
+        assert!((135..=145).contains(&i) && (at == stuck || at == stuck - 1), "{i} {at}");
+        // 300 frames later the counted time is 300 frame durations on: no drift from rounding.
+        let expected = f64::from(stuck) + 300.0 * 1024.0 / 48.0;
+        assert!((f64::from(last) - expected).abs() <= 2.0, "{last} vs {expected}");
+        // The encoder's clock moves again from where it stuck: the track continues after the
+        // frames counted meanwhile, and keeps that lead.
+        let (placed, said) = c.place(stuck + 21);
+        assert_eq!(placed, last + 21);
+        assert!(matches!(said, Freeze::Resumed { frozen_ms } if frozen_ms > 6_000.0), "{said:?}");
+        assert_eq!(c.place(stuck + 43), (last + 43, Freeze::None));
+    }
+
+    #[test]
+    fn a_track_clock_leaves_advancing_wrapping_and_jumping_timestamps_alone() {
+        let mut c = TrackClock::new(33.0);
+        for ms in [u32::MAX - 40, u32::MAX - 7, 26, 59] {
+            assert_eq!(c.place(ms), (ms, Freeze::None), "wraps forward");
+        }
+        // A small step back is timed by count; a step back of more than a second is the
+        // publisher's clock jumping, which is the timeline's to absorb.
+        assert_eq!(c.place(40), (59 + 33, Freeze::None));
+        let mut c = TrackClock::new(33.0);
+        c.place(50_000);
+        assert_eq!(c.place(10), (10, Freeze::None));
+    }
 
     #[test]
     fn first_timestamp_becomes_zero() {
