@@ -48,6 +48,10 @@ pub enum ChunkViolation {
     TooDeep { type_id: u8 },
     #[error("more than {MAX_COMMANDS} commands on one connection")]
     TooManyCommands,
+    #[error(
+        "a message of type {type_id} with {values} AMF0 values, which rml_rtmp cannot take (a {what} needs 3 or more)"
+    )]
+    TooFewValues { type_id: u8, values: usize, what: &'static str },
 }
 
 /// Follows the chunk stream from the client (RTMP spec §5.3) just far enough to refuse what
@@ -287,6 +291,7 @@ impl ChunkGuard {
                 if amf0_depth(amf) > MAX_AMF_DEPTH {
                     return Err(ChunkViolation::TooDeep { type_id: message.type_id });
                 }
+                short_of_values(message.type_id, amf)?;
                 if message.type_id == AMF0_DATA
                     && carries_timed_text(amf)
                     && self.timed_text.len() < MAX_PENDING_TIMED_TEXT
@@ -298,6 +303,26 @@ impl ChunkGuard {
         }
         Ok(())
     }
+}
+
+/// rml_rtmp 0.8 indexes into what it parses without checking: a command takes its name,
+/// transaction id and command object as the first three values (`drain(..3)` panics on fewer,
+/// an empty message included), and `@setDataFrame` takes the two values after it (`data[0]`,
+/// `data.remove(1)`). Such messages are refused here, parsed as rml_amf0 parses them (the depth
+/// is bounded first, so the parse cannot overflow the stack); one rml_amf0 refuses is its error.
+fn short_of_values(type_id: u8, amf: &[u8]) -> Result<(), ChunkViolation> {
+    let Ok(values) = rml_amf0::deserialize(&mut std::io::Cursor::new(amf)) else { return Ok(()) };
+    let what = match type_id {
+        AMF0_COMMAND | AMF3_COMMAND => "command",
+        _ => match values.first() {
+            Some(rml_amf0::Amf0Value::Utf8String(name)) if name == "@setDataFrame" => "@setDataFrame",
+            _ => return Ok(()),
+        },
+    };
+    if values.len() < 3 {
+        return Err(ChunkViolation::TooFewValues { type_id, values: values.len(), what });
+    }
+    Ok(())
 }
 
 impl ChunkGuard {

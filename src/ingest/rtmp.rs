@@ -1270,16 +1270,19 @@ mod tests {
         server.stop().await;
     }
 
+    #[cfg(debug_assertions)]
     #[tokio::test]
     async fn rtmp_panic_in_rml_rtmp_ends_only_that_connection() {
         let (gate, _rx) = FakeGate::new("k");
         let server = Server::start(gate, 5.0, 8).await;
         let mut bad = TcpStream::connect(server.addr).await.expect("connect");
         client_handshake(&mut bad).await;
-        // A command of two AMF values: rml_rtmp 0.8 slices three out of it and panics.
-        let mut command = amf_string("connect");
-        command.extend(amf_number(1.0));
-        bad.write_all(&chunks(3, AMF0_COMMAND, &command, 128)).await.expect("write");
+        // The one rml_rtmp 0.8 panic the guard lets through, in debug builds only: a compressed
+        // first chunk whose extended timestamp is below 0xFFFFFF underflows a u32 there (release
+        // builds wrap). A full header first, then a type-1 header on the same chunk stream.
+        let mut stream = vec![0x03, 0, 0, 0, 0, 0, 1, 8, 1, 0, 0, 0, 0xAF];
+        stream.extend([0x43, 0xFF, 0xFF, 0xFF, 0, 0, 1, 8, 0, 0, 0, 5, 0xAF]);
+        bad.write_all(&stream).await.expect("write");
         assert!(closed_within(&mut bad, Duration::from_secs(5)).await);
         eventually("panic counted", || server.dropped("panic") == 1).await;
         eventually("gauge released by the unwound task", || server.metrics.rtmp_connections.get() == 0).await;
@@ -1287,6 +1290,31 @@ mod tests {
         // The listener carries on.
         let mut good = TcpStream::connect(server.addr).await.expect("connect");
         client_handshake(&mut good).await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rtmp_messages_rml_rtmp_would_panic_on_are_refused_before_it_sees_them() {
+        let (gate, _rx) = FakeGate::new("k");
+        let server = Server::start(gate, 5.0, 8).await;
+        let command = |values: &[Vec<u8>]| values.concat();
+        let (connect, one) = (amf_string("connect"), amf_number(1.0));
+        let cases: Vec<(&str, u8, Vec<u8>)> = vec![
+            ("a command of two values", AMF0_COMMAND, command(&[connect.clone(), one.clone()])),
+            ("an empty command", AMF0_COMMAND, Vec::new()),
+            ("an AMF3 command of two values", 17, command(&[vec![0], connect.clone(), one.clone()])),
+            ("@setDataFrame alone", 18, amf_string("@setDataFrame")),
+            ("@setDataFrame, onMetaData", 18, command(&[amf_string("@setDataFrame"), amf_string("onMetaData")])),
+            ("the same as AMF3 data", 15, amf_string("@setDataFrame")),
+        ];
+        for (i, (what, type_id, payload)) in cases.iter().enumerate() {
+            let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+            client_handshake(&mut socket).await;
+            socket.write_all(&chunks(3, *type_id, payload, 128)).await.expect("write");
+            assert!(closed_within(&mut socket, Duration::from_secs(5)).await, "{what}: closed");
+            eventually(what, || server.dropped("protocol") == i as u64 + 1).await;
+        }
+        assert_eq!(server.dropped("panic"), 0, "refused before rml_rtmp parsed them");
         server.stop().await;
     }
 
