@@ -23,6 +23,7 @@ pub mod media;
 pub mod metrics;
 pub mod origin;
 pub mod package;
+pub mod rate;
 pub mod secret;
 pub mod store;
 pub mod sync;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub publishes: IntCounterVec,
     /// Publishes refused, by reason (`unknown_key`, `busy`, `throttled`, `unsupported_codec`, `bad_app`, `draining`).
     pub publish_rejections: IntCounterVec,
+    /// Publisher timed text (`onTextData`, `onCuePoint`) dropped, per channel and reason (`size`, `rate`).
+    pub ingest_timed_text_dropped: IntCounterVec,
     /// Runs of a track's timestamps that stopped advancing (its frames then timed by their count),
     /// per channel and track (`audio`, `video`).
     pub ingest_frozen_tracks: IntCounterVec,
@@ -322,6 +324,11 @@ impl Metrics {
             "Publishes that replaced a live publisher that had gone silent",
             &["channel"],
         );
+        let ingest_timed_text_dropped = b.counter(
+            "ingest_timed_text_dropped_total",
+            "Timed text from publishers dropped: over 1024 bytes (size) or over the metadata API's rate and burst (rate)",
+            &["channel", "reason"],
+        );
         let ingest_frozen_tracks = b.counter(
             "ingest_frozen_tracks_total",
             "Times a track's timestamps stopped advancing for 3 s of its media while it kept sending (its frames are then timed by their count)",
@@ -436,6 +443,7 @@ impl Metrics {
             publishes,
             publish_rejections,
             publisher_takeovers,
+            ingest_timed_text_dropped,
             ingest_frozen_tracks,
             rtmp_connections,
             rtmp_pending_connections,

@@ -233,11 +233,39 @@ fn flv_tags(flv: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
     tags
 }
 
-/// An encoder whose audio clock is stuck: a real ffmpeg encoding (H.264 and AAC in FLV), sent in
-/// real time over RTMP by an RTMP client of our own (rml_rtmp's), with every audio tag stamped
-/// `audio_ms` while the video advances. (ffmpeg cannot be made to send this itself: its muxer
-/// interleaves by timestamp and holds the video back behind audio that never advances.)
-fn publish_frozen_audio(rtmp: SocketAddr, key: &str, audio_ms: u32, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+/// What [`raw_publish`] does beyond publishing faithfully.
+#[derive(Clone, Copy, Default)]
+struct Misbehaviour {
+    /// Every audio tag stamped this many milliseconds.
+    audio_ms: Option<u32>,
+    /// `onTextData` messages sent with each video frame (30 a second); every tenth is over 1 KiB.
+    texts_per_frame: u32,
+}
+
+/// An AMF0 data message `["onTextData", {"text": text}]`, as one chunk (fmt 0) on chunk stream
+/// 20, which the client session does not use (so its header compression is undisturbed).
+fn on_text_data(text: &str, stream_id: u32) -> Vec<u8> {
+    let mut amf = vec![0x02, 0, 10];
+    amf.extend_from_slice(b"onTextData");
+    amf.extend_from_slice(&[0x03, 0, 4]);
+    amf.extend_from_slice(b"text");
+    amf.push(0x02);
+    amf.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    amf.extend_from_slice(text.as_bytes());
+    amf.extend_from_slice(&[0, 0, 0x09]);
+    let len = (amf.len() as u32).to_be_bytes();
+    let mut chunk = vec![20, 0, 0, 0, len[1], len[2], len[3], 18];
+    chunk.extend_from_slice(&stream_id.to_le_bytes());
+    chunk.extend(amf);
+    chunk
+}
+
+/// A real ffmpeg encoding (H.264 and AAC in FLV) sent in real time over RTMP by an RTMP client
+/// of our own (rml_rtmp's), misbehaving as `bad` says. (ffmpeg cannot be made to send a frozen
+/// audio clock itself: its muxer interleaves by timestamp and holds the video back behind audio
+/// that never advances.)
+/// The thread returns how many `onTextData` it sent, and over how long.
+fn raw_publish(rtmp: SocketAddr, key: &str, bad: Misbehaviour, stop: Arc<AtomicBool>) -> JoinHandle<(u32, Duration)> {
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{
         ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
@@ -318,6 +346,7 @@ fn publish_frozen_audio(rtmp: SocketAddr, key: &str, audio_ms: u32, stop: Arc<At
         send(&mut socket, r);
         wait_for(&mut socket, &mut session, Vec::new(), ClientSessionEvent::PublishRequestAccepted);
         let start = Instant::now();
+        let mut sent_texts = 0u32;
         for (kind, ts, body) in tags {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -327,8 +356,21 @@ fn publish_frozen_audio(rtmp: SocketAddr, key: &str, audio_ms: u32, stop: Arc<At
                 std::thread::sleep(wait);
             }
             let r = match kind {
-                8 => session.publish_audio_data(body.into(), RtmpTimestamp::new(audio_ms), false),
-                9 => session.publish_video_data(body.into(), RtmpTimestamp::new(ts), false),
+                8 => session.publish_audio_data(body.into(), RtmpTimestamp::new(bad.audio_ms.unwrap_or(ts)), false),
+                9 => {
+                    for i in 0..bad.texts_per_frame {
+                        sent_texts += 1;
+                        let text = if sent_texts.is_multiple_of(10) {
+                            "x".repeat(1100)
+                        } else {
+                            format!("quiz {sent_texts} at {ts} ({i})")
+                        };
+                        if socket.write_all(&on_text_data(&text, 1)).is_err() {
+                            return (sent_texts, start.elapsed());
+                        }
+                    }
+                    session.publish_video_data(body.into(), RtmpTimestamp::new(ts), false)
+                }
                 _ => continue,
             };
             let ClientSessionResult::OutboundResponse(packet) = r.expect("serialize") else { continue };
@@ -336,6 +378,7 @@ fn publish_frozen_audio(rtmp: SocketAddr, key: &str, audio_ms: u32, stop: Arc<At
                 break;
             }
         }
+        (sent_texts, start.elapsed())
     })
 }
 
@@ -351,7 +394,8 @@ fn frozen_audio_timestamps_are_detected_and_the_channel_keeps_publishing() {
     // Every audio packet at timestamp 0, from the first (an encoder whose audio clock is stuck),
     // while the video advances.
     let stop = Arc::new(AtomicBool::new(false));
-    let frozen = publish_frozen_audio(rtmp, "frozen-key", 0, stop.clone());
+    let frozen =
+        raw_publish(rtmp, "frozen-key", Misbehaviour { audio_ms: Some(0), ..Default::default() }, stop.clone());
     let t0 = Instant::now();
     let frozen_audio = || daemon.metrics.ingest_frozen_tracks.with_label_values(&["frozen", "audio"]).get();
     eventually(Duration::from_secs(15), "the frozen audio track to be reported", || {
@@ -396,7 +440,36 @@ fn frozen_audio_timestamps_are_detected_and_the_channel_keeps_publishing() {
     assert_eq!(frozen_audio(), 1, "one freeze, counted once");
 
     stop.store(true, Ordering::Relaxed);
-    frozen.join().expect("the RTMP client");
+    let _ = frozen.join().expect("the RTMP client");
     stop_publisher(calm);
+    daemon.stop();
+}
+
+#[test]
+fn publisher_timed_text_is_held_to_the_api_limits_and_the_stream_goes_on() {
+    init_tracing();
+    // The API's limits: 5 a second, in bursts of 5 (the defaults).
+    let daemon = Running::start(config(&ladder(RUNGS, &["quiz"]), 1.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let stop = Arc::new(AtomicBool::new(false));
+    // 90 onTextData a second, every tenth over 1 KiB.
+    let flood = raw_publish(rtmp, "quiz-key", Misbehaviour { texts_per_frame: 3, ..Default::default() }, stop.clone());
+    wait_for_master(http, "quiz");
+    let dropped = |reason: &str| daemon.metrics.ingest_timed_text_dropped.with_label_values(&["quiz", reason]).get();
+    let newest = carries_on(http, "quiz", None);
+    std::thread::sleep(Duration::from_secs(4));
+    carries_on(http, "quiz", Some(&newest));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, took) = flood.join().expect("the RTMP client");
+    // What is dropped is counted as it arrives; give the last few a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let (rate, size) = (dropped("rate"), dropped("size"));
+    let admitted = u64::from(sent) - rate - size;
+    eprintln!("timed text: {sent} sent in {took:?}, {rate} over the rate, {size} over 1 KiB, {admitted} admitted");
+    assert_eq!(size, u64::from(sent / 10), "every oversize text is dropped");
+    // A full burst of 5, then 5 a second (and a second more for the daemon to read the last).
+    let allowed = 5.0 + 5.0 * (took.as_secs_f64() + 1.0);
+    assert!(admitted >= 5 && admitted as f64 <= allowed, "{admitted} admitted, {allowed:.1} allowed");
+    assert_eq!(daemon.metrics.rtmp_connections_dropped.with_label_values(&["panic"]).get(), 0);
     daemon.stop();
 }

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::ingest::{Publish, PublishGate, Refusal};
 use crate::metrics::{BackendSeries, Metrics};
 use crate::package::window::ChannelWindow;
+use crate::rate::TokenBucket;
 use crate::store::Store;
 use crate::sync::{lock, read, write};
 use crate::transcode::placement::Placer;
@@ -368,7 +369,8 @@ impl PublishGate for Channels {
         drop(thread);
         drop(live);
         drop(channels);
-        Ok(Publish { channel: name.clone(), media: tx, kick, activity })
+        let timed_text = TokenBucket::new(config.admin.metadata_rate, config.admin.metadata_burst);
+        Ok(Publish { channel: name.clone(), media: tx, kick, activity, timed_text })
     }
 }
 

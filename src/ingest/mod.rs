@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::Arrival;
+use crate::rate::TokenBucket;
 
 /// Why a publish was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,9 @@ pub struct Publish {
     /// read, and the gate reads it to tell a connection that went silent (a publisher that
     /// reconnects after a network drop leaves one behind) from one that is sending.
     pub activity: Arc<AtomicU64>,
+    /// What the publisher's own timed text (`onTextData`, `onCuePoint`) may spend: the same rate
+    /// and burst as posts to the metadata API (`admin.metadata_rate`, `admin.metadata_burst`).
+    pub timed_text: TokenBucket,
 }
 
 /// Milliseconds on a monotonic clock that ingest and the gate share.

@@ -34,6 +34,7 @@ use crate::ingest::timeline::{Freeze, Timeline, TrackClock};
 use crate::ingest::{Publish, PublishGate, Refusal};
 use crate::media::{Arrival, MediaPacket, Sample, Ticks};
 use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
 
 /// Bytes read from the socket at a time; also the most handed to rml_rtmp in one call.
 const READ_BUFFER: usize = 64 * 1024;
@@ -237,6 +238,10 @@ struct ActivePublish {
     timeline_jumps: u64,
     /// Presentation time of the latest video frame: where timed text from the publisher goes.
     last_video_pts: Ticks,
+    timed_text: TokenBucket,
+    timed_text_dropped: IntCounterVec,
+    /// Timed text messages dropped so far, to log them sparingly.
+    timed_text_drops: u64,
 }
 
 impl ActivePublish {
@@ -263,6 +268,9 @@ impl ActivePublish {
             malformed_total: 0,
             timeline_jumps: 0,
             last_video_pts: 0,
+            timed_text: publish.timed_text,
+            timed_text_dropped: metrics.ingest_timed_text_dropped.clone(),
+            timed_text_drops: 0,
         }
     }
 
@@ -708,10 +716,30 @@ impl Connection {
     /// `onTextData`/`onCuePoint` from the publisher become timed metadata at the latest video
     /// frame, as posts to the API do (Amazon IVS does the same with them).
     async fn timed_text(&mut self, amf: &[u8]) -> Result<(), Stop> {
-        let Some(p) = self.publish.as_ref() else { return Ok(()) };
+        let peer = self.peer;
+        let Some(p) = self.publish.as_mut() else { return Ok(()) };
         let Some(payload) = timed_text_payload(amf) else { return Ok(()) };
-        if payload.len() > MAX_TIMED_TEXT {
-            tracing::warn!(channel = %p.channel, peer = %self.peer, bytes = payload.len(), "timed text over 1024 bytes dropped");
+        let refused = if payload.len() > MAX_TIMED_TEXT {
+            Some("size")
+        } else if p.timed_text.take(std::time::Instant::now()).is_err() {
+            Some("rate")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            p.timed_text_dropped.with_label_values(&[&p.channel, reason]).inc();
+            p.timed_text_drops += 1;
+            // A flood must not flood the log: the first few, then one in a hundred.
+            if p.timed_text_drops <= 5 || p.timed_text_drops.is_multiple_of(100) {
+                tracing::warn!(
+                    channel = %p.channel,
+                    %peer,
+                    bytes = payload.len(),
+                    reason,
+                    total = p.timed_text_drops,
+                    "publisher timed text dropped: over 1024 bytes, or over admin.metadata_rate / admin.metadata_burst"
+                );
+            }
             return Ok(());
         }
         let pts = p.last_video_pts;
@@ -867,7 +895,13 @@ mod tests {
                 return Err(Refusal::UnknownKey);
             }
             let media = self.media.lock().expect("lock").take().ok_or(Refusal::Busy)?;
-            Ok(Publish { channel: "test".into(), media, kick: self.kick.clone(), activity: Default::default() })
+            Ok(Publish {
+                channel: "test".into(),
+                media,
+                kick: self.kick.clone(),
+                activity: Default::default(),
+                timed_text: TokenBucket::new(5.0, 5),
+            })
         }
     }
 
