@@ -36,6 +36,8 @@ pub struct Metrics {
     pub publish_rejections: IntCounterVec,
     /// Publisher timed text (`onTextData`, `onCuePoint`) dropped, per channel and reason (`size`, `rate`).
     pub ingest_timed_text_dropped: IntCounterVec,
+    /// Audio tags dropped at ingest while the video goes on, per channel and reason (`unsupported_codec`).
+    pub ingest_audio_dropped: IntCounterVec,
     /// Runs of a track's timestamps that stopped advancing (its frames then timed by their count),
     /// per channel and track (`audio`, `video`).
     pub ingest_frozen_tracks: IntCounterVec,
@@ -329,6 +331,11 @@ impl Metrics {
             "Timed text from publishers dropped: over 1024 bytes (size) or over the metadata API's rate and burst (rate)",
             &["channel", "reason"],
         );
+        let ingest_audio_dropped = b.counter(
+            "ingest_audio_dropped_total",
+            "Audio tags dropped at ingest while the video goes on (unsupported_codec: not AAC)",
+            &["channel", "reason"],
+        );
         let ingest_frozen_tracks = b.counter(
             "ingest_frozen_tracks_total",
             "Times a track's timestamps stopped advancing for 3 s of its media while it kept sending (its frames are then timed by their count)",
@@ -444,6 +451,7 @@ impl Metrics {
             publish_rejections,
             publisher_takeovers,
             ingest_timed_text_dropped,
+            ingest_audio_dropped,
             ingest_frozen_tracks,
             rtmp_connections,
             rtmp_pending_connections,

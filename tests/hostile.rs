@@ -473,3 +473,32 @@ fn publisher_timed_text_is_held_to_the_api_limits_and_the_stream_goes_on() {
     assert_eq!(daemon.metrics.rtmp_connections_dropped.with_label_values(&["panic"]).get(), 0);
     daemon.stop();
 }
+
+#[test]
+fn an_unsupported_audio_codec_beside_good_video_is_dropped_and_the_video_published() {
+    init_tracing();
+    let daemon = Running::start(config(&ladder(RUNGS, &["mp3"]), 1.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let publisher = std::process::Command::new(ffmpeg())
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "120"])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "libmp3lame", "-f", "flv", &format!("rtmp://{rtmp}/live/mp3-key")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffmpeg must be installed (scripts/setup.sh)");
+    wait_for_master(http, "mp3");
+    let master = http_get(http, "/live/mp3/master.m3u8").text();
+    assert!(!master.contains("TYPE=AUDIO") && master.contains("180p/index.m3u8"), "video only:\n{master}");
+    let newest = carries_on(http, "mp3", None);
+    std::thread::sleep(Duration::from_secs(2));
+    carries_on(http, "mp3", Some(&newest));
+    let dropped = daemon.metrics.ingest_audio_dropped.with_label_values(&["mp3", "unsupported_codec"]).get();
+    assert!(dropped > 20, "the MP3 tags are counted as dropped: {dropped}");
+    assert_eq!(daemon.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 0);
+    stop_publisher(publisher);
+    daemon.stop();
+}

@@ -240,6 +240,10 @@ struct ActivePublish {
     last_video_pts: Ticks,
     timed_text: TokenBucket,
     timed_text_dropped: IntCounterVec,
+    /// The audio codec this ingest does not take, once one was seen: its tags are dropped from
+    /// then on, and the video goes on alone.
+    unsupported_audio: Option<String>,
+    audio_dropped: IntCounter,
     /// Timed text messages dropped so far, to log them sparingly.
     timed_text_drops: u64,
 }
@@ -247,6 +251,7 @@ struct ActivePublish {
 impl ActivePublish {
     fn new(publish: Publish, metrics: &Metrics) -> Self {
         let ingest_bytes = metrics.ingest_bytes.with_label_values(&[&publish.channel]);
+        let audio_dropped = metrics.ingest_audio_dropped.with_label_values(&[&publish.channel, "unsupported_codec"]);
         let cadence = CadenceGauges::new(
             metrics.ingest_frame_rate.with_label_values(&[&publish.channel]),
             metrics.ingest_keyframe_interval.with_label_values(&[&publish.channel]),
@@ -270,6 +275,8 @@ impl ActivePublish {
             last_video_pts: 0,
             timed_text: publish.timed_text,
             timed_text_dropped: metrics.ingest_timed_text_dropped.clone(),
+            unsupported_audio: None,
+            audio_dropped,
             timed_text_drops: 0,
         }
     }
@@ -750,6 +757,10 @@ impl Connection {
         let peer = self.peer;
         let Some(p) = self.publish.as_mut() else { return Ok(()) };
         p.ingest_bytes.inc_by(body.len() as u64);
+        if p.unsupported_audio.is_some() {
+            p.audio_dropped.inc();
+            return Ok(());
+        }
         let packet = match flv::parse_audio(body) {
             Ok(AudioTag::Params(params)) => MediaPacket::AudioParams(params),
             Ok(AudioTag::Frame(data)) => {
@@ -760,6 +771,19 @@ impl Connection {
             }
             Ok(AudioTag::Nothing) => {
                 p.malformed_in_a_row = 0;
+                return Ok(());
+            }
+            Err(FlvError::UnsupportedCodec(what)) => {
+                // The video needs no audio; dropping this keeps the channel on the air (the audio
+                // rendition is simply not there).
+                tracing::warn!(
+                    %peer,
+                    channel = %p.channel,
+                    codec = %what,
+                    "RTMP audio in a codec this ingest does not take: the audio is dropped, the video goes on (publish AAC to have audio)"
+                );
+                p.audio_dropped.inc();
+                p.unsupported_audio = Some(what);
                 return Ok(());
             }
             Err(e) => return self.bad_tag(e, "audio", timestamp),
@@ -1383,6 +1407,45 @@ mod tests {
         assert!(arrivals.iter().all(|a| !matches!(a.packet, MediaPacket::Video(_) | MediaPacket::VideoParams(_))));
         assert_eq!(server.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 1);
         eventually("connection gauge back to 0", || server.metrics.rtmp_connections.get() == 0).await;
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_unsupported_audio_is_dropped_and_the_video_goes_on() {
+        let (gate, mut rx) = FakeGate::new("k1234");
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        let publisher = tokio::spawn(async move {
+            let ffmpeg = std::env::var("FFMPEG").unwrap_or_else(|_| "ffmpeg".into());
+            let url = format!("rtmp://{}/live/k1234", server.addr);
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(ffmpeg)
+                    .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+                    .args(["-f", "lavfi", "-i", "testsrc2=size=160x90:rate=30"])
+                    .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "2"])
+                    .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p"])
+                    .args(["-c:a", "libmp3lame", "-f", "flv", &url])
+                    .output()
+                    .expect("ffmpeg runs")
+            })
+            .await
+            .expect("join")
+        });
+        let mut frames = 0;
+        let mut audio = 0;
+        while let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            match a.packet {
+                MediaPacket::Video(_) => frames += 1,
+                MediaPacket::Audio(_) | MediaPacket::AudioParams(_) => audio += 1,
+                _ => {}
+            }
+        }
+        let out = publisher.await.expect("join");
+        assert!(out.status.success(), "the publish is not ended: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(frames >= 50, "the video goes on: {frames} frames");
+        assert_eq!(audio, 0, "no MP3 reaches the channel");
+        let dropped = server.metrics.ingest_audio_dropped.with_label_values(&["test", "unsupported_codec"]).get();
+        assert!(dropped >= 50, "each dropped MP3 tag is counted: {dropped}");
+        assert_eq!(server.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 0);
         server.stop().await;
     }
 
