@@ -144,6 +144,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     }
     let origin = Arc::new(
         Origin::new(store, metrics.clone(), origin::Targets::from_config(&config.hls), stop.clone())
+            .with_held_limit(config.http.max_held_requests)
             .with_preview(origin::Preview::load(&config.http))
             .with_cache_policy(origin::CachePolicy::from_config(&config.http.cache, media_lifetime(&config))),
     );

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub metadata_latency: HistogramVec,
     /// LL-HLS requests held now, waiting for a playlist update or a preload-hinted part.
     pub held_requests: IntGauge,
+    /// LL-HLS requests answered 503 at once because `http.max_held_requests` were held.
+    pub held_refused: IntCounter,
     /// HTTP requests answered, per listener (`origin`, `admin`), route and status code; count
     /// them with [`Metrics::observe_http`].
     pub http_requests: IntCounterVec,
@@ -294,6 +296,10 @@ impl Builder {
         self.add(GaugeVec::new(Opts::new(name, help), labels).expect("static metric"), Kind::Gauge)
     }
 
+    fn scalar_counter(&mut self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("static metric"), Kind::Counter)
+    }
+
     fn scalar_gauge(&mut self, name: &str, help: &str) -> IntGauge {
         self.add(IntGauge::new(name, help).expect("static metric"), Kind::Gauge)
     }
@@ -393,6 +399,10 @@ impl Metrics {
             "http_held_requests",
             "LL-HLS requests held now, waiting for a playlist update or a preload-hinted part",
         );
+        let held_refused = b.scalar_counter(
+            "http_held_refused_total",
+            "LL-HLS requests answered 503 at once because http.max_held_requests requests were held",
+        );
         let http_requests = b.counter(
             "http_requests_total",
             "HTTP requests answered, by listener, route and status code",
@@ -468,6 +478,7 @@ impl Metrics {
             part_latency,
             metadata_latency,
             held_requests,
+            held_refused,
             http_requests,
             http_request_duration,
             origin_requests,

@@ -142,6 +142,10 @@ pub struct HttpConfig {
     /// a request sent just as the origin closes one fails at the CDN.
     #[serde(default = "default_http_idle_timeout")]
     pub idle_timeout: f64,
+    /// LL-HLS requests (blocking playlist reloads, preload-hinted parts) held at once; one more is
+    /// answered 503 with `Retry-After` at once.
+    #[serde(default = "default_max_held_requests")]
+    pub max_held_requests: usize,
     /// hls.js for the `/preview/` player page, read once at startup; relative paths are from the
     /// working directory. A missing file only disables the player (with a warning).
     #[serde(default = "default_player_js")]
@@ -216,10 +220,17 @@ impl Default for HttpConfig {
             tls_listen: None,
             max_connections: default_http_max_connections(),
             idle_timeout: default_http_idle_timeout(),
+            max_held_requests: default_max_held_requests(),
             player_js: default_player_js(),
             cache: CacheConfig::default(),
         }
     }
+}
+
+/// Several per viewer at the live edge (a playlist reload and a part, per rendition played):
+/// thousands of direct viewers, or a CDN shield collapsing far more.
+fn default_max_held_requests() -> usize {
+    16_384
 }
 
 /// A CDN shield holds few, long-lived HTTP/2 connections; direct viewers hold one or two each.

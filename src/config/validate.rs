@@ -61,6 +61,9 @@ impl Config {
         if !(1024..=64 * 1024).contains(&self.rtmp.max_message_before_publish) {
             bad("rtmp.max_message_before_publish".into(), "must be between 1024 and 65536 bytes".into());
         }
+        if self.http.max_held_requests == 0 {
+            bad("http.max_held_requests".into(), "must be at least 1".into());
+        }
         if self.rtmp.key_failures_per_minute == 0 {
             bad("rtmp.key_failures_per_minute".into(), "must be at least 1".into());
         }

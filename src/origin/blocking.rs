@@ -2,6 +2,7 @@
 //! requests held until the rendition's [`Progress`] reaches what they ask for (a playlist update,
 //! or the part a preload hint names), never longer than three target durations.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Response;
@@ -107,6 +108,8 @@ pub(super) enum Hold {
     TimedOut,
     /// The daemon is stopping.
     ShuttingDown,
+    /// `http.max_held_requests` requests are held already.
+    Full,
 }
 
 impl Origin {
@@ -151,6 +154,7 @@ impl Origin {
                 Hold::Reached => {}
                 Hold::TimedOut => return unavailable("the requested part or segment did not arrive in time\n"),
                 Hold::ShuttingDown => return unavailable("shutting down\n"),
+                Hold::Full => return too_many_held(),
             }
         }
         answer(Some(&self.blocking_cache))
@@ -222,6 +226,7 @@ impl Origin {
             Hold::Reached => answer(),
             Hold::TimedOut => unavailable("the hinted part did not arrive in time\n"),
             Hold::ShuttingDown => unavailable("shutting down\n"),
+            Hold::Full => too_many_held(),
         }
     }
 
@@ -232,6 +237,19 @@ impl Origin {
         progress: &mut watch::Receiver<Progress>,
         done: impl Fn(&Progress) -> bool,
     ) -> Hold {
+        let Ok(_place) = self.held_slots.try_acquire() else {
+            self.metrics.held_refused.inc();
+            let now = crate::ingest::activity_clock();
+            let last = self.held_full_logged.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 10_000 && self.held_full_logged.swap(now, Ordering::Relaxed) == last {
+                tracing::warn!(
+                    config_key = "http.max_held_requests",
+                    limit = self.held_limit,
+                    "LL-HLS requests held at their limit: more are answered 503 with Retry-After (repeated at most every 10 s; ladderd_http_held_refused_total counts each)"
+                );
+            }
+            return Hold::Full;
+        };
         let _waiting = GaugeGuard::new(&self.waiting);
         let deadline = tokio::time::sleep(self.targets.hold_limit());
         tokio::pin!(deadline);
@@ -254,6 +272,14 @@ impl Origin {
             }
         }
     }
+}
+
+/// 503 for a request that would be held when `http.max_held_requests` are: come back in a
+/// second (RFC 9110 §10.2.3), by when held requests have been answered.
+fn too_many_held() -> Response<Body> {
+    let mut r = unavailable("too many requests are waiting for the live edge; retry\n");
+    r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Whether the playlist already holds what `_HLS_msn`/`_HLS_part` ask for (RFC 8216bis

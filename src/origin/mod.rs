@@ -59,9 +59,14 @@ pub struct Origin {
     blocking_cache: HeaderValue,
     /// Held requests answer 503 at once when this is cancelled, so the listener drains quickly.
     shutdown: CancellationToken,
-    /// Requests held now (blocking playlist reloads and preload-hinted parts).
-    /// Requests held now (`ladderd_http_held_requests`).
+    /// Requests held now (blocking playlist reloads and preload-hinted parts,
+    /// `ladderd_http_held_requests`).
     waiting: IntGauge,
+    /// Places for held requests (`http.max_held_requests`).
+    held_slots: Arc<tokio::sync::Semaphore>,
+    held_limit: usize,
+    /// When a refusal for want of a place was last logged ([`crate::ingest::activity_clock`] ms).
+    held_full_logged: std::sync::atomic::AtomicU64,
     preview: Preview,
     cache: CachePolicy,
 }
@@ -77,6 +82,9 @@ impl Origin {
             blocking_cache,
             shutdown,
             waiting,
+            held_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_HELD)),
+            held_limit: DEFAULT_MAX_HELD,
+            held_full_logged: std::sync::atomic::AtomicU64::new(0),
             preview: Preview::default(),
             cache: CachePolicy::default(),
         }
@@ -89,6 +97,13 @@ impl Origin {
     }
 
     /// Serves `preview` at `/preview/`; without it the page loads but has no hls.js to play with.
+    /// At most `limit` requests held at once (`http.max_held_requests`).
+    pub fn with_held_limit(mut self, limit: usize) -> Self {
+        self.held_limit = limit.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self.held_slots = Arc::new(tokio::sync::Semaphore::new(self.held_limit));
+        self
+    }
+
     pub fn with_preview(mut self, preview: Preview) -> Self {
         self.preview = preview;
         self
@@ -335,6 +350,9 @@ fn bad_request(why: BadDirective) -> Response<Body> {
 fn unavailable(text: &'static str) -> Response<Body> {
     plain(StatusCode::SERVICE_UNAVAILABLE, text, CacheClass::Retry)
 }
+
+/// Held requests when `http.max_held_requests` is not configured (its default).
+const DEFAULT_MAX_HELD: usize = 16_384;
 
 /// CORS preflight (Fetch standard §3.2): players on other origins may send Range or custom headers.
 fn preflight() -> Response<Body> {

@@ -317,6 +317,38 @@ async fn held_reload_is_answered_by_the_update_that_satisfies_it() {
 }
 
 #[tokio::test]
+async fn requests_beyond_the_held_limit_get_503_with_retry_after_at_once() {
+    let f = fixture();
+    let metrics = Arc::new(Metrics::new());
+    let o = Arc::new(Origin::new(f.store.clone(), metrics.clone(), TARGETS, f.shutdown.clone()).with_held_limit(2));
+    let held =
+        [spawn_get(&o, "/live/demo/720p/5.2.m4s"), spawn_get(&o, "/live/demo/720p/index.m3u8?_HLS_msn=5&_HLS_part=2")];
+    settle().await;
+    assert_eq!(o.waiting(), 2);
+    let start = Instant::now();
+    for path in ["/live/demo/720p/5.2.m4s", "/live/demo/720p/index.m3u8?_HLS_msn=6"] {
+        let r = get(&o, Method::GET, path).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1", "{path}");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], CACHE_RETRY);
+    }
+    assert!(start.elapsed() < AT_ONCE, "refused without waiting");
+    assert_eq!(metrics.held_refused.get(), 2);
+    // What needs no hold is served as ever; the held ones are answered on the update.
+    assert_eq!(get(&o, Method::GET, "/live/demo/720p/5.1.m4s").await.status(), 200);
+    put_part(&f.channel, 5, 2, b"part 5.2");
+    publish(&f.channel, b"playlist v2", b"delta v2", Progress { msn: 5, parts: 3, ..Default::default() });
+    for task in held {
+        assert_eq!(task.await.expect("task").status(), 200);
+    }
+    // The places are free again.
+    let again = spawn_get(&o, "/live/demo/720p/5.3.m4s");
+    settle().await;
+    assert_eq!(o.waiting(), 1);
+    again.abort();
+}
+
+#[tokio::test]
 async fn a_hundred_waiters_get_identical_bytes() {
     let f = fixture();
     let parts: Vec<_> = (0..100).map(|_| spawn_get(&f.origin, "/live/demo/720p/5.2.m4s")).collect();
