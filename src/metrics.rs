@@ -36,6 +36,8 @@ pub struct Metrics {
     pub publish_rejections: IntCounterVec,
     /// Publisher timed text (`onTextData`, `onCuePoint`) dropped, per channel and reason (`size`, `rate`).
     pub ingest_timed_text_dropped: IntCounterVec,
+    /// Bytes of media queued between each publish's connection and its channel.
+    pub ingest_queued_bytes: IntGaugeVec,
     /// Audio tags dropped at ingest while the video goes on, per channel and reason (`unsupported_codec`).
     pub ingest_audio_dropped: IntCounterVec,
     /// Runs of a track's timestamps that stopped advancing (its frames then timed by their count),
@@ -337,6 +339,11 @@ impl Metrics {
             "Timed text from publishers dropped: over 1024 bytes (size) or over the metadata API's rate and burst (rate)",
             &["channel", "reason"],
         );
+        let ingest_queued_bytes = b.gauge(
+            "ingest_queued_bytes",
+            "Bytes of media received and not yet taken by the channel (at most rtmp.max_queued_bytes)",
+            &["channel"],
+        );
         let ingest_audio_dropped = b.counter(
             "ingest_audio_dropped_total",
             "Audio tags dropped at ingest while the video goes on (unsupported_codec: not AAC)",
@@ -461,6 +468,7 @@ impl Metrics {
             publish_rejections,
             publisher_takeovers,
             ingest_timed_text_dropped,
+            ingest_queued_bytes,
             ingest_audio_dropped,
             ingest_frozen_tracks,
             rtmp_connections,

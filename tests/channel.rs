@@ -45,7 +45,8 @@ fn feed(tx: &tokio::sync::mpsc::Sender<Arrival>, samples: &[Sample], offset: i64
         let mut s = s.clone();
         s.pts += offset;
         s.dts += offset;
-        tx.blocking_send(Arrival { packet: MediaPacket::Video(s), at: SystemTime::now() }).expect("channel is live");
+        tx.blocking_send(Arrival { packet: MediaPacket::Video(s), at: SystemTime::now(), charge: None })
+            .expect("channel is live");
     }
 }
 
@@ -63,7 +64,7 @@ fn publish_phone() -> (Arc<Store>, Channels, Publish) {
 fn send_params(publish: &Publish, params: ladderd::media::VideoParams) {
     publish
         .media
-        .blocking_send(Arrival { packet: MediaPacket::VideoParams(params), at: SystemTime::now() })
+        .blocking_send(Arrival { packet: MediaPacket::VideoParams(params), at: SystemTime::now(), charge: None })
         .expect("live");
 }
 
@@ -203,7 +204,10 @@ fn audio_without_video_is_reported_once_and_publishes_nothing() {
         frame_samples: 1024,
     };
     let t0 = SystemTime::now();
-    publish.media.blocking_send(Arrival { packet: MediaPacket::AudioParams(params), at: t0 }).expect("live");
+    publish
+        .media
+        .blocking_send(Arrival { packet: MediaPacket::AudioParams(params), at: t0, charge: None })
+        .expect("live");
     // Eight seconds of AAC frames, stamped with their arrival as a real-time publisher's would be.
     for i in 0..375i64 {
         let ticks = i * 1024 * 90_000 / 48_000;
@@ -215,7 +219,7 @@ fn audio_without_video_is_reported_once_and_publishes_nothing() {
             data: bytes::Bytes::from_static(&[0x21, 0x10, 0x04]),
         };
         let at = t0 + Duration::from_micros(ticks as u64 * 100 / 9);
-        publish.media.blocking_send(Arrival { packet: MediaPacket::Audio(sample), at }).expect("live");
+        publish.media.blocking_send(Arrival { packet: MediaPacket::Audio(sample), at, charge: None }).expect("live");
     }
     end_publish(&channels, publish);
 

@@ -34,7 +34,7 @@ fn publish_to(hardware: &str) -> (Arc<Metrics>, Arc<Store>) {
     let channels = Channels::new(Arc::new(cfg), store.clone(), metrics.clone());
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let publish = channels.begin("live", "cam-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
-    let send = |packet| publish.media.blocking_send(Arrival { packet, at: SystemTime::now() });
+    let send = |packet| publish.media.blocking_send(Arrival { packet, at: SystemTime::now(), charge: None });
     if send(MediaPacket::VideoParams(params)).is_ok() {
         // In real time, as a publisher sends it: faster, the rung would skip pictures as a rung
         // behind real time does.

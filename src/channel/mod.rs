@@ -370,7 +370,9 @@ impl PublishGate for Channels {
         drop(live);
         drop(channels);
         let timed_text = TokenBucket::new(config.admin.metadata_rate, config.admin.metadata_burst);
-        Ok(Publish { channel: name.clone(), media: tx, kick, activity, timed_text })
+        let queue_limit = config.rtmp.max_queued_bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
+        let queue_budget = Arc::new(tokio::sync::Semaphore::new(queue_limit));
+        Ok(Publish { channel: name.clone(), media: tx, kick, activity, timed_text, queue_budget, queue_limit })
     }
 }
 

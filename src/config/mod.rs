@@ -66,6 +66,10 @@ pub struct RtmpConfig {
     /// 8 MiB after it): an unauthenticated client has no use for more.
     #[serde(default = "default_max_message_before_publish")]
     pub max_message_before_publish: usize,
+    /// Bytes of media one publish may have queued for its channel; beyond it the connection stops
+    /// reading until the channel catches up (TCP then slows the publisher).
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
     /// Seconds a client has to complete the RTMP handshake and `publish`.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: f64,
@@ -87,6 +91,7 @@ impl Default for RtmpConfig {
             max_pending_per_address: default_max_pending_per_address(),
             key_failures_per_minute: default_key_failures_per_minute(),
             max_message_before_publish: default_max_message_before_publish(),
+            max_queued_bytes: default_max_queued_bytes(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
             app: default_app(),
@@ -110,6 +115,11 @@ fn default_key_failures_per_minute() -> u32 {
 /// `publish` command, far below a media message.
 pub const DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH: usize = 16 * 1024;
 
+/// Several seconds of a high-bitrate source (64 MiB is 20 s at 25 Mbit/s), well over one 8 MiB
+/// media message.
+fn default_max_queued_bytes() -> usize {
+    64 << 20
+}
 fn default_max_message_before_publish() -> usize {
     DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH
 }

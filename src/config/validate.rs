@@ -61,6 +61,9 @@ impl Config {
         if !(1024..=64 * 1024).contains(&self.rtmp.max_message_before_publish) {
             bad("rtmp.max_message_before_publish".into(), "must be between 1024 and 65536 bytes".into());
         }
+        if !((8 << 20)..=(1 << 30)).contains(&self.rtmp.max_queued_bytes) {
+            bad("rtmp.max_queued_bytes".into(), "must be between 8 MiB (one media message) and 1 GiB".into());
+        }
         if self.http.max_held_requests == 0 {
             bad("http.max_held_requests".into(), "must be at least 1".into());
         }

@@ -63,6 +63,12 @@ pub struct Publish {
     /// What the publisher's own timed text (`onTextData`, `onCuePoint`) may spend: the same rate
     /// and burst as posts to the metadata API (`admin.metadata_rate`, `admin.metadata_burst`).
     pub timed_text: TokenBucket,
+    /// Bytes of media queued for the channel and not yet taken by it (`rtmp.max_queued_bytes`):
+    /// a packet takes its size from here before it is queued, so a channel that falls behind
+    /// slows its publisher's socket instead of holding its backlog in memory.
+    pub queue_budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size.
+    pub queue_limit: usize,
 }
 
 /// Milliseconds on a monotonic clock that ingest and the gate share.

@@ -32,7 +32,7 @@ use crate::ingest::chunk_guard::{ChunkGuard, ChunkViolation, timed_text_payload}
 use crate::ingest::flv::{self, AudioTag, FlvError, VideoDemuxer, VideoTag};
 use crate::ingest::timeline::{Freeze, Timeline, TrackClock};
 use crate::ingest::{Publish, PublishGate, Refusal};
-use crate::media::{Arrival, MediaPacket, Sample, Ticks};
+use crate::media::{Arrival, MediaPacket, QueueCharge, Sample, Ticks};
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 
@@ -244,6 +244,11 @@ struct ActivePublish {
     /// then on, and the video goes on alone.
     unsupported_audio: Option<String>,
     audio_dropped: IntCounter,
+    queue_budget: Arc<tokio::sync::Semaphore>,
+    queue_limit: usize,
+    queued_bytes: prometheus::IntGauge,
+    /// Whether this publish has waited on a full queue budget yet (said once).
+    queue_full_said: bool,
     /// Timed text messages dropped so far, to log them sparingly.
     timed_text_drops: u64,
 }
@@ -251,6 +256,7 @@ struct ActivePublish {
 impl ActivePublish {
     fn new(publish: Publish, metrics: &Metrics) -> Self {
         let ingest_bytes = metrics.ingest_bytes.with_label_values(&[&publish.channel]);
+        let queued_bytes = metrics.ingest_queued_bytes.with_label_values(&[&publish.channel]);
         let audio_dropped = metrics.ingest_audio_dropped.with_label_values(&[&publish.channel, "unsupported_codec"]);
         let cadence = CadenceGauges::new(
             metrics.ingest_frame_rate.with_label_values(&[&publish.channel]),
@@ -277,6 +283,10 @@ impl ActivePublish {
             timed_text_dropped: metrics.ingest_timed_text_dropped.clone(),
             unsupported_audio: None,
             audio_dropped,
+            queue_budget: publish.queue_budget,
+            queue_limit: publish.queue_limit,
+            queued_bytes,
+            queue_full_said: false,
             timed_text_drops: 0,
         }
     }
@@ -825,8 +835,40 @@ impl Connection {
     /// Sends a packet to the channel. Waiting here is the backpressure: while the channel is
     /// behind, the socket is not read and TCP slows the publisher down.
     async fn forward(&mut self, packet: MediaPacket) -> Result<(), Stop> {
-        let Some(p) = self.publish.as_ref() else { return Ok(()) };
-        let arrival = Arrival { packet, at: SystemTime::now() };
+        let peer = self.peer;
+        let Some(p) = self.publish.as_mut() else { return Ok(()) };
+        let at = SystemTime::now();
+        // Its size of the queue budget first: a channel that is behind slows the socket.
+        let bytes = packet.payload_len().clamp(1, p.queue_limit) as u32;
+        let charge = loop {
+            if let Ok(permit) = p.queue_budget.clone().try_acquire_many_owned(bytes) {
+                break permit;
+            }
+            if !std::mem::replace(&mut p.queue_full_said, true) {
+                tracing::warn!(
+                    %peer,
+                    channel = %p.channel,
+                    config_key = "rtmp.max_queued_bytes",
+                    limit = p.queue_limit,
+                    "the channel is behind its publisher: its ingest queue is full, reading from the publisher waits (said once per publish)"
+                );
+            }
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(Ended::Shutdown.into()),
+                () = p.kick.cancelled() => return Err(Ended::Kicked.into()),
+                permit = p.queue_budget.clone().acquire_many_owned(bytes) => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => return Err(Ended::ChannelClosed.into()),
+                },
+                () = tokio::time::sleep(ACTIVITY_REFRESH) => {
+                    p.activity.store(super::activity_clock(), Ordering::Relaxed);
+                }
+            }
+        };
+        let charge = Some(Arc::new(QueueCharge::new(charge, p.queued_bytes.clone())));
+        let arrival = Arrival { packet, at, charge };
+        let p = &*p;
         loop {
             tokio::select! {
                 biased;
@@ -893,16 +935,23 @@ mod tests {
         calls: Mutex<Vec<(String, String)>>,
         media: Mutex<Option<mpsc::Sender<Arrival>>>,
         kick: CancellationToken,
+        queue_limit: usize,
     }
 
     impl FakeGate {
         fn new(key: &str) -> (Arc<Self>, mpsc::Receiver<Arrival>) {
-            let (tx, rx) = mpsc::channel(64);
+            Self::with_queue(key, 64, 64 << 20)
+        }
+
+        /// A gate whose publish queue holds `packets` arrivals and `bytes` of their media.
+        fn with_queue(key: &str, packets: usize, bytes: usize) -> (Arc<Self>, mpsc::Receiver<Arrival>) {
+            let (tx, rx) = mpsc::channel(packets);
             let gate = FakeGate {
                 key: key.into(),
                 calls: Mutex::new(Vec::new()),
                 media: Mutex::new(Some(tx)),
                 kick: CancellationToken::new(),
+                queue_limit: bytes,
             };
             (Arc::new(gate), rx)
         }
@@ -925,6 +974,8 @@ mod tests {
                 kick: self.kick.clone(),
                 activity: Default::default(),
                 timed_text: TokenBucket::new(5.0, 5),
+                queue_budget: Arc::new(tokio::sync::Semaphore::new(self.queue_limit)),
+                queue_limit: self.queue_limit,
             })
         }
     }
@@ -1446,6 +1497,38 @@ mod tests {
         let dropped = server.metrics.ingest_audio_dropped.with_label_values(&["test", "unsupported_codec"]).get();
         assert!(dropped >= 50, "each dropped MP3 tag is counted: {dropped}");
         assert_eq!(server.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_queued_media_is_bounded_in_bytes_and_a_slow_channel_slows_the_publisher() {
+        // Room for 10,000 packets but only 30 kB of their media.
+        let (gate, mut rx) = FakeGate::with_queue("k1234", 10_000, 30_000);
+        let server = Server::start(gate.clone(), 5.0, 8).await;
+        let queued = server.metrics.ingest_queued_bytes.with_label_values(&["test"]);
+        let publisher = tokio::spawn(ffmpeg_publish(server.addr, "k1234", 3));
+        // The channel takes nothing for 4 s: the queue fills to its budget and stays there.
+        let mut peak = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(4) {
+            peak = peak.max(queued.get());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(peak > 15_000 && peak <= 30_000, "queued bytes peaked at {peak}");
+        // Then it catches up: everything arrives, and the budget is all given back.
+        let mut arrivals = 0;
+        while let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            arrivals += 1;
+            drop(a);
+        }
+        let out = publisher.await.expect("join");
+        assert!(
+            out.status.success(),
+            "the publisher was slowed, not dropped: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(arrivals > 90, "every frame arrives in the end: {arrivals}");
+        assert_eq!(queued.get(), 0);
         server.stop().await;
     }
 

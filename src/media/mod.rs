@@ -7,6 +7,7 @@ pub mod aac;
 pub mod avc;
 pub mod bits;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -106,6 +107,43 @@ pub struct EncodedPacket {
 pub struct Arrival {
     pub packet: MediaPacket,
     pub at: SystemTime,
+    /// The share of its publish's queue budget (`rtmp.max_queued_bytes`) this packet holds until
+    /// the channel is done with it; `None` for packets that were not charged.
+    pub charge: Option<Arc<QueueCharge>>,
+}
+
+impl MediaPacket {
+    /// Bytes of media or metadata the packet carries: what it costs in a queue.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            MediaPacket::Video(s) | MediaPacket::Audio(s) => s.data.len(),
+            MediaPacket::Metadata { payload, .. } => payload.len(),
+            MediaPacket::VideoParams(_) | MediaPacket::AudioParams(_) => 0,
+        }
+    }
+}
+
+/// Bytes of a publish's ingest queue held by one packet; given back (and taken off the
+/// `ladderd_ingest_queued_bytes` gauge) when the packet is dropped.
+#[derive(Debug)]
+pub struct QueueCharge {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: prometheus::IntGauge,
+}
+
+impl QueueCharge {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: prometheus::IntGauge) -> Self {
+        let bytes = i64::from(permit.num_permits() as u32);
+        gauge.add(bytes);
+        Self { _permit: permit, bytes, gauge }
+    }
+}
+
+impl Drop for QueueCharge {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
 }
 
 /// Where one rendition's encoded output goes (the packager and store behind it). Called from the
