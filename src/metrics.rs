@@ -49,7 +49,7 @@ pub struct Metrics {
     pub rtmp_connections: IntGauge,
     /// RTMP connections whose publish has not been accepted yet (handshakes, `connect`), now.
     pub rtmp_pending_connections: IntGauge,
-    /// RTMP connections closed by the server, by reason (`limit`, `pending`, `pending_per_address`, `handshake_timeout`, `idle_timeout`, `protocol`, `tls`, `panic`).
+    /// RTMP connections closed by the server, by reason (`limit`, `pending`, `pending_per_address`, `handshake_timeout`, `idle_timeout`, `protocol`, `bitrate`, `tls`, `panic`).
     pub rtmp_connections_dropped: IntCounterVec,
     /// Channels with a live publisher (1) or not (0).
     pub channel_live: IntGaugeVec,

@@ -70,6 +70,10 @@ pub struct RtmpConfig {
     /// reading until the channel catches up (TCP then slows the publisher).
     #[serde(default = "default_max_queued_bytes")]
     pub max_queued_bytes: usize,
+    /// Bits per second a publisher may send, audio and video together, per channel; one that
+    /// sends more than twice this over 5 s is disconnected with the reason. 0: no cap.
+    #[serde(default = "default_max_bitrate")]
+    pub max_bitrate: u64,
     /// Seconds a client has to complete the RTMP handshake and `publish`.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: f64,
@@ -92,6 +96,7 @@ impl Default for RtmpConfig {
             key_failures_per_minute: default_key_failures_per_minute(),
             max_message_before_publish: default_max_message_before_publish(),
             max_queued_bytes: default_max_queued_bytes(),
+            max_bitrate: default_max_bitrate(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
             app: default_app(),
@@ -119,6 +124,11 @@ pub const DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH: usize = 16 * 1024;
 /// media message.
 fn default_max_queued_bytes() -> usize {
     64 << 20
+}
+/// Above any contribution encode a live ladder takes (4K HEVC from a studio encoder is 20-40
+/// Mbit/s); ended only at twice this.
+fn default_max_bitrate() -> u64 {
+    50_000_000
 }
 fn default_max_message_before_publish() -> usize {
     DEFAULT_MAX_MESSAGE_BEFORE_PUBLISH

@@ -64,6 +64,9 @@ impl Config {
         if !((8 << 20)..=(1 << 30)).contains(&self.rtmp.max_queued_bytes) {
             bad("rtmp.max_queued_bytes".into(), "must be between 8 MiB (one media message) and 1 GiB".into());
         }
+        if self.rtmp.max_bitrate != 0 && self.rtmp.max_bitrate < 64_000 {
+            bad("rtmp.max_bitrate".into(), "must be 0 (no cap) or at least 64000 bits per second".into());
+        }
         if self.http.max_held_requests == 0 {
             bad("http.max_held_requests".into(), "must be at least 1".into());
         }

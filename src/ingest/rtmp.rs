@@ -65,6 +65,8 @@ pub(super) struct Limits {
     idle: Duration,
     /// Largest message before the publish is accepted.
     before_publish: usize,
+    /// `rtmp.max_bitrate`, bits per second; 0 for none.
+    max_bitrate: u64,
 }
 
 impl Limits {
@@ -77,6 +79,7 @@ impl Limits {
             handshake: secs(config.handshake_timeout, 5),
             idle: secs(config.idle_timeout, 10),
             before_publish: config.max_message_before_publish,
+            max_bitrate: config.max_bitrate,
         }
     }
 }
@@ -160,6 +163,10 @@ pub enum IngestError {
     )]
     UnsupportedCodec { peer: SocketAddr, channel: String, what: String, timestamp: u32 },
     #[error(
+        "channel {channel}, peer {peer}: {measured_bps} bit/s over the last {window_s} s, more than twice rtmp.max_bitrate ({limit_bps} bit/s)"
+    )]
+    BitrateExceeded { peer: SocketAddr, channel: String, measured_bps: u64, limit_bps: u64, window_s: u64 },
+    #[error(
         "channel {channel}, peer {peer}: {count} malformed FLV tags in a row, the last at RTMP timestamp {timestamp} ms: {source}"
     )]
     MalformedTags {
@@ -182,6 +189,7 @@ impl IngestError {
             | IngestError::Session { .. }
             | IngestError::Chunk { .. }
             | IngestError::MalformedTags { .. } => Some("protocol"),
+            IngestError::BitrateExceeded { .. } => Some("bitrate"),
             // Counted as a publish rejection instead.
             IngestError::UnsupportedCodec { .. } => None,
             IngestError::Io { .. } => None,
@@ -251,10 +259,45 @@ struct ActivePublish {
     queue_full_said: bool,
     /// Timed text messages dropped so far, to log them sparingly.
     timed_text_drops: u64,
+    bitrate: BitrateWindow,
+}
+
+/// The window over which a publisher's bitrate is held to `rtmp.max_bitrate`: long enough that
+/// keyframes and a catch-up after a network stall (bursts of a few seconds) pass.
+const BITRATE_WINDOW: Duration = Duration::from_secs(5);
+/// How far over `rtmp.max_bitrate` a publisher may go over a window before it is ended.
+const BITRATE_TOLERANCE: u64 = 2;
+
+/// Bytes of media received in the current [`BITRATE_WINDOW`].
+struct BitrateWindow {
+    limit_bps: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl BitrateWindow {
+    /// Counts `bytes`; the rate measured if it is over the tolerance, ended early once the
+    /// window's allowance is spent (a flood need not be taken for a whole window).
+    fn add(&mut self, bytes: usize) -> Option<u64> {
+        if self.limit_bps == 0 {
+            return None;
+        }
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+        let allowance = self.limit_bps.saturating_mul(BITRATE_TOLERANCE).saturating_mul(BITRATE_WINDOW.as_secs()) / 8;
+        let elapsed = self.start.elapsed();
+        if self.bytes > allowance {
+            let secs = elapsed.as_secs_f64().max(0.001);
+            return Some((self.bytes as f64 * 8.0 / secs) as u64);
+        }
+        if elapsed >= BITRATE_WINDOW {
+            (self.start, self.bytes) = (Instant::now(), 0);
+        }
+        None
+    }
 }
 
 impl ActivePublish {
-    fn new(publish: Publish, metrics: &Metrics) -> Self {
+    fn new(publish: Publish, metrics: &Metrics, max_bitrate: u64) -> Self {
         let ingest_bytes = metrics.ingest_bytes.with_label_values(&[&publish.channel]);
         let queued_bytes = metrics.ingest_queued_bytes.with_label_values(&[&publish.channel]);
         let audio_dropped = metrics.ingest_audio_dropped.with_label_values(&[&publish.channel, "unsupported_codec"]);
@@ -287,7 +330,22 @@ impl ActivePublish {
             queue_limit: publish.queue_limit,
             queued_bytes,
             queue_full_said: false,
+            bitrate: BitrateWindow { limit_bps: max_bitrate, start: Instant::now(), bytes: 0 },
             timed_text_drops: 0,
+        }
+    }
+
+    /// Ends the publish when it runs far over `rtmp.max_bitrate`.
+    fn check_bitrate(&mut self, peer: SocketAddr, bytes: usize) -> Result<(), IngestError> {
+        match self.bitrate.add(bytes) {
+            None => Ok(()),
+            Some(measured_bps) => Err(IngestError::BitrateExceeded {
+                peer,
+                channel: self.channel.clone(),
+                measured_bps,
+                limit_bps: self.bitrate.limit_bps,
+                window_s: BITRATE_WINDOW.as_secs(),
+            }),
         }
     }
 
@@ -672,7 +730,7 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, channel = %publish.channel, "publish accepted");
                 self.ticket.publishing();
                 self.guard.publishing();
-                self.publish = Some(ActivePublish::new(publish, &self.metrics));
+                self.publish = Some(ActivePublish::new(publish, &self.metrics, self.limits.max_bitrate));
                 self.queue_nested(results);
                 self.flush().await
             }
@@ -710,6 +768,7 @@ impl Connection {
         let peer = self.peer;
         let Some(p) = self.publish.as_mut() else { return Ok(()) };
         p.ingest_bytes.inc_by(body.len() as u64);
+        p.check_bitrate(peer, body.len())?;
         let packet = match p.video.parse(body) {
             Ok(VideoTag::Params(params)) => MediaPacket::VideoParams(params),
             Ok(VideoTag::Frame { keyframe, composition_ms, data }) => {
@@ -767,6 +826,7 @@ impl Connection {
         let peer = self.peer;
         let Some(p) = self.publish.as_mut() else { return Ok(()) };
         p.ingest_bytes.inc_by(body.len() as u64);
+        p.check_bitrate(peer, body.len())?;
         if p.unsupported_audio.is_some() {
             p.audio_dropped.inc();
             return Ok(());
@@ -1529,6 +1589,24 @@ mod tests {
         );
         assert!(arrivals > 90, "every frame arrives in the end: {arrivals}");
         assert_eq!(queued.get(), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_a_publisher_far_over_the_bitrate_cap_is_ended_with_the_reason() {
+        let (gate, mut rx) = FakeGate::new("k1234");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // 100 kbit/s: the synthetic source sends about 1.5 Mbit/s of video.
+        let config = RtmpConfig { max_bitrate: 100_000, ..RtmpConfig::default() };
+        let server = Server::start_with(listener, gate, config).await;
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let video = ["-c:v", "libx264", "-preset", "ultrafast", "-b:v", "1500k", "-g", "30", "-pix_fmt", "yuv420p"];
+        let started = Instant::now();
+        let out = ffmpeg_publish_with(server.addr, "k1234", 10, &video).await;
+        assert!(!out.status.success(), "the publisher is disconnected");
+        assert!(started.elapsed() < Duration::from_secs(8), "well before its 10 s: {:?}", started.elapsed());
+        eventually("counted", || server.dropped("bitrate") == 1).await;
+        drain.abort();
         server.stop().await;
     }
 
