@@ -2,7 +2,6 @@
 //! requests held until the rendition's [`Progress`] reaches what they ask for (a playlist update,
 //! or the part a preload hint names), never longer than three target durations.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Response;
@@ -17,6 +16,7 @@ use crate::http::Body;
 use crate::media::Container;
 use crate::metrics::GaugeGuard;
 use crate::store::{ChannelObjects, ObjectName, Progress};
+use crate::sync::lock;
 
 /// The LL-HLS timing an origin needs: where the hold bound, the Advance Part Limit and the cache
 /// lifetime of blocking responses come from.
@@ -239,9 +239,10 @@ impl Origin {
     ) -> Hold {
         let Ok(_place) = self.held_slots.try_acquire() else {
             self.metrics.held_refused.inc();
-            let now = crate::ingest::activity_clock();
-            let last = self.held_full_logged.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= 10_000 && self.held_full_logged.swap(now, Ordering::Relaxed) == last {
+            let now = std::time::Instant::now();
+            let mut last = lock(&self.held_full_logged);
+            if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                *last = Some(now);
                 tracing::warn!(
                     config_key = "http.max_held_requests",
                     limit = self.held_limit,

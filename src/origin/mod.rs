@@ -65,8 +65,8 @@ pub struct Origin {
     /// Places for held requests (`http.max_held_requests`).
     held_slots: Arc<tokio::sync::Semaphore>,
     held_limit: usize,
-    /// When a refusal for want of a place was last logged ([`crate::ingest::activity_clock`] ms).
-    held_full_logged: std::sync::atomic::AtomicU64,
+    /// When a refusal for want of a place was last logged.
+    held_full_logged: std::sync::Mutex<Option<std::time::Instant>>,
     preview: Preview,
     cache: CachePolicy,
 }
@@ -84,7 +84,7 @@ impl Origin {
             waiting,
             held_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_HELD)),
             held_limit: DEFAULT_MAX_HELD,
-            held_full_logged: std::sync::atomic::AtomicU64::new(0),
+            held_full_logged: std::sync::Mutex::new(None),
             preview: Preview::default(),
             cache: CachePolicy::default(),
         }
