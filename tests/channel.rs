@@ -234,3 +234,38 @@ fn audio_without_video_is_reported_once_and_publishes_nothing() {
         objects.names()
     );
 }
+
+#[test]
+fn a_publisher_flapping_its_parameters_is_ended_after_the_restart_limit() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (landscape, a) = encoded_video(dir.path(), "320x240", 30, 1);
+    let (portrait, b) = encoded_video(dir.path(), "240x320", 30, 1);
+    let store = Arc::new(Store::new());
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
+    cfg.transcode.max_restarts_per_minute = 2;
+    let metrics = Arc::new(Metrics::new());
+    let channels = Channels::new(Arc::new(cfg), store.clone(), metrics.clone());
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let publish = channels.begin("live", "phone-key", peer).unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let restarts = || metrics.pipeline_errors.with_label_values(&["phone", "restarts"]).get();
+
+    // Two changes are within the limit; the third ends the publish.
+    for (i, (params, frames)) in [(&landscape, &a), (&portrait, &b), (&landscape, &a)].into_iter().enumerate() {
+        send_params(&publish, params.clone());
+        feed(&publish.media, frames, i as i64 * 90_000);
+    }
+    assert!(channels.is_live("phone"), "two restarts are allowed");
+    assert_eq!(restarts(), 0);
+    send_params(&publish, portrait.clone());
+    eventually(Duration::from_secs(10), "the publish to end", || (!channels.is_live("phone")).then_some(()));
+    assert_eq!(restarts(), 1, "counted as the reason");
+    assert!(publish.kick.is_cancelled(), "the publisher is sent away");
+    // The channel thread ends the playlists just after it frees the channel.
+    let playlist = eventually(Duration::from_secs(10), "its playlists to end", || {
+        let t = text(&store, "240p/index.m3u8");
+        t.contains("#EXT-X-ENDLIST").then_some(t)
+    });
+    assert_eq!(playlist.matches("#EXT-X-DISCONTINUITY\n").count(), 2, "two restarts:\n{playlist}");
+    channels.drain();
+}

@@ -3,9 +3,10 @@
 //! unchanged stream parameters), segment cuts for passthrough and audio, timed metadata stamped
 //! on the next video frame, and the flush when the publisher leaves.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -90,6 +91,8 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     let mut video_params: Option<VideoParams> = None;
     let mut audio_params: Option<AudioParams> = None;
     let mut session: Option<Session> = None;
+    // When the ladder was restarted in the last minute (`transcode.max_restarts_per_minute`).
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
     let mut dropped_before_start = 0u64;
     let (mut audio_alone_since, mut warned_audio_alone) = (None::<SystemTime>, false);
     // Before the first keyframe there is no ladder yet, so these drops belong to no rung.
@@ -105,15 +108,19 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
         }
         let result = match arrival.packet {
             MediaPacket::VideoParams(p) => {
-                if session.as_ref().is_some_and(|s| s.source != p) {
-                    restart(ctx, &mut session, "video parameters changed");
+                if session.as_ref().is_some_and(|s| s.source != p)
+                    && !restart(ctx, &mut session, &mut restarts, "video parameters changed")
+                {
+                    break;
                 }
                 video_params = Some(p);
                 Ok(())
             }
             MediaPacket::AudioParams(p) => {
-                if session.as_ref().is_some_and(|s| s.audio_params.as_ref() != Some(&p)) {
-                    restart(ctx, &mut session, "audio parameters changed");
+                if session.as_ref().is_some_and(|s| s.audio_params.as_ref() != Some(&p))
+                    && !restart(ctx, &mut session, &mut restarts, "audio parameters changed")
+                {
+                    break;
                 }
                 audio_params = Some(p);
                 Ok(())
@@ -332,12 +339,35 @@ fn put_on_board(ctx: &PublishContext, pts: Ticks, payload: &[u8], posted: System
 
 /// Ends the session without ending its playlists; the next keyframe starts a new one with the
 /// new parameters (a new ladder plan, new init segments, a discontinuity in every rendition).
-fn restart(ctx: &PublishContext, session: &mut Option<Session>, why: &str) {
+/// False when this would be one restart too many in a minute: the publish is then to end.
+fn restart(ctx: &PublishContext, session: &mut Option<Session>, restarts: &mut VecDeque<Instant>, why: &str) -> bool {
+    let now = Instant::now();
+    while restarts.front().is_some_and(|t| now.duration_since(*t) >= RESTART_WINDOW) {
+        restarts.pop_front();
+    }
+    let limit = ctx.config.transcode.max_restarts_per_minute;
+    if restarts.len() >= limit as usize {
+        tracing::error!(
+            channel = %ctx.channel.name,
+            reason = why,
+            config_key = "transcode.max_restarts_per_minute",
+            limit,
+            "the publisher changed its stream parameters too often (each change rebuilds the ladder); ending the publish"
+        );
+        ctx.metrics.pipeline_errors.with_label_values(&[&ctx.channel.name, "restarts"]).inc();
+        ctx.kick.cancel();
+        return false;
+    }
     if let Some(s) = session.take() {
+        restarts.push_back(now);
         tracing::info!(channel = %ctx.channel.name, reason = why, "restarting the ladder at the next keyframe");
         s.finish(true);
     }
+    true
 }
+
+/// The window of `transcode.max_restarts_per_minute`.
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {

@@ -403,6 +403,17 @@ pub struct TranscodeConfig {
     /// Threads each libx264 encoder may use (0: let x264 decide).
     #[serde(default = "default_encoder_threads")]
     pub encoder_threads: usize,
+    /// Ladder restarts (a changed sequence header: new resolution or codec settings) one publish
+    /// may cause in any minute; one more ends the publish with the reason.
+    #[serde(default = "default_max_restarts_per_minute")]
+    pub max_restarts_per_minute: u32,
+}
+
+/// A phone turning, a scene switch to another resolution: a few a minute at most. Each restart
+/// builds a new ladder (encoders, a GPU session), so a publisher flapping its parameters could
+/// otherwise churn them without end.
+fn default_max_restarts_per_minute() -> u32 {
+    10
 }
 
 impl Default for TranscodeConfig {
@@ -416,6 +427,7 @@ impl Default for TranscodeConfig {
             x264_preset: default_x264_preset(),
             max_frame_rate: default_max_frame_rate(),
             encoder_threads: default_encoder_threads(),
+            max_restarts_per_minute: default_max_restarts_per_minute(),
         }
     }
 }

@@ -67,6 +67,9 @@ impl Config {
         if self.rtmp.max_bitrate != 0 && self.rtmp.max_bitrate < 64_000 {
             bad("rtmp.max_bitrate".into(), "must be 0 (no cap) or at least 64000 bits per second".into());
         }
+        if self.transcode.max_restarts_per_minute == 0 {
+            bad("transcode.max_restarts_per_minute".into(), "must be at least 1".into());
+        }
         if self.http.max_held_requests == 0 {
             bad("http.max_held_requests".into(), "must be at least 1".into());
         }
