@@ -5,7 +5,9 @@
 //   --settle S     leave the first S seconds of playback out of the latency figures
 // The report has, besides hls.js's own counters: stalls (video `waiting` events after playback
 // started) and how long they lasted, the part request rate, and glass-to-glass latency (wall clock
-// minus hls.playingDate, which comes from EXT-X-PROGRAM-DATE-TIME) as min/p50/p95/max.
+// minus hls.playingDate, which comes from EXT-X-PROGRAM-DATE-TIME) as min/p50/p95/max. For a
+// failure's diagnosis it also has the video's buffered ranges in each sample and the last requests
+// to the origin (path, status, when sent and how long they took), with any still unanswered.
 // The page and hls.js are served from a throwaway local server, so nothing comes from the internet.
 import http from 'node:http';
 import fs from 'node:fs';
@@ -105,6 +107,25 @@ const context = await chromium.launchPersistentContext(profile, {
 let result;
 try {
   const tab = context.pages()[0] ?? await context.newPage();
+  const requests = [];
+  const sent = new Map();
+  const t0 = Date.now();
+  tab.on('request', r => {
+    if (r.url().startsWith(pageUrl)) return;
+    const u = new URL(r.url());
+    const entry = { at: Date.now() - t0, path: u.pathname + u.search, status: null, ms: null };
+    sent.set(r, entry);
+    requests.push(entry);
+  });
+  const settled = (r, status) => {
+    const entry = sent.get(r);
+    if (!entry) return;
+    sent.delete(r);
+    entry.status = status;
+    entry.ms = Date.now() - t0 - entry.at;
+  };
+  tab.on('requestfinished', async r => settled(r, (await r.response())?.status() ?? 'no response'));
+  tab.on('requestfailed', r => settled(r, 'failed: ' + (r.failure()?.errorText ?? '?')));
   await tab.goto(pageUrl);
   const samples = [];
   const start = Date.now();
@@ -116,6 +137,7 @@ try {
       width: document.getElementById('v').videoWidth,
       height: document.getElementById('v').videoHeight,
       latency: window.hls.latency,
+      buffered: (b => Array.from({ length: b.length }, (_, i) => [b.start(i), b.end(i)]))(document.getElementById('v').buffered),
       playingDate: window.hls.playingDate ? window.hls.playingDate.getTime() : null,
       now: Date.now(),
     })));
@@ -132,6 +154,8 @@ try {
     latencyMs: latency.length ? { n: latency.length, min: latency[0], p50: at(0.5), p95: at(0.95), max: latency.at(-1) } : null,
     partsPerSecond: report.partsLoaded > 1 && partSpan > 0 ? (report.partsLoaded - 1) / partSpan : 0,
     samples,
+    lastRequests: requests.slice(-40),
+    unanswered: requests.filter(r => r.status === null),
   };
 } finally {
   await context.close();
