@@ -31,7 +31,7 @@ for target in $targets; do
   log=$(mktemp)
   echo "== fuzz $target (${seconds} s)"
   # Chunk streams and runs of FLV tags are longer than a header, a config or a data message.
-  case "$target" in chunk_guard | flv_tags) max_len=65536 ;; *) max_len=4096 ;; esac
+  case "$target" in chunk_guard | chunk_guard_vs_rml_rtmp | rtmp_connection | flv_tags) max_len=65536 ;; *) max_len=4096 ;; esac
   if ! cargo "${toolchain[@]}" fuzz run -s "$sanitizer" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
       -max_total_time="$seconds" -max_len="$max_len" -print_final_stats=1 >"$log" 2>&1; then
     tail -n 40 "$log"

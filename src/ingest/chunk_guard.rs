@@ -42,6 +42,10 @@ pub enum ChunkViolation {
         "message of type {type_id} announces {length} bytes before the publish was accepted, over rtmp.max_message_before_publish ({limit})"
     )]
     TooLargeBeforePublish { type_id: u8, length: usize, limit: usize },
+    #[error(
+        "chunk on stream {csid} starts a message with an extended timestamp delta of {delta}, which fits the 24-bit field"
+    )]
+    SmallExtendedDelta { csid: u32, delta: u32 },
     #[error("set chunk size {0} is out of range")]
     BadChunkSize(u32),
     #[error("AMF0 values nested deeper than {MAX_AMF_DEPTH} levels in a message of type {type_id}")]
@@ -109,6 +113,8 @@ struct ChunkHeader {
     fmt: u8,
     csid: u32,
     stream: StreamHeader,
+    /// The Extended Timestamp field, when the header has one.
+    extended: Option<u32>,
 }
 
 const SET_CHUNK_SIZE: u8 = 1;
@@ -217,10 +223,12 @@ impl ChunkGuard {
         let (length, type_id) =
             if fmt <= 1 { (u24(&mh[3..6]) as usize, mh[6]) } else { (previous.length, previous.type_id) };
         let extended = if timestamp_field >= EXTENDED_TIMESTAMP { 4 } else { 0 };
-        if b.len() < basic + message_header + extended {
+        let end = basic + message_header;
+        if b.len() < end + extended {
             return Ok(None);
         }
-        Ok(Some(ChunkHeader { fmt, csid, stream: StreamHeader { timestamp_field, length, type_id } }))
+        let extended = (extended > 0).then(|| u32::from_be_bytes([b[end], b[end + 1], b[end + 2], b[end + 3]]));
+        Ok(Some(ChunkHeader { fmt, csid, stream: StreamHeader { timestamp_field, length, type_id }, extended }))
     }
 
     fn begin_chunk(&mut self, header: ChunkHeader) -> Result<(), ChunkViolation> {
@@ -235,6 +243,14 @@ impl ChunkGuard {
             }
             self.chunk_left = (message.length - message.received).min(self.chunk_size);
             return Ok(());
+        }
+        // RTMP 1.0 §5.3.1.3: the extended field carries what the 24-bit field cannot, so a delta
+        // in it (any header but type 0) is 0xFFFFFF or more. rml_rtmp subtracts 0xFFFFFF from it
+        // on a message's first chunk, which overflows below that.
+        if header.fmt != 0
+            && let Some(delta) = header.extended.filter(|&d| d < EXTENDED_TIMESTAMP)
+        {
+            return Err(ChunkViolation::SmallExtendedDelta { csid: header.csid, delta });
         }
         let StreamHeader { length, type_id, .. } = header.stream;
         let by_type = if matches!(type_id, 8 | 9) { MAX_MEDIA_MESSAGE } else { MAX_CONTROL_MESSAGE };
@@ -639,6 +655,17 @@ pub(crate) mod tests {
         s.extend_from_slice(&payload[128..]);
         assert_eq!(g.check(&s), Ok(()));
         assert!(g.message.is_none() && g.chunk_left == 0);
+
+        // A type 1 header starting the next message with an extended delta that needs 25 bits
+        // passes; one whose extended delta would have fitted the 24-bit field does not.
+        let next = |delta: u32| {
+            let mut h = vec![0x41, (300 & 0xFF) as u8, (300 >> 8) as u8, 0xFF, 0xFF, 0xFF, 0, 0, 1, 9];
+            h.extend_from_slice(&delta.to_be_bytes());
+            h.push(0x17);
+            h
+        };
+        assert_eq!(g.check(&next(0x0100_0000)), Ok(()));
+        assert_eq!(g.check(&next(40)), Err(ChunkViolation::SmallExtendedDelta { csid: 364, delta: 40 }));
     }
 
     #[test]

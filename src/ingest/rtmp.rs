@@ -36,8 +36,13 @@ use crate::media::{Arrival, MediaPacket, QueueCharge, Sample, Ticks};
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 
-/// Bytes read from the socket at a time; also the most handed to rml_rtmp in one call.
+/// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 64 * 1024;
+/// The most bytes handed to rml_rtmp in one call. It returns every result of a call in one
+/// `Vec`, about a hundred bytes each, and a message can be a single byte on the wire (a type 3
+/// header of a zero-length message), so a whole read of those would cost a hundred times its
+/// size at once; in slices this size it costs at most a few hundred kilobytes.
+pub const SESSION_INPUT_SLICE: usize = 4096;
 /// Chunk size of what we send. Our messages are small commands; 4096 is what ffmpeg and OBS use.
 const OUTBOUND_CHUNK_SIZE: u32 = 4096;
 /// Largest timed text forwarded, the same limit the metadata API has (Amazon IVS's).
@@ -53,12 +58,14 @@ const C0_C1_LEN: usize = 1 + 1536;
 /// How often a publish waiting on a full ingest queue is marked as active.
 const ACTIVITY_REFRESH: Duration = Duration::from_millis(500);
 
-/// The byte stream of one connection: plain TCP, or TLS over TCP for RTMPS.
-pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+/// The byte stream of one connection: plain TCP, or TLS over TCP for RTMPS (or, for the fuzz
+/// target that drives a connection, bytes in memory).
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
+/// The time and size limits of a connection, from `rtmp.*`.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
+pub struct Limits {
     /// Handshake, `connect` and `publish` together.
     pub(super) handshake: Duration,
     /// Silence from a publisher.
@@ -70,7 +77,7 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    pub(super) fn new(config: &RtmpConfig) -> Self {
+    pub fn new(config: &RtmpConfig) -> Self {
         // The config is validated; this only keeps a NaN or a negative from turning into a panic.
         let secs = |v: f64, fallback: u64| {
             Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(fallback))
@@ -86,7 +93,7 @@ impl Limits {
 
 /// How a connection ended when nothing went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ended {
+pub enum Ended {
     /// The client hung up (or reset the connection).
     ClientClosed,
     /// The client ended its publish (`FCUnpublish`/`deleteStream`).
@@ -388,7 +395,9 @@ impl ActivePublish {
     }
 }
 
-pub(super) struct Connection {
+/// One RTMP connection, from the first handshake byte to its end; the listener runs one per
+/// accepted socket, inside `catch_unwind`.
+pub struct Connection {
     socket: Box<dyn Socket>,
     peer: SocketAddr,
     limits: Limits,
@@ -412,7 +421,7 @@ enum ReadOutcome {
 }
 
 impl Connection {
-    pub(super) fn new(
+    pub fn new(
         socket: Box<dyn Socket>,
         peer: SocketAddr,
         limits: Limits,
@@ -434,7 +443,8 @@ impl Connection {
         }
     }
 
-    pub(super) async fn run<G: PublishGate>(mut self, gate: &G) -> Result<Ended, IngestError> {
+    /// Runs the connection to its end: handshake, `connect`, `publish` (asked of `gate`), media.
+    pub async fn run<G: PublishGate>(mut self, gate: &G) -> Result<Ended, IngestError> {
         let result = self.drive(gate).await;
         // Dropping the sender is what ends the publish for the channel; do it before lingering.
         self.publish = None;
@@ -628,16 +638,18 @@ impl Connection {
             channel: self.channel_name(),
             source,
         })?;
-        let results = session.handle_input(bytes).map_err(|e| self.session_error(e))?;
         for message in self.guard.take_timed_text() {
             self.timed_text(&message).await?;
         }
-        // The packets of this batch were serialized before anything an event handler adds, and
-        // rml_rtmp's header compression needs them sent in serialization order.
-        let events = self.queue(results);
-        self.flush().await?;
-        for event in events {
-            self.event(session, event, gate).await?;
+        for slice in bytes.chunks(SESSION_INPUT_SLICE) {
+            let results = session.handle_input(slice).map_err(|e| self.session_error(e))?;
+            // The packets of this batch were serialized before anything an event handler adds,
+            // and rml_rtmp's header compression needs them sent in serialization order.
+            let events = self.queue(results);
+            self.flush().await?;
+            for event in events {
+                self.event(session, event, gate).await?;
+            }
         }
         Ok(())
     }
@@ -990,6 +1002,9 @@ mod tests {
     // ---- real sockets ----
 
     /// A gate that accepts one key once, and records every request.
+    /// The key a [`FakeGate`] panics on.
+    const PANIC_KEY: &str = "panic-in-the-gate";
+
     struct FakeGate {
         key: String,
         calls: Mutex<Vec<(String, String)>>,
@@ -1024,6 +1039,7 @@ mod tests {
     impl PublishGate for FakeGate {
         fn begin(&self, app: &str, stream_key: &str, _peer: SocketAddr) -> Result<Publish, Refusal> {
             self.calls.lock().expect("lock").push((app.into(), stream_key.into()));
+            assert_ne!(stream_key, PANIC_KEY, "the gate panics on this key");
             if stream_key != self.key {
                 return Err(Refusal::UnknownKey);
             }
@@ -1439,20 +1455,13 @@ mod tests {
         server.stop().await;
     }
 
-    #[cfg(debug_assertions)]
-    #[tokio::test]
-    async fn rtmp_panic_in_rml_rtmp_ends_only_that_connection() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtmp_a_panic_while_serving_a_connection_ends_only_that_connection() {
         let (gate, _rx) = FakeGate::new("k");
         let server = Server::start(gate, 5.0, 8).await;
-        let mut bad = TcpStream::connect(server.addr).await.expect("connect");
-        client_handshake(&mut bad).await;
-        // The one rml_rtmp 0.8 panic the guard lets through, in debug builds only: a compressed
-        // first chunk whose extended timestamp is below 0xFFFFFF underflows a u32 there (release
-        // builds wrap). A full header first, then a type-1 header on the same chunk stream.
-        let mut stream = vec![0x03, 0, 0, 0, 0, 0, 1, 8, 1, 0, 0, 0, 0xAF];
-        stream.extend([0x43, 0xFF, 0xFF, 0xFF, 0, 0, 1, 8, 0, 0, 0, 5, 0xAF]);
-        bad.write_all(&stream).await.expect("write");
-        assert!(closed_within(&mut bad, Duration::from_secs(5)).await);
+        // The chunk guard keeps every rml_rtmp panic known out; a panic anywhere in a connection's
+        // task (here the gate's, on its key) must still end that connection alone.
+        let _ = ffmpeg_publish_with(server.addr, PANIC_KEY, 1, &[]).await;
         eventually("panic counted", || server.dropped("panic") == 1).await;
         eventually("gauge released by the unwound task", || server.metrics.rtmp_connections.get() == 0).await;
 
@@ -1476,10 +1485,18 @@ mod tests {
             ("@setDataFrame, onMetaData", 18, command(&[amf_string("@setDataFrame"), amf_string("onMetaData")])),
             ("the same as AMF3 data", 15, amf_string("@setDataFrame")),
         ];
-        for (i, (what, type_id, payload)) in cases.iter().enumerate() {
+        let mut streams: Vec<(&str, Vec<u8>)> =
+            cases.iter().map(|(what, type_id, payload)| (*what, chunks(3, *type_id, payload, 128))).collect();
+        // rml_rtmp subtracts 0xFFFFFF from the extended timestamp of a compressed first chunk,
+        // which overflows below that: a full header, then a type 1 one on the same chunk stream
+        // whose extended delta is 5.
+        let mut small_delta = vec![0x03, 0, 0, 0, 0, 0, 1, 8, 1, 0, 0, 0, 0xAF];
+        small_delta.extend([0x43, 0xFF, 0xFF, 0xFF, 0, 0, 1, 8, 0, 0, 0, 5, 0xAF]);
+        streams.push(("an extended timestamp delta under 0xFFFFFF", small_delta));
+        for (i, (what, stream)) in streams.iter().enumerate() {
             let mut socket = TcpStream::connect(server.addr).await.expect("connect");
             client_handshake(&mut socket).await;
-            socket.write_all(&chunks(3, *type_id, payload, 128)).await.expect("write");
+            socket.write_all(stream).await.expect("write");
             assert!(closed_within(&mut socket, Duration::from_secs(5)).await, "{what}: closed");
             eventually(what, || server.dropped("protocol") == i as u64 + 1).await;
         }
