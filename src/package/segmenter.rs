@@ -218,11 +218,24 @@ impl Segmenter {
                 let frame = aac_frame_samples(a);
                 let at = rescale(sample.pts, TIMESCALE, self.timescale);
                 let dts = match self.audio_clock {
-                    // Within a frame of the packet time: the timestamp's rounding, not a gap.
-                    Some(c) if c.next.abs_diff(at) <= frame.unsigned_abs() => c.next,
-                    Some(c) => {
+                    // More than a frame ahead of the clock: frames went missing (a gap).
+                    Some(c) if at > c.next.saturating_add(frame) => {
                         tracing::debug!(expected = c.next, packet = at, "audio timestamps jumped; clock re-synced");
                         at
+                    }
+                    // Within a frame of the clock (the timestamp's rounding) or behind it
+                    // (timestamps that step back, or come closer than a frame): frames last what
+                    // their samples say, and a track's decode time never goes back, which its
+                    // parts' `tfdt`s would otherwise do (ISO/IEC 14496-12 §8.8.12).
+                    Some(c) => {
+                        if at < c.next.saturating_sub(frame) {
+                            tracing::debug!(
+                                expected = c.next,
+                                packet = at,
+                                "audio timestamps behind the sample clock; frames timed by their count"
+                            );
+                        }
+                        c.next
                     }
                     None => at.max(0),
                 };
@@ -743,6 +756,22 @@ mod tests {
         assert_eq!(durations(&entries), want);
         // Frame 16 is at 341.33 ms, carried as 341 ms: the clock takes the packet's time.
         assert_eq!(want[4], 12 * 1024 - 16);
+    }
+
+    #[test]
+    fn audio_timestamps_that_step_back_never_take_the_decode_time_back() {
+        let mut s = Segmenter::new(audio_track());
+        // Five frames, then the timestamps go back 200 ms and come 1 ms apart: frames are timed
+        // by their count from where the clock is.
+        let times: Vec<i64> =
+            (0..5).map(rtmp_audio_pts).chain((0..5).map(|i| rtmp_audio_pts(5) - 18_000 + i * 90)).collect();
+        for (n, pts) in times.iter().enumerate() {
+            assert!(s.push(packet(*pts, *pts, true, n == 0, 1)).is_none());
+        }
+        let seg = s.finish().expect("segment");
+        let (_, tfdt, entries, _) = decode(&seg.fragment);
+        assert_eq!(tfdt, 0);
+        assert_eq!(durations(&entries), vec![1024; 10]);
     }
 
     #[test]
