@@ -240,6 +240,17 @@ struct Misbehaviour {
     audio_ms: Option<u32>,
     /// `onTextData` messages sent with each video frame (30 a second); every tenth is over 1 KiB.
     texts_per_frame: u32,
+    /// Bytes of filler data (an H.264 NAL unit of type 12, which CBR encoders pad with) added to
+    /// each video frame.
+    filler_per_frame: usize,
+}
+
+/// An H.264 filler data NAL unit (ITU-T H.264 §7.3.2.7) of `len` bytes, with its 4-byte length.
+fn filler_nal(len: usize) -> Vec<u8> {
+    let mut nal = (len as u32).to_be_bytes().to_vec();
+    nal.push(0x0C);
+    nal.resize(4 + len, 0xFF);
+    nal
 }
 
 /// An AMF0 data message `["onTextData", {"text": text}]`, as one chunk (fmt 0) on chunk stream
@@ -368,6 +379,11 @@ fn raw_publish(rtmp: SocketAddr, key: &str, bad: Misbehaviour, stop: Arc<AtomicB
                         if socket.write_all(&on_text_data(&text, 1)).is_err() {
                             return (sent_texts, start.elapsed());
                         }
+                    }
+                    let mut body = body;
+                    // An AVC NALU packet (not the sequence header) takes the padding.
+                    if bad.filler_per_frame > 0 && body.get(1) == Some(&1) {
+                        body.extend(filler_nal(bad.filler_per_frame));
                     }
                     session.publish_video_data(body.into(), RtmpTimestamp::new(ts), false)
                 }
@@ -500,5 +516,205 @@ fn an_unsupported_audio_codec_beside_good_video_is_dropped_and_the_video_publish
     assert!(dropped > 20, "the MP3 tags are counted as dropped: {dropped}");
     assert_eq!(daemon.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 0);
     stop_publisher(publisher);
+    daemon.stop();
+}
+
+/// A connection to `to` from `from` (one of 127.0.0.0/8): attackers with addresses of their own,
+/// so that the per-address budget does not turn them away before they do their worst.
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((from, 0))).expect("bind source");
+        socket.connect(to).await.expect("connect")
+    });
+    let stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+/// A client's side of a valid handshake (C0, C1, then C2 once S0, S1 and S2 are in); the socket
+/// then speaks the chunk stream.
+fn handshaken(from: Ipv4Addr, rtmp: SocketAddr) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut socket = connect_from(from, rtmp);
+    socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    socket.write_all(&C0_C1).expect("C0+C1");
+    let mut s0s1s2 = vec![0u8; 1 + 1536 + 1536];
+    socket.read_exact(&mut s0s1s2).expect("S0+S1+S2");
+    socket.write_all(&s0s1s2[1..1537]).expect("C2 (S1 echoed)");
+    socket
+}
+
+/// One message as chunks of 128 bytes on chunk stream 3 (RTMP spec §5.3.1): a type 0 header
+/// announcing `announced` bytes of type `type_id`, then `payload` (which may be shorter).
+fn message(type_id: u8, announced: usize, payload: &[u8]) -> Vec<u8> {
+    let len = (announced as u32).to_be_bytes();
+    let mut out = vec![3, 0, 0, 0, len[1], len[2], len[3], type_id, 0, 0, 0, 0];
+    for (i, chunk) in payload.chunks(128).enumerate() {
+        if i > 0 {
+            out.push(0xC3);
+        }
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// An AMF0 `connect` command whose command object nests `depth` objects.
+fn nested_connect(depth: usize) -> Vec<u8> {
+    let mut amf = vec![0x02, 0, 7];
+    amf.extend_from_slice(b"connect");
+    amf.extend_from_slice(&[0x00, 0x3F, 0xF0, 0, 0, 0, 0, 0, 0]);
+    for _ in 0..depth {
+        amf.extend_from_slice(&[0x03, 0, 1, b'a']);
+    }
+    amf
+}
+
+/// Bytes that look like nothing (a fixed xorshift sequence).
+fn garbage(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `bytes` and waits (a few seconds at most) for the daemon to close the connection.
+fn closed_after(mut socket: std::net::TcpStream, bytes: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    // The daemon may close while a large write is still going: that is the point.
+    let _ = socket.write_all(bytes);
+    socket.set_read_timeout(Some(Duration::from_secs(8))).expect("timeout");
+    let mut sink = [0u8; 4096];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        match socket.read(&mut sink) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+#[test]
+fn garbage_truncated_handshakes_and_hostile_amf_leave_a_live_channel_alone() {
+    init_tracing();
+    let daemon = Running::start(config(&ladder(RUNGS, &["calm", "next"]), 1.0));
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let calm = publish(rtmp, "calm-key", "320x180", 120, &[]);
+    wait_for_master(http, "calm");
+    let mut newest = carries_on(http, "calm", None);
+    let before = rss();
+    let (protocol0, timeout0) = (counter(&daemon, "protocol"), counter(&daemon, "handshake_timeout"));
+
+    // Each kind 20 times, all at once, while `calm` is live.
+    type Attack = (&'static str, fn(Ipv4Addr, SocketAddr, u64) -> bool);
+    let attacks: &[Attack] = &[
+        // Not RTMP at all: a version byte rml_rtmp refuses, then noise.
+        ("garbage instead of a handshake", |from, rtmp, seed| {
+            let mut bytes = garbage(4096, seed);
+            bytes[0] = 0x47;
+            closed_after(connect_from(from, rtmp), &bytes)
+        }),
+        // Half a C1, then silence until the handshake deadline (3 s here).
+        ("a truncated handshake", |from, rtmp, _| closed_after(connect_from(from, rtmp), &C0_C1[..700])),
+        ("noise after a valid handshake", |from, rtmp, seed| {
+            closed_after(handshaken(from, rtmp), &garbage(8192, seed))
+        }),
+        // A command announcing the 16 MiB a chunk header can, its first kilobyte sent.
+        ("a 16 MiB command", |from, rtmp, _| {
+            closed_after(handshaken(from, rtmp), &message(20, 0xFF_FFFF, &[0x02; 1024]))
+        }),
+        // 8 MiB of video before any publish (rtmp.max_message_before_publish is 16 KiB), 1 MiB of it sent.
+        ("8 MiB of video before a publish", |from, rtmp, _| {
+            closed_after(handshaken(from, rtmp), &message(9, 8 << 20, &vec![0x17; 1 << 20]))
+        }),
+        // 3,000 nested AMF0 objects (12 KB) would overflow rml_amf0's recursion on a small stack.
+        ("deeply nested AMF0", |from, rtmp, _| {
+            let amf = nested_connect(3000);
+            closed_after(handshaken(from, rtmp), &message(20, amf.len(), &amf))
+        }),
+    ];
+    let mut threads = Vec::new();
+    for (kind, (what, attack)) in attacks.iter().enumerate() {
+        for i in 0..20u64 {
+            let (what, attack) = (*what, *attack);
+            let n = kind as u64 * 20 + i;
+            let from = Ipv4Addr::new(127, 0, 2, n as u8 + 1);
+            threads.push(std::thread::spawn(move || (what, attack(from, rtmp, n))));
+        }
+    }
+    for t in threads {
+        let (what, closed) = t.join().expect("attacker");
+        assert!(closed, "{what}: the daemon closes the connection");
+    }
+    // Every attack is counted with its reason: the truncated handshakes time out; the oversize and
+    // nested messages break the chunk guard's limits; noise breaks the protocol or, where it reads
+    // as the start of a message still to come, times out too.
+    eventually(Duration::from_secs(10), "every attack counted", || {
+        let protocol = counter(&daemon, "protocol") - protocol0;
+        let timeout = counter(&daemon, "handshake_timeout") - timeout0;
+        (protocol >= 60 && timeout >= 20 && protocol + timeout >= 120).then_some(())
+    });
+    assert_eq!(counter(&daemon, "panic"), 0);
+    let grown = rss().saturating_sub(before);
+    eprintln!(
+        "120 hostile connections: {} protocol errors, {} handshake timeouts; memory {} MiB more",
+        counter(&daemon, "protocol") - protocol0,
+        counter(&daemon, "handshake_timeout") - timeout0,
+        grown >> 20
+    );
+    assert!(grown < 64 << 20, "memory grew by {} MiB under 120 hostile connections", grown >> 20);
+
+    // The live channel carried on throughout, and an encoder still gets in.
+    newest = carries_on(http, "calm", Some(&newest));
+    let mut next = publish(rtmp, "next-key", "320x180", 120, &[]);
+    got_in_within(&daemon, "next", &mut next, Duration::from_secs(10));
+    wait_for_master(http, "next");
+    carries_on(http, "calm", Some(&newest));
+    for p in [calm, next] {
+        stop_publisher(p);
+    }
+    daemon.stop();
+}
+
+#[test]
+fn a_publisher_at_ten_times_the_bitrate_cap_is_ended_and_the_other_channels_carry_on() {
+    init_tracing();
+    let mut cfg = config(&ladder(RUNGS, &["calm", "greedy"]), 1.0);
+    // 3 Mbit/s: well above what `calm` sends (a 320x180 x264 stream, a few hundred kbit/s).
+    cfg.rtmp.max_bitrate = 3_000_000;
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let calm = publish(rtmp, "calm-key", "320x180", 120, &[]);
+    wait_for_master(http, "calm");
+    let newest = carries_on(http, "calm", None);
+    let before = rss();
+
+    // 30 fps with 125 KB of filler in every frame: 30 Mbit/s, ten times the cap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let greedy =
+        raw_publish(rtmp, "greedy-key", Misbehaviour { filler_per_frame: 125_000, ..Default::default() }, stop.clone());
+    eventually(Duration::from_secs(10), "greedy to go live", || live(&daemon, "greedy").then_some(()));
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(15), "greedy ended for its bitrate", || {
+        (counter(&daemon, "bitrate") == 1).then_some(())
+    });
+    eprintln!("a 30 Mbit/s publisher against a 3 Mbit/s cap was ended {:?} after it went live", t0.elapsed());
+    let (_, sent_for) = greedy.join().expect("the RTMP client");
+    assert!(sent_for < Duration::from_secs(30), "the greedy publisher was disconnected, not left to finish");
+    eventually(Duration::from_secs(10), "greedy's channel to end", || (!live(&daemon, "greedy")).then_some(()));
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 128 << 20, "memory grew by {} MiB (rtmp.max_queued_bytes is 64 MiB)", grown >> 20);
+    carries_on(http, "calm", Some(&newest));
+    assert_eq!(counter(&daemon, "bitrate"), 1, "calm, under the cap, was left alone");
+
+    stop.store(true, Ordering::Relaxed);
+    stop_publisher(calm);
     daemon.stop();
 }
