@@ -215,11 +215,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Opening<S> {
     }
 }
 
-/// Streams one HTTP/2 connection may have open. A CDN multiplexes its viewers' requests onto few
-/// connections, and with LL-HLS each viewer keeps a blocking playlist reload and a preload-hinted
-/// part in flight per rendition it plays (RFC 8216bis §6.2.5.2, §6.2.6); a held stream costs a
-/// small future, so allow far more than hyper's default of 200.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// HTTP/2 flow-control windows (RFC 9113 §6.9.2) for what a client sends: the spec's initial
+/// 64 KiB, not hyper's 1 MiB. GET and HEAD have no body, so this only bounds what a client can
+/// make the server buffer unread on a stream (or a connection) it holds open.
+const H2_WINDOW: u32 = 65_535;
 
 /// HTTP/2 keep-alive: with no header timeout on h2, a ping that goes unanswered is what closes
 /// the connection of a peer that vanished.
@@ -250,6 +249,11 @@ pub struct Limits {
     /// ten seconds more. HTTP/2 has no such timer in hyper: a client that answers pings
     /// would keep its slot for ever without this.
     pub idle_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open (`http.max_streams_per_connection`), which
+    /// SETTINGS_MAX_CONCURRENT_STREAMS announces; a stream beyond it is refused (REFUSED_STREAM).
+    pub max_streams: u32,
+    /// Counts connections that reached `max_streams` (`ladderd_http_stream_limit_reached_total`).
+    pub stream_limit_reached: prometheus::IntCounter,
 }
 
 /// Serves `handler` on `listener` until `shutdown`, then waits (bounded) for requests in flight.
@@ -298,18 +302,18 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
-        let idle_timeout = limits.idle_timeout;
+        let limits = limits.clone();
         tracker.spawn(async move {
             let _slot = slot;
             match tls {
-                None => connection(stream, peer, name, idle_timeout, handler, shutdown).await,
+                None => connection(stream, peer, name, &limits, handler, shutdown).await,
                 Some(acceptor) => {
                     let accepted = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => accepted,
                     };
                     match accepted {
-                        Ok(Ok(stream)) => connection(stream, peer, name, idle_timeout, handler, shutdown).await,
+                        Ok(Ok(stream)) => connection(stream, peer, name, &limits, handler, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
                     }
@@ -326,7 +330,7 @@ async fn connection<S, H, F>(
     stream: S,
     peer: SocketAddr,
     name: &'static str,
-    idle_timeout: Duration,
+    limits: &Limits,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) where
@@ -338,9 +342,25 @@ async fn connection<S, H, F>(
     // for `idle_timeout` gives its slot back.
     let idle = Arc::new(Idle::default());
     let tracked = idle.clone();
+    let idle_timeout = limits.idle_timeout;
+    let (max_streams, limit_reached) = (limits.max_streams, limits.stream_limit_reached.clone());
     let service = service_fn(move |req| {
         let fut = handler(req);
         let request = tracked.begin();
+        // Only HTTP/2 has requests side by side; once per connection is enough to say which
+        // peer runs into the bound (hyper refuses the streams beyond it).
+        if tracked.in_flight.load(std::sync::atomic::Ordering::SeqCst) >= max_streams as usize
+            && !tracked.reached_stream_limit.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            limit_reached.inc();
+            tracing::warn!(
+                listener = name,
+                %peer,
+                limit = max_streams,
+                config_key = "http.max_streams_per_connection",
+                "HTTP/2 connection at its stream limit; further streams are refused (REFUSED_STREAM) until some end"
+            );
+        }
         async move {
             let resp = fut.await;
             drop(request);
@@ -352,7 +372,9 @@ async fn connection<S, H, F>(
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(max_streams)
+        .initial_stream_window_size(H2_WINDOW)
+        .initial_connection_window_size(H2_WINDOW)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(Opening::new(stream, idle.clone())), service);
@@ -390,6 +412,8 @@ struct Idle {
     in_flight: std::sync::atomic::AtomicUsize,
     since: std::sync::Mutex<Option<tokio::time::Instant>>,
     head_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The connection has had `Limits::max_streams` requests in flight (said once).
+    reached_stream_limit: std::sync::atomic::AtomicBool,
 }
 
 /// One request in flight; ending it (drop, also on cancellation) may make the connection idle.
@@ -460,6 +484,16 @@ mod tests {
     /// The idle limit of the test servers.
     const IDLE: Duration = Duration::from_secs(75);
 
+    /// `slots` connections, 1024 streams each, the stream-limit counter a fresh one.
+    fn test_limits(slots: usize, idle_timeout: Duration) -> Limits {
+        Limits {
+            slots: Arc::new(Semaphore::new(slots)),
+            idle_timeout,
+            max_streams: 1024,
+            stream_limit_reached: prometheus::IntCounter::new("t", "t").expect("counter"),
+        }
+    }
+
     /// A server answering "ok" with `slots` connection slots: its address, its shutdown token, its task.
     async fn start(slots: usize) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -468,7 +502,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             None,
-            Limits { slots: Arc::new(Semaphore::new(slots)), idle_timeout: IDLE },
+            test_limits(slots, IDLE),
             "test",
             |_req| async { Response::new(Body::from("ok")) },
             shutdown.clone(),
@@ -613,7 +647,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let big = Bytes::from(vec![7u8; SIZE]);
-        let limits = Limits { slots: Arc::new(Semaphore::new(4)), idle_timeout: Duration::from_secs(5) };
+        let limits = test_limits(4, Duration::from_secs(5));
         let server = tokio::spawn(serve(
             listener,
             None,
@@ -662,6 +696,69 @@ mod tests {
         .await
         .expect("served once the first connection closed");
         assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+        shutdown.cancel();
+        server.await.expect("server stops");
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_held_to_its_stream_limit_and_says_so_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let mut limits = test_limits(4, IDLE);
+        limits.max_streams = 4;
+        let reached = limits.stream_limit_reached.clone();
+        // Every request waits for the gate: requests pile up as held LL-HLS requests do.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (g, n) = (gate.clone(), started.clone());
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            limits,
+            "test",
+            move |_req| {
+                let (g, n) = (g.clone(), n.clone());
+                async move {
+                    n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    g.notified().await;
+                    Response::new(Body::from("ok"))
+                }
+            },
+            shutdown.clone(),
+        ));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let request = http::Request::get(format!("http://{addr}/")).body(()).expect("request");
+            // Beyond SETTINGS_MAX_CONCURRENT_STREAMS a client queues a stream, or, sent before
+            // the SETTINGS arrived, has it refused.
+            let (answer, _) = client.send_request(request, true).expect("send");
+            answers.push(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 4, "four streams at a time reach the handler");
+        assert_eq!(reached.get(), 1, "the connection at its limit is counted once");
+        // Released, the four are answered and the two queued ones go through; at most four at a
+        // time again, and the connection is not counted a second time.
+        for _ in 0..2 {
+            gate.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut refused = 0;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match tokio::time::timeout(Duration::from_secs(5), answer).await.expect("answered") {
+                Ok(response) => assert_eq!(response.status(), 200),
+                // A client that sent the stream before it read the SETTINGS has it refused, to retry.
+                Err(e) if i >= 4 && e.reason() == Some(h2::Reason::REFUSED_STREAM) => refused += 1,
+                Err(e) => panic!("stream {i}: {e}"),
+            }
+        }
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 6 - refused);
+        assert_eq!(reached.get(), 1);
         shutdown.cancel();
         server.await.expect("server stops");
     }

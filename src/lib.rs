@@ -59,6 +59,10 @@ const GPU_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5
 /// Connections the admin listener keeps open at once: Prometheus, health checks and operators.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
+/// Streams an HTTP/2 connection to the admin listener may have open: its clients make a request
+/// at a time, or a few.
+const ADMIN_MAX_STREAMS: u32 = 32;
+
 /// How long the origin keeps serving after the drain has ended every playlist.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -153,6 +157,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     let origin_limits = http::Limits {
         slots: Arc::new(Semaphore::new(config.http.max_connections.min(Semaphore::MAX_PERMITS))),
         idle_timeout,
+        max_streams: config.http.max_streams_per_connection,
+        stream_limit_reached: metrics.http_stream_limit_reached.with_label_values(&["origin"]),
     };
     let origin_serve = |listener, tls, name| {
         let origin = origin.clone();
@@ -163,7 +169,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
             name,
             move |req| {
                 let origin = origin.clone();
-                async move { origin.handle(&req).await }
+                async move {
+                    // What the answer needs is read out; the request itself (its headers, any
+                    // body a client sends with a GET) is not kept while the answer is held.
+                    let answer = origin.handle(&req);
+                    drop(req);
+                    answer.await
+                }
             },
             stop.clone(),
         )
@@ -217,7 +229,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     tasks.spawn(http::serve(
         admin,
         None,
-        http::Limits { slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)), idle_timeout },
+        http::Limits {
+            slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            idle_timeout,
+            max_streams: ADMIN_MAX_STREAMS,
+            stream_limit_reached: metrics.http_stream_limit_reached.with_label_values(&["admin"]),
+        },
         "admin",
         move |req| {
             let admin_svc = served.clone();

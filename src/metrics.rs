@@ -80,6 +80,9 @@ pub struct Metrics {
     pub held_requests: IntGauge,
     /// LL-HLS requests answered 503 at once because `http.max_held_requests` were held.
     pub held_refused: IntCounter,
+    /// HTTP/2 connections that reached `http.max_streams_per_connection` streams in flight, per
+    /// listener.
+    pub http_stream_limit_reached: IntCounterVec,
     /// HTTP requests answered, per listener (`origin`, `admin`), route and status code; count
     /// them with [`Metrics::observe_http`].
     pub http_requests: IntCounterVec,
@@ -410,6 +413,11 @@ impl Metrics {
             "http_held_refused_total",
             "LL-HLS requests answered 503 at once because http.max_held_requests requests were held",
         );
+        let http_stream_limit_reached = b.counter(
+            "http_stream_limit_reached_total",
+            "HTTP/2 connections that reached http.max_streams_per_connection streams in flight, by listener",
+            &["listener"],
+        );
         let http_requests = b.counter(
             "http_requests_total",
             "HTTP requests answered, by listener, route and status code",
@@ -487,6 +495,7 @@ impl Metrics {
             metadata_latency,
             held_requests,
             held_refused,
+            http_stream_limit_reached,
             http_requests,
             http_request_duration,
             origin_requests,

@@ -201,6 +201,8 @@ async fn serve() -> Served {
         ladderd::http::Limits {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(4096)),
             idle_timeout: std::time::Duration::from_secs(75),
+            max_streams: 1024,
+            stream_limit_reached: prometheus::IntCounter::new("t", "t").expect("counter"),
         },
         "origin",
         move |req| {

@@ -166,6 +166,10 @@ pub struct HttpConfig {
     /// answered 503 with `Retry-After` at once.
     #[serde(default = "default_max_held_requests")]
     pub max_held_requests: usize,
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// beyond it a stream is refused (REFUSED_STREAM) and the client retries it.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
     /// hls.js for the `/preview/` player page, read once at startup; relative paths are from the
     /// working directory. A missing file only disables the player (with a warning).
     #[serde(default = "default_player_js")]
@@ -241,6 +245,7 @@ impl Default for HttpConfig {
             max_connections: default_http_max_connections(),
             idle_timeout: default_http_idle_timeout(),
             max_held_requests: default_max_held_requests(),
+            max_streams_per_connection: default_max_streams_per_connection(),
             player_js: default_player_js(),
             cache: CacheConfig::default(),
         }
@@ -251,6 +256,14 @@ impl Default for HttpConfig {
 /// thousands of direct viewers, or a CDN shield collapsing far more.
 fn default_max_held_requests() -> usize {
     16_384
+}
+
+/// A CDN multiplexes its viewers' requests onto few HTTP/2 connections, and with LL-HLS each viewer
+/// keeps a blocking playlist reload and a preload-hinted part in flight per rendition it plays
+/// (RFC 8216bis §6.2.5.2, §6.2.6): far more than hyper's default of 200. Each held stream costs
+/// its request head and a small future; `http.max_held_requests` bounds them all together.
+fn default_max_streams_per_connection() -> u32 {
+    1024
 }
 
 /// A CDN shield holds few, long-lived HTTP/2 connections; direct viewers hold one or two each.

@@ -73,6 +73,9 @@ impl Config {
         if self.http.max_held_requests == 0 {
             bad("http.max_held_requests".into(), "must be at least 1".into());
         }
+        if self.http.max_streams_per_connection == 0 {
+            bad("http.max_streams_per_connection".into(), "must be at least 1".into());
+        }
         if self.rtmp.key_failures_per_minute == 0 {
             bad("rtmp.key_failures_per_minute".into(), "must be at least 1".into());
         }
