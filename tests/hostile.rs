@@ -27,6 +27,13 @@ fn rss() -> u64 {
     kib * 1024
 }
 
+/// What the process grew by since `before` stays under `limit_mib` (a channel's transcoder and
+/// buffers, not an attacker's backlog).
+fn memory_bounded(before: u64, limit_mib: u64, what: &str) {
+    let grown = rss().saturating_sub(before);
+    assert!(grown < limit_mib << 20, "{what}: memory grew by {} MiB (limit {limit_mib} MiB)", grown >> 20);
+}
+
 /// Lets this process hold a few thousand sockets (the flood's and the daemon's ends), raising the
 /// soft limit on open files to the hard one where it is lower.
 fn allow_many_sockets() {
@@ -406,6 +413,7 @@ fn frozen_audio_timestamps_are_detected_and_the_channel_keeps_publishing() {
     let calm = publish(rtmp, "calm-key", "320x180", 120, &[]);
     wait_for_master(http, "calm");
     let calm_newest = carries_on(http, "calm", None);
+    let before = rss();
 
     // Every audio packet at timestamp 0, from the first (an encoder whose audio clock is stuck),
     // while the video advances.
@@ -454,6 +462,8 @@ fn frozen_audio_timestamps_are_detected_and_the_channel_keeps_publishing() {
     assert!((35..=60).contains(&frames), "a late 1 s audio segment holds {frames} AAC frames");
     carries_on(http, "calm", Some(&calm_newest));
     assert_eq!(frozen_audio(), 1, "one freeze, counted once");
+    // A second channel's ladder is the growth; frames piled up at one instant would be more.
+    memory_bounded(before, 128, "a frozen audio track");
 
     stop.store(true, Ordering::Relaxed);
     let _ = frozen.join().expect("the RTMP client");
@@ -468,6 +478,7 @@ fn publisher_timed_text_is_held_to_the_api_limits_and_the_stream_goes_on() {
     let daemon = Running::start(config(&ladder(RUNGS, &["quiz"]), 1.0));
     let (rtmp, http) = (daemon.rtmp, daemon.http);
     let stop = Arc::new(AtomicBool::new(false));
+    let before = rss();
     // 90 onTextData a second, every tenth over 1 KiB.
     let flood = raw_publish(rtmp, "quiz-key", Misbehaviour { texts_per_frame: 3, ..Default::default() }, stop.clone());
     wait_for_master(http, "quiz");
@@ -486,6 +497,7 @@ fn publisher_timed_text_is_held_to_the_api_limits_and_the_stream_goes_on() {
     // A full burst of 5, then 5 a second (and a second more for the daemon to read the last).
     let allowed = 5.0 + 5.0 * (took.as_secs_f64() + 1.0);
     assert!(admitted >= 5 && admitted as f64 <= allowed, "{admitted} admitted, {allowed:.1} allowed");
+    memory_bounded(before, 128, "a timed text flood");
     assert_eq!(daemon.metrics.rtmp_connections_dropped.with_label_values(&["panic"]).get(), 0);
     daemon.stop();
 }
@@ -495,6 +507,7 @@ fn an_unsupported_audio_codec_beside_good_video_is_dropped_and_the_video_publish
     init_tracing();
     let daemon = Running::start(config(&ladder(RUNGS, &["mp3"]), 1.0));
     let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let before = rss();
     let publisher = std::process::Command::new(ffmpeg())
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
@@ -515,6 +528,7 @@ fn an_unsupported_audio_codec_beside_good_video_is_dropped_and_the_video_publish
     let dropped = daemon.metrics.ingest_audio_dropped.with_label_values(&["mp3", "unsupported_codec"]).get();
     assert!(dropped > 20, "the MP3 tags are counted as dropped: {dropped}");
     assert_eq!(daemon.metrics.publish_rejections.with_label_values(&["unsupported_codec"]).get(), 0);
+    memory_bounded(before, 128, "MP3 audio dropped beside the video");
     stop_publisher(publisher);
     daemon.stop();
 }
@@ -709,8 +723,7 @@ fn a_publisher_at_ten_times_the_bitrate_cap_is_ended_and_the_other_channels_carr
     let (_, sent_for) = greedy.join().expect("the RTMP client");
     assert!(sent_for < Duration::from_secs(30), "the greedy publisher was disconnected, not left to finish");
     eventually(Duration::from_secs(10), "greedy's channel to end", || (!live(&daemon, "greedy")).then_some(()));
-    let grown = rss().saturating_sub(before);
-    assert!(grown < 128 << 20, "memory grew by {} MiB (rtmp.max_queued_bytes is 64 MiB)", grown >> 20);
+    memory_bounded(before, 128, "a publisher far over the bitrate cap (rtmp.max_queued_bytes is 64 MiB)");
     carries_on(http, "calm", Some(&newest));
     assert_eq!(counter(&daemon, "bitrate"), 1, "calm, under the cap, was left alone");
 
