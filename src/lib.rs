@@ -262,11 +262,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon
     })
 }
 
-/// How long a segment stays servable after it is published: while in the playlist window, and for
-/// the grace segments after (the `cdn` cache preset's media lifetime at the CDN).
+/// How long a segment stays servable after it is published: while in the playlist window, and
+/// for the RFC 8216 §6.2.2 period after (the `cdn` cache preset's media lifetime at the CDN).
 fn media_lifetime(config: &Config) -> std::time::Duration {
     let target = config.hls.segment_duration.ceil().max(1.0);
-    std::time::Duration::from_secs_f64(target * (config.hls.window + package::window::GRACE_SEGMENTS) as f64)
+    let listed = std::time::Duration::from_secs_f64(target * config.hls.window as f64);
+    listed + package::window::nominal_retention(config.hls.segment_duration, config.hls.window)
 }
 
 /// Why a reload was refused; the configuration in force stays as it was.

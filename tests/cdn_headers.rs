@@ -54,7 +54,9 @@ fn origin_headers_seen_by_a_real_http_client() {
     init_tracing();
     let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
     cfg.http.cache.preset = ladderd::config::CachePreset::Cdn;
-    let lifetime = (cfg.hls.window + 2) as u64; // segments of one second
+    // Segments of one second: listed for the window, then kept for one segment plus the
+    // longest playlist (the window and the parts of one more segment) after they leave it.
+    let lifetime = (2 * cfg.hls.window + 2) as u64;
     let daemon = Running::start(cfg);
     let (rtmp, http) = (daemon.rtmp, daemon.http);
 

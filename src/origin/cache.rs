@@ -72,7 +72,8 @@ pub(super) const CDN_CACHE_CONTROL: header::HeaderName = header::HeaderName::fro
 
 impl CachePolicy {
     /// The policy `http.cache` describes. `keep_media` is how long the origin keeps a segment
-    /// after it leaves the playlist window, the `cdn` preset's media lifetime at the CDN.
+    /// from its publication (listed, then the RFC 8216 §6.2.2 period after it leaves the
+    /// playlist), the `cdn` preset's media lifetime at the CDN.
     pub fn from_config(cache: &CacheConfig, keep_media: Duration) -> Self {
         let value = |v: &str| HeaderValue::from_str(v).ok();
         let mut policy = Self::default();

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -172,7 +172,7 @@ impl RenditionPublisher {
             program_date_time: wall_clock(self.anchor, seg.start_pts),
             frames: seg.frames,
         };
-        let added = log.add_segment(name.file(), complete, self.shared.hls.window);
+        let added = log.add_segment(name.file(), complete, self.shared.hls.window, Instant::now());
         if let Some(raised) = added.raised_target {
             // Segments cut on the source's keyframes (a passthrough rung in the ladder) are as
             // long as the encoder's GOP: OBS's "auto" keyframe interval makes them 8 s or more.

@@ -7,7 +7,7 @@
 //! (`publisher.rs`) applies it to the store; the tests here drive it like a playlist render.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::media::{Container, Ticks, ticks_to_secs};
 use crate::package::fmp4::TrackParams;
@@ -18,9 +18,16 @@ use crate::package::playlist::{
 use crate::package::segmenter::Metadata;
 use crate::store::ObjectName;
 
-/// Segments kept in the store after they leave the playlist, for players that fetched the
-/// playlist just before.
-pub const GRACE_SEGMENTS: usize = 2;
+/// How long a segment stays available once it has left the playlist, for a playlist of `window`
+/// segments of `segment_duration` seconds that never raised its target duration: RFC 8216
+/// §6.2.2 asks for the segment's own duration plus that of the longest playlist that contained
+/// it, and a low-latency playlist also lists the parts of the segment being built (up to one
+/// more segment's worth). The window computes the real figure per segment from the durations it
+/// listed; this is the nominal one, for sizing caches and memory.
+pub fn nominal_retention(segment_duration: f64, window: usize) -> Duration {
+    let target = segment_duration.ceil().max(1.0);
+    Duration::from_secs_f64(target + target * (window + 1) as f64)
+}
 /// Stamped metadata kept for renditions that have not taken it yet.
 const BOARD_LIMIT: usize = 64;
 
@@ -92,8 +99,14 @@ pub fn id_after(id: u32, seen: u32) -> bool {
 /// One rendition's playlist state.
 pub struct RenditionLog {
     segments: VecDeque<LoggedSegment>,
-    /// Segments that left the playlist but stay a little longer in the store.
-    leaving: VecDeque<Leaving>,
+    /// Segments that left the playlist but stay available until their time is up, in the order
+    /// they left.
+    leaving: VecDeque<(Instant, Leaving)>,
+    /// Seconds of media listed: the complete segments, and the parts of the open one.
+    listed_seconds: f64,
+    open_seconds: f64,
+    /// The longest the playlist has been while it listed parts of the open segment.
+    open_longest: f64,
     /// Media sequence number of `segments[0]` (or of the next segment when empty).
     media_sequence: u64,
     next_msn: u64,
@@ -120,10 +133,12 @@ struct LoggedSegment {
     init: Option<u64>,
     line: PlaylistSegment,
     bytes: u64,
+    /// Seconds: the longest playlist that has listed this segment (or its parts) so far.
+    longest_playlist: f64,
 }
 
-/// The objects of a segment that left the playlist: removed from the store [`GRACE_SEGMENTS`]
-/// segments later.
+/// The objects of a segment that left the playlist: removed from the store once its own duration
+/// plus that of the longest playlist that listed it have passed since (RFC 8216 §6.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leaving {
     pub msn: u64,
@@ -148,7 +163,7 @@ pub struct SegmentAdded {
     /// The new EXT-X-TARGETDURATION, when this segment raised it.
     pub raised_target: Option<u64>,
     pub target_duration: u64,
-    /// Segments whose grace has ended: remove their objects now.
+    /// Segments whose time in the store after the playlist is up: remove their objects now.
     pub expired: Vec<Leaving>,
 }
 
@@ -158,6 +173,9 @@ impl RenditionLog {
         Self {
             segments: VecDeque::new(),
             leaving: VecDeque::new(),
+            listed_seconds: 0.0,
+            open_seconds: 0.0,
+            open_longest: 0.0,
             media_sequence: msn,
             next_msn: msn,
             discontinuity_sequence: 0,
@@ -264,13 +282,37 @@ impl RenditionLog {
             self.open_pdt = Some(start);
         }
         self.open_parts.push(PlaylistPart { uri, duration, independent });
+        self.open_seconds += duration;
+        self.note_playlist_length();
         self.open_parts.len() as u64
     }
 
+    /// Records the playlist's present length against every segment it lists (and the open one).
+    fn note_playlist_length(&mut self) {
+        let length = self.listed_seconds + self.open_seconds;
+        for s in &mut self.segments {
+            s.longest_playlist = s.longest_playlist.max(length);
+        }
+        if !self.open_parts.is_empty() {
+            self.open_longest = self.open_longest.max(length);
+        }
+    }
+
+    /// Segments that left the playlist and are still available, oldest first.
+    pub fn leaving(&self) -> impl Iterator<Item = &Leaving> {
+        self.leaving.iter().map(|(_, l)| l)
+    }
+
     /// Lists segment [`RenditionLog::next_msn`], named `uri`, with the parts listed so far, and
-    /// keeps the last `window` segments: older ones leave the playlist, and their objects expire
-    /// [`GRACE_SEGMENTS`] segments later.
-    pub fn add_segment(&mut self, uri: String, segment: CompleteSegment, window: usize) -> SegmentAdded {
+    /// keeps the last `window` segments. Older ones leave the playlist; each stays available for
+    /// its own duration plus that of the longest playlist that listed it (RFC 8216 §6.2.2), counted
+    /// from `now`, and is returned in [`SegmentAdded::expired`] by the first call after that.
+    ///
+    /// Parts need no time of their own: they leave the store with their segment, whose bytes they
+    /// share, and a part leaves the playlist (three target durations from its end, or when its
+    /// segment does) no later than its segment, so it is kept for longer than its own duration
+    /// plus the playlist's.
+    pub fn add_segment(&mut self, uri: String, segment: CompleteSegment, window: usize, now: Instant) -> SegmentAdded {
         let msn = self.next_msn;
         self.next_msn += 1;
         let duration = segment.duration;
@@ -284,6 +326,7 @@ impl RenditionLog {
         self.target_duration = self.target_duration.max(rounded);
         let parts = std::mem::take(&mut self.open_parts);
         self.open_pdt = None;
+        self.open_seconds = 0.0;
         let map_uri = self.init.map(init_file).unwrap_or_default();
         self.segments.push_back(LoggedSegment {
             msn,
@@ -297,25 +340,37 @@ impl RenditionLog {
                 parts,
             },
             bytes: segment.bytes,
+            longest_playlist: std::mem::take(&mut self.open_longest),
         });
+        self.listed_seconds += duration;
         while self.segments.len() > window {
             let Some(old) = self.segments.pop_front() else { break };
             self.media_sequence += 1;
+            self.listed_seconds -= old.line.duration;
             if old.line.discontinuity {
                 self.discontinuity_sequence += 1;
             }
             let init_still_used = self.segments.iter().any(|s| s.init == old.init);
-            // Parts leave with their segment: they share its buffers, so keeping them costs no
-            // memory, and whatever the playlist lists (RFC 8216bis §6.2.2) is always there.
-            self.leaving.push_back(Leaving {
-                msn: old.msn,
-                init: old.init.filter(|_| !init_still_used),
-                parts: old.line.parts.len() as u64,
-            });
+            let until = now + Duration::from_secs_f64((old.line.duration + old.longest_playlist).max(0.0));
+            self.leaving.push_back((
+                until,
+                Leaving {
+                    msn: old.msn,
+                    init: old.init.filter(|_| !init_still_used),
+                    parts: old.line.parts.len() as u64,
+                },
+            ));
         }
+        if self.segments.is_empty() {
+            // Float sums drift; an empty playlist lists nothing.
+            self.listed_seconds = 0.0;
+        }
+        self.note_playlist_length();
+        // Segments leave in the order they left the playlist; one kept longer (it was listed by
+        // a longer playlist) holds back those behind it, which only keeps them longer.
         let mut expired = Vec::new();
-        while self.leaving.len() > GRACE_SEGMENTS {
-            expired.extend(self.leaving.pop_front());
+        while self.leaving.front().is_some_and(|(until, _)| *until <= now) {
+            expired.extend(self.leaving.pop_front().map(|(_, l)| l));
         }
         SegmentAdded { raised_target, target_duration: self.target_duration, expired }
     }
@@ -558,7 +613,14 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_764_000_000 + secs)
     }
 
-    /// Adds one 2 s segment of `parts` parts to `rendition`, as the publisher does.
+    /// A monotonic time `secs` after the tests' epoch.
+    fn clock(secs: f64) -> Instant {
+        static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        *EPOCH + Duration::from_secs_f64(secs)
+    }
+
+    /// Adds one 2 s segment of `parts` parts to `rendition`, as the publisher does: segment k of
+    /// a rendition (counted from its numbers' last three digits) completes at 2 (k + 1) s.
     fn segment(w: &mut ChannelWindow, rendition: &str, parts: u64, window: usize) -> SegmentAdded {
         let log = w.rendition_mut(rendition).expect("rendition");
         let msn = log.next_msn();
@@ -568,7 +630,7 @@ mod tests {
         }
         let uri = ObjectName::Segment { rendition, msn, container: Container::Fmp4 }.file();
         let done = CompleteSegment { duration: 2.0, bytes: 250_000, program_date_time: at(msn), frames: 60 };
-        log.add_segment(uri, done, window)
+        log.add_segment(uri, done, window, clock(2.0 * (msn % 1000 + 1) as f64))
     }
 
     /// Segments `first..first + count` of a rendition that has ended, as a publish leaves them.
@@ -577,7 +639,7 @@ mod tests {
         log.start_track(&video(640, 360), false, true);
         for msn in first..first + count {
             let done = CompleteSegment { duration: 2.0, bytes: 1000, program_date_time: at(msn), frames: 60 };
-            log.add_segment(format!("{msn}.m4s"), done, 10);
+            log.add_segment(format!("{msn}.m4s"), done, 10, clock(msn as f64));
         }
         log.ended = true;
         log
@@ -616,26 +678,62 @@ mod tests {
     }
 
     #[test]
-    fn the_window_keeps_its_length_and_expires_objects_after_their_grace() {
+    fn the_window_keeps_its_length_and_objects_stay_for_the_rfc_period_after_it() {
         let mut w = ChannelWindow::default();
         w.begin_publish(vec![("a".into(), None)], None, 2, at(0));
         let log = w.rendition_mut("a").expect("a");
         let first = log.next_msn();
         assert_eq!(log.start_track(&video(640, 360), false, true), Some(first));
-        let mut expired = Vec::new();
-        for _ in 0..6 {
-            expired.extend(segment(&mut w, "a", 4, 3).expired);
+        // Segment 0 completes at 2 s and leaves the playlist (window 3) when segment 3 completes,
+        // at 8 s. The longest playlist that listed it had three segments and the four parts of
+        // the fourth: 8 s. So it stays until 8 + 2 + 8 = 18 s, when segment 8 completes.
+        for k in 0..8 {
+            assert_eq!(segment(&mut w, "a", 4, 3).expired, [], "segment {k}");
         }
+        // The init segment goes only with the last segment that uses it (never here: all share it).
+        assert_eq!(segment(&mut w, "a", 4, 3).expired, [Leaving { msn: first, init: None, parts: 4 }]);
         let log = w.rendition("a").expect("a");
-        assert_eq!((log.segments_in_window(), log.media_sequence, log.last_msn()), (3, first + 3, Some(first + 5)));
-        // Three left the playlist; the first stays for GRACE_SEGMENTS more, and the init segment
-        // goes only with the last segment that uses it (never here: all share it).
-        assert_eq!(expired, [Leaving { msn: first, init: None, parts: 4 }]);
+        assert_eq!((log.segments_in_window(), log.media_sequence, log.last_msn()), (3, first + 6, Some(first + 8)));
+        let leaving: Vec<u64> = log.leaving().map(|l| l.msn).collect();
+        assert_eq!(leaving, (first + 1..first + 6).collect::<Vec<_>>(), "left the playlist, still served");
         let text = playlist::render_media(&w.media_playlist("a", HOW).expect("playlist"));
-        assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{}", first + 3)), "{text}");
+        assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{}", first + 6)), "{text}");
         assert!(text.contains(&format!("#EXT-X-MAP:URI=\"init-{first}.mp4\"")), "{text}");
-        assert!(text.contains(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}.0.m4s\"", first + 6)), "{text}");
+        assert!(text.contains(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}.0.m4s\"", first + 9)), "{text}");
         assert_eq!(log.frame_rate(), Some(30.0));
+    }
+
+    /// RFC 8216 §6.2.2 counts the longest playlist that contained the segment: one long segment
+    /// (a raised EXT-X-TARGETDURATION) keeps its neighbours longer too.
+    #[test]
+    fn a_long_segment_keeps_itself_and_its_neighbours_longer() {
+        let mut w = ChannelWindow::default();
+        w.begin_publish(vec![("a".into(), None)], None, 2, at(0));
+        let log = w.rendition_mut("a").expect("a");
+        let first = log.next_msn();
+        let mut add = |duration: f64, now: f64| {
+            let done = CompleteSegment { duration, bytes: 1, program_date_time: at(0), frames: 60 };
+            let msns = log.add_segment("s.m4s".into(), done, 2, clock(now)).expired;
+            msns.iter().map(|l| l.msn - first).collect::<Vec<_>>()
+        };
+        let none: [u64; 0] = [];
+        assert_eq!(add(2.0, 2.0), none);
+        assert_eq!(add(7.5, 9.5), none, "EXT-X-TARGETDURATION raised to 8");
+        // Segment 0 leaves at 11.5 s; the longest playlist with it listed 0 and 1: 9.5 s.
+        assert_eq!(add(2.0, 11.5), none);
+        // Segment 1 leaves at 13.5 s; its longest playlist, 9.5 s, plus its own 7.5 s.
+        assert_eq!(add(2.0, 13.5), none);
+        assert_eq!(add(2.0, 22.75), none, "0 is kept until 11.5 + 2 + 9.5 s");
+        assert_eq!(add(2.0, 23.0), [0]);
+        assert_eq!(add(2.0, 30.25), none, "1 is kept until 13.5 + 7.5 + 9.5 s");
+        // Segment 2 was listed beside 1 as well: it is kept as long after it left.
+        assert_eq!(add(2.0, 30.5), [1]);
+    }
+
+    #[test]
+    fn the_nominal_retention_is_a_segment_and_a_playlist_with_its_open_parts() {
+        assert_eq!(nominal_retention(2.0, 6), Duration::from_secs(16));
+        assert_eq!(nominal_retention(1.5, 4), Duration::from_secs(12), "target durations are whole seconds");
     }
 
     #[test]
@@ -650,14 +748,15 @@ mod tests {
         assert_eq!(log.start_track(&video(360, 640), true, true), Some(first + 1));
         assert_eq!((log.width(), log.height()), (360, 640));
         segment(&mut w, "a", 2, 2);
-        let added = segment(&mut w, "a", 2, 2);
+        assert_eq!(segment(&mut w, "a", 2, 2).expired, []);
         let text = playlist::render_media(&w.media_playlist("a", HOW).expect("playlist"));
         assert!(text.contains("#EXT-X-DISCONTINUITY\n") && text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:0"), "{text}");
-        let added_after = segment(&mut w, "a", 2, 2);
-        // The first segment and the first init segment leave the store together: nothing else
-        // used that init segment.
-        assert!(added.expired.is_empty());
-        assert!(added_after.expired.is_empty());
+        // Segment 0 left the playlist at 6 s; its longest playlist was two segments and the two
+        // parts of a third (6 s), so it goes at 6 + 2 + 6 = 14 s, when segment 6 completes, with
+        // the first init segment: nothing else used it.
+        for k in 3..6 {
+            assert_eq!(segment(&mut w, "a", 2, 2).expired, [], "segment {k}");
+        }
         let gone = segment(&mut w, "a", 2, 2).expired;
         assert_eq!(gone, [Leaving { msn: first, init: Some(first), parts: 2 }]);
         let text = playlist::render_media(&w.media_playlist("a", HOW).expect("playlist"));
@@ -670,10 +769,10 @@ mod tests {
         w.begin_publish(vec![("a".into(), None)], None, 2, at(0));
         let log = w.rendition_mut("a").expect("a");
         let long = CompleteSegment { duration: 7.6, bytes: 1, program_date_time: at(0), frames: 228 };
-        let added = log.add_segment("x.m4s".into(), long, 5);
+        let added = log.add_segment("x.m4s".into(), long, 5, clock(8.0));
         assert_eq!((added.raised_target, added.target_duration), (Some(8), 8));
         let short = CompleteSegment { duration: 2.0, ..long };
-        assert_eq!(log.add_segment("y.m4s".into(), short, 5).raised_target, None);
+        assert_eq!(log.add_segment("y.m4s".into(), short, 5, clock(10.0)).raised_target, None);
         let text = playlist::render_media(&w.media_playlist("a", HOW).expect("playlist"));
         assert!(text.contains("#EXT-X-TARGETDURATION:8\n"), "{text}");
     }
