@@ -45,6 +45,10 @@ pub struct Metrics {
     pub ingest_frozen_tracks: IntCounterVec,
     /// Publishes that replaced a live publisher gone silent (a reconnecting encoder), per channel.
     pub publisher_takeovers: IntCounterVec,
+    /// Publishers lost (their connection dropped or went idle without ending the publish) whose
+    /// playlists were held open for `rtmp.reconnect_grace`, per channel and outcome: `resumed`
+    /// (a publisher came back within it) or `ended` (it passed, or the daemon stopped).
+    pub publishers_lost: IntCounterVec,
     /// RTMP connections open now.
     pub rtmp_connections: IntGauge,
     /// RTMP connections whose publish has not been accepted yet (handshakes, `connect`), now.
@@ -337,6 +341,11 @@ impl Metrics {
             "Publishes that replaced a live publisher that had gone silent",
             &["channel"],
         );
+        let publishers_lost = b.counter(
+            "publishers_lost_total",
+            "Publishers lost without ending their publish, whose playlists were held open for rtmp.reconnect_grace, by outcome (resumed, ended)",
+            &["channel", "outcome"],
+        );
         let ingest_timed_text_dropped = b.counter(
             "ingest_timed_text_dropped_total",
             "Timed text from publishers dropped: over 1024 bytes (size) or over the metadata API's rate and burst (rate)",
@@ -475,6 +484,7 @@ impl Metrics {
             publishes,
             publish_rejections,
             publisher_takeovers,
+            publishers_lost,
             ingest_timed_text_dropped,
             ingest_queued_bytes,
             ingest_audio_dropped,

@@ -92,6 +92,58 @@ fn hls_js_low_latency_mode_plays_every_rendition_from_parts() {
     daemon.stop();
 }
 
+/// An encoder killed mid-stream (SIGKILL, no `deleteStream`) reconnects three seconds later:
+/// the playlists were held open for it (`rtmp.reconnect_grace`) and go on after a discontinuity,
+/// and hls.js in lowLatencyMode plays on into the new publish without a fatal error.
+#[test]
+fn hls_js_plays_on_through_a_publisher_killed_and_back() {
+    init_tracing();
+    let mut cfg = config(&ladder(&RUNGS[1..], CHANNELS), 1.0);
+    cfg.transcode.x264_preset = "ultrafast".into();
+    cfg.rtmp.reconnect_grace = 10.0;
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let encoder =
+        || publish(rtmp, "shop-key", "320x180", 120, &["-g", "30", "-keyint_min", "30", "-preset", "ultrafast"]);
+    let epoch_ms =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as f64;
+
+    let mut first = encoder();
+    wait_for_master(http, "shop");
+    let player = play(http, "shop", 24, &["--low-latency"]);
+    // Chromium starts and hls.js plays for a few seconds; then the encoder dies.
+    std::thread::sleep(Duration::from_secs(8));
+    first.kill().expect("kill");
+    first.wait().expect("reap");
+    let killed = epoch_ms();
+    std::thread::sleep(Duration::from_secs(3));
+    let second = encoder();
+    let back = epoch_ms();
+    let report = player.report();
+
+    let errors: Vec<&str> = report["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect();
+    assert!(!errors.iter().any(|e| e.starts_with("FATAL")), "hls.js fatal errors: {report}");
+    let samples: Vec<(f64, f64)> = report["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["now"].as_f64()?, s["t"].as_f64()?)))
+        .collect();
+    let played_before = samples.iter().filter(|(now, _)| *now <= killed).map(|(_, t)| *t).fold(0.0, f64::max);
+    assert!(played_before > 1.0, "hls.js played before the encoder died: {report}");
+    let (_, t_end) = *samples.last().expect("samples");
+    // What plays after the reconnect is the new publish's media, after the old one's tail.
+    assert!(t_end > played_before + 3.0, "played {played_before} s before the kill, {t_end} s at the end: {report}");
+    let late: Vec<f64> = samples.iter().filter(|(now, _)| *now > back + 6000.0).map(|(_, t)| *t).collect();
+    assert!(late.len() >= 4 && late.windows(2).all(|w| w[1] > w[0]), "playing at the end: {late:?}: {report}");
+    eprintln!(
+        "played {played_before:.1} s before the kill, {t_end:.1} s at the end; {} stalls ({} ms); errors {errors:?}",
+        report["stalls"], report["stalledMs"]
+    );
+    stop_publisher(second);
+    daemon.stop();
+}
+
 /// What one low-latency play of the `height` rendition must show: hls.js knows the ladder, has
 /// no fatal error, plays that rendition for more than 4 s from LL-HLS parts, and sits within a
 /// sanity bound of the live edge. `Ok` is the line of figures to print.

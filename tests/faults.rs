@@ -1,12 +1,43 @@
 //! Faults on the way from the encoder to the viewer, with the real ffmpeg as the publisher: what a
-//! CDN or a player was told about stays available for as long as RFC 8216 promises it.
+//! CDN or a player was told about stays available for as long as RFC 8216 promises it, and a
+//! publisher that is lost (killed, or silent behind an open connection) may come back to the same
+//! playlists within `rtmp.reconnect_grace`, which end only when it has passed.
 
 mod support;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success());
+}
+
+/// The 180p playlist's text, when there is one.
+fn playlist_text(http: SocketAddr) -> Option<String> {
+    let r = http_get(http, "/live/shop/180p/index.m3u8");
+    (r.status == 200).then(|| r.text())
+}
+
+/// Watches the playlist for `how_long`, failing if it ever ends; returns its last text.
+fn never_ends_for(http: SocketAddr, how_long: Duration, why: &str) -> String {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < how_long {
+        if let Some(text) = playlist_text(http) {
+            assert!(!text.contains("#EXT-X-ENDLIST"), "{why}: the playlist ended after {:?}:\n{text}", start.elapsed());
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
 
 const RUNGS: &[TestRung] = &[("180p", 320, 180, 300_000)];
 const CHANNELS: &[&str] = &["shop"];
@@ -84,5 +115,102 @@ fn a_segment_that_left_the_playlist_is_served_for_the_rfc_period_and_then_goes()
     });
     println!("{uri}: owed {owed:?}, served until {:?} after it left the playlist", gone.duration_since(left));
     stop_publisher(publisher);
+    daemon.stop();
+}
+
+/// An encoder killed mid-segment (SIGKILL: no `deleteStream`, the connection just drops) that
+/// comes back within the grace continues the same playlists after a discontinuity: nothing was
+/// ended in between, nothing already listed is lost, and the numbers go on without a gap. A
+/// publisher that then ends its publish (SIGINT: ffmpeg sends `deleteStream`) ends them at once.
+#[test]
+fn a_publisher_killed_mid_segment_and_back_within_the_grace_continues_the_same_playlists() {
+    init_tracing();
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
+    cfg.rtmp.reconnect_grace = 8.0;
+    cfg.admin.token = Some(TOKEN.into());
+    let daemon = Running::start(cfg);
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
+    let lost = |outcome: &str| daemon.metrics.publishers_lost.with_label_values(&["shop", outcome]).get();
+
+    let first = publish(rtmp, "shop-key", "320x180", 60, &[]);
+    eventually(Duration::from_secs(20), "three segments", || {
+        playlist_text(http).filter(|t| parse_media_playlist(t).segments.len() >= 3)
+    });
+    // Into the next segment, then the encoder dies.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut first = first;
+    first.kill().expect("kill");
+    first.wait().expect("reap");
+    let before = never_ends_for(http, Duration::from_secs(3), "a lost publisher within its grace");
+    let status = http_get_auth(admin, "/api/v1/channels/shop", TOKEN).text();
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["live"], false, "{status}");
+    assert!(status["reconnect_until"].as_str().is_some_and(|t| t.ends_with('Z')), "the hold is shown: {status}");
+    let before = parse_media_playlist(&before);
+    assert!(before.segments.len() >= 3, "what was listed stays listed");
+
+    // The encoder reconnects.
+    let second = publish(rtmp, "shop-key", "320x180", 60, &[]);
+    let after = eventually(Duration::from_secs(20), "the returning publisher's segments", || {
+        let text = playlist_text(http)?;
+        assert!(!text.contains("#EXT-X-ENDLIST"), "ended while the publisher came back:\n{text}");
+        (parse_media_playlist(&text).segments.len() >= before.segments.len() + 2).then_some(text)
+    });
+    let p = parse_media_playlist(&after);
+    assert_eq!(p.media_sequence, before.media_sequence, "the window holds both publishes");
+    assert_eq!(&p.segments[..before.segments.len()], &before.segments[..], "nothing listed was lost:\n{after}");
+    let disc = after.find("#EXT-X-DISCONTINUITY\n").expect("a discontinuity before the new segments");
+    let last_old = after.find(&before.segments.last().expect("a segment").0).expect("the old last segment");
+    assert!(disc > last_old, "the discontinuity follows the old segments:\n{after}");
+    for (uri, _) in &p.segments {
+        assert_eq!(http_get(http, &format!("/live/shop/180p/{uri}")).status, 200, "{uri}");
+    }
+    assert_eq!((lost("resumed"), lost("ended")), (1, 0));
+
+    // The publisher ends its publish: no grace for that.
+    let stopped = Instant::now();
+    stop_publisher(second);
+    eventually(Duration::from_secs(6), "ENDLIST at once after deleteStream", || {
+        playlist_text(http).filter(|t| t.contains("#EXT-X-ENDLIST"))
+    });
+    assert!(stopped.elapsed() < Duration::from_secs(7), "well inside the 8 s grace");
+    assert_eq!((lost("resumed"), lost("ended")), (1, 0));
+    daemon.stop();
+}
+
+/// An encoder whose process stops while its TCP connection stays open sends nothing: it is
+/// dropped after `rtmp.idle_timeout` with the window intact, and its playlists end only when the
+/// grace has passed without it.
+#[test]
+fn a_silent_publisher_is_dropped_at_the_idle_timeout_and_its_playlists_end_after_the_grace() {
+    init_tracing();
+    let mut cfg = config(&ladder(RUNGS, CHANNELS), 1.0);
+    cfg.rtmp.idle_timeout = 3.0;
+    cfg.rtmp.reconnect_grace = 3.0;
+    let daemon = Running::start(cfg);
+    let (rtmp, http) = (daemon.rtmp, daemon.http);
+    let lost = |outcome: &str| daemon.metrics.publishers_lost.with_label_values(&["shop", outcome]).get();
+
+    let publisher = publish(rtmp, "shop-key", "320x180", 60, &[]);
+    eventually(Duration::from_secs(20), "three segments", || {
+        playlist_text(http).filter(|t| parse_media_playlist(t).segments.len() >= 3)
+    });
+    signal(publisher.id(), "STOP");
+    let stopped = Instant::now();
+    // Idle timeout and grace, less a margin for the last bytes still on their way.
+    let before = never_ends_for(http, Duration::from_millis(5_000), "a silent publisher before timeout + grace");
+    let ended = eventually(Duration::from_secs(12), "ENDLIST after the grace", || {
+        playlist_text(http).filter(|t| t.contains("#EXT-X-ENDLIST"))
+    });
+    println!("ended {:?} after the publisher went silent", stopped.elapsed());
+    let (before, ended) = (parse_media_playlist(&before), parse_media_playlist(&ended));
+    assert_eq!(ended.media_sequence, before.media_sequence);
+    assert_eq!(&ended.segments[..before.segments.len()], &before.segments[..], "the window is intact");
+    for (uri, _) in &ended.segments {
+        assert_eq!(http_get(http, &format!("/live/shop/180p/{uri}")).status, 200, "{uri}");
+    }
+    assert_eq!((lost("resumed"), lost("ended")), (0, 1));
+    signal(publisher.id(), "CONT");
+    let _ = wait_with_timeout(publisher, Duration::from_secs(10));
     daemon.stop();
 }

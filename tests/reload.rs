@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    eventually, http_get, http_get_auth, metric, parse_media_playlist, publish, try_http_get, wait_with_timeout,
+    eventually, http_get, http_get_auth, metric, parse_media_playlist, publish, stop_publisher, try_http_get,
+    wait_with_timeout,
 };
 
 const TOKEN: &str = "reload-test-token";
@@ -164,9 +165,7 @@ fn sighup_adds_and_removes_channels_refuses_a_bad_file_and_keeps_live_publishes(
 
     // When a's publisher leaves, a ends as usual; the first reload after its thread has flushed
     // its last segments forgets it (the playlist ends a moment before the thread is done).
-    let mut publisher_a = publisher_a;
-    let _ = publisher_a.kill();
-    let _ = publisher_a.wait();
+    stop_publisher(publisher_a);
     eventually(Duration::from_secs(20), "a ended", || playlist(daemon.http, "a").filter(|p| p.ended));
     let gone = eventually(Duration::from_secs(20), "a forgotten by a reload", || {
         daemon.reload("ok");

@@ -83,6 +83,7 @@ impl PublishGate for Gate {
             timed_text: TokenBucket::new(10.0, 20),
             queue_budget: Arc::new(tokio::sync::Semaphore::new(limit)),
             queue_limit: limit,
+            finished: Default::default(),
         })
     }
 }

@@ -51,7 +51,8 @@ pub struct Channels {
     /// Configured channels, plus channels a reload removed while they were live (until their
     /// publish ends and the next reload drops them).
     channels: RwLock<HashMap<String, Arc<ChannelState>>>,
-    draining: AtomicBool,
+    /// Shared with the channel threads, which end a reconnect grace early when it is set.
+    draining: Arc<AtomicBool>,
     /// NVENC sessions per GPU, shared by every channel of the daemon.
     placer: Placer,
 }
@@ -60,8 +61,15 @@ struct ChannelState {
     name: String,
     /// The live publish, if there is one.
     live: Mutex<Option<LivePublish>>,
-    /// The thread of the latest publish (it may still be flushing after the publisher left).
+    /// The thread of the latest publish (it may still be flushing after the publisher left, or
+    /// holding the playlists open for the publisher's return).
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// While a lost publisher's playlists are held open (`rtmp.reconnect_grace`): what tells that
+    /// thread a new publish continues them. Taken (under `live`) by the publish that does, or by
+    /// the drain, which drops it to end them.
+    reconnect: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// When that hold ends, for the status.
+    reconnect_until: Mutex<Option<SystemTime>>,
     /// Its playlists over time, shared by the renditions' publishers.
     window: Arc<Mutex<ChannelWindow>>,
     /// Timed metadata posted through the API, waiting for the channel thread to stamp it.
@@ -93,6 +101,8 @@ impl ChannelState {
             name: name.to_owned(),
             live: Mutex::new(None),
             thread: Mutex::new(None),
+            reconnect: Mutex::new(None),
+            reconnect_until: Mutex::new(None),
             window: Arc::new(Mutex::new(ChannelWindow::default())),
             posted_metadata: Mutex::new(VecDeque::new()),
             metadata_latest: Arc::new(AtomicU32::new(0)),
@@ -152,7 +162,7 @@ impl Channels {
             store,
             metrics,
             channels: RwLock::new(channels),
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
             placer,
         }
     }
@@ -230,9 +240,12 @@ impl Channels {
         self.draining.store(true, Ordering::SeqCst);
         let states = self.all_states();
         for state in &states {
-            if let Some(live) = lock(&state.live).as_ref() {
+            let live = lock(&state.live);
+            if let Some(live) = live.as_ref() {
                 live.kick.cancel();
             }
+            // A channel whose publisher was lost ends its playlists now: nobody may come back.
+            lock(&state.reconnect).take();
         }
         for state in &states {
             let handle = lock(&state.thread).take();
@@ -325,6 +338,7 @@ impl PublishGate for Channels {
         }
         let kick = CancellationToken::new();
         let id = PUBLISH_IDS.fetch_add(1, Ordering::Relaxed);
+        let finished = Arc::new(AtomicBool::new(false));
         let activity = Arc::new(AtomicU64::new(crate::ingest::activity_clock()));
 
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
@@ -336,6 +350,8 @@ impl PublishGate for Channels {
             objects: self.store.channel(name),
             metrics: self.metrics.clone(),
             kick: kick.clone(),
+            finished: finished.clone(),
+            draining: self.draining.clone(),
             id,
         };
         let mut thread = lock(&state.thread);
@@ -358,6 +374,9 @@ impl PublishGate for Channels {
         };
         let _ = previous_tx.send(previous);
         *thread = Some(handle);
+        // A lost publisher's thread holding the playlists open lets them be, and ends; this
+        // publish's thread, which waits for it, continues them.
+        let resumes = lock(&state.reconnect).take().is_some_and(|held| held.send(()).is_ok());
         *live = Some(LivePublish { id, kick: kick.clone(), activity: activity.clone() });
         // Set under `live` so that a status read never pairs this publish with the last one's facts.
         let since = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
@@ -365,14 +384,28 @@ impl PublishGate for Channels {
         *lock(&state.source) = None;
         self.metrics.publishes.with_label_values(&[name]).inc();
         self.metrics.channel_live.with_label_values(&[name]).set(1);
-        tracing::info!(channel = %name, %peer, "publish started");
+        if resumes {
+            self.metrics.publishers_lost.with_label_values(&[name, "resumed"]).inc();
+            tracing::info!(channel = %name, %peer, "publish started: the lost publisher is back, its playlists go on");
+        } else {
+            tracing::info!(channel = %name, %peer, "publish started");
+        }
         drop(thread);
         drop(live);
         drop(channels);
         let timed_text = TokenBucket::new(config.admin.metadata_rate, config.admin.metadata_burst);
         let queue_limit = config.rtmp.max_queued_bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
         let queue_budget = Arc::new(tokio::sync::Semaphore::new(queue_limit));
-        Ok(Publish { channel: name.clone(), media: tx, kick, activity, timed_text, queue_budget, queue_limit })
+        Ok(Publish {
+            channel: name.clone(),
+            media: tx,
+            kick,
+            activity,
+            timed_text,
+            queue_budget,
+            queue_limit,
+            finished,
+        })
     }
 }
 

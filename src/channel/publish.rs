@@ -4,7 +4,7 @@
 //! on the next video frame, and the flush when the publisher leaves.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,6 +47,10 @@ pub(super) struct PublishContext {
     pub(super) objects: Arc<ChannelObjects>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) kick: CancellationToken,
+    /// Set by ingest when the publisher ended the publish itself ([`crate::ingest::Publish::finished`]).
+    pub(super) finished: Arc<AtomicBool>,
+    /// The daemon is draining: a reconnect grace ends at once.
+    pub(super) draining: Arc<AtomicBool>,
     /// This publish's id in the channel's `live` slot.
     pub(super) id: u64,
 }
@@ -99,11 +103,15 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     let awaiting_keyframe =
         ctx.metrics.frames_dropped.with_label_values(&[name, "", DropReason::AwaitingKeyframe.as_str()]);
 
+    // Whether the publish ended for a reason of the daemon's (a kick, a pipeline failure) rather
+    // than because its connection went away.
+    let mut sent_away = false;
     while let Some(arrival) = rx.blocking_recv() {
         // Sent away (disconnect, drain, or a new connection took over): what is still queued is
         // not this publish's to package any more, and must not touch what is now the successor's
         // (posted metadata, the source in the status).
         if ctx.kick.is_cancelled() {
+            sent_away = true;
             break;
         }
         let result = match arrival.packet {
@@ -111,6 +119,7 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                 if session.as_ref().is_some_and(|s| s.source != p)
                     && !restart(ctx, &mut session, &mut restarts, "video parameters changed")
                 {
+                    sent_away = true;
                     break;
                 }
                 video_params = Some(p);
@@ -120,6 +129,7 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                 if session.as_ref().is_some_and(|s| s.audio_params.as_ref() != Some(&p))
                     && !restart(ctx, &mut session, &mut restarts, "audio parameters changed")
                 {
+                    sent_away = true;
                     break;
                 }
                 audio_params = Some(p);
@@ -139,6 +149,7 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
                                 Err(e) => {
                                     tracing::error!(channel = %name, error = %e, "cannot start the pipeline; ending the publish");
                                     ctx.metrics.pipeline_errors.with_label_values(&[name, "start"]).inc();
+                                    sent_away = true;
                                     break;
                                 }
                             }
@@ -187,9 +198,13 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
         if let Err(e) = result {
             tracing::error!(channel = %name, error = %e, "pipeline failed; ending the publish");
             ctx.metrics.pipeline_errors.with_label_values(&[name, e.stage()]).inc();
+            sent_away = true;
             break;
         }
     }
+    // The queue closed: the connection went away. Ingest says whether the publisher ended the
+    // publish first; a kick may also have closed the connection before this thread saw it.
+    let lost = !sent_away && !ctx.kick.is_cancelled() && !ctx.finished.load(Ordering::Acquire);
     // The publisher is gone (or is being sent away): the channel is free for the next one while
     // this thread flushes.
     ctx.kick.cancel();
@@ -201,14 +216,64 @@ fn publish_loop(ctx: &PublishContext, mut rx: mpsc::Receiver<Arrival>) {
     if dropped_before_start > 0 {
         tracing::debug!(channel = %name, packets = dropped_before_start, "dropped video before the first keyframe");
     }
-    match session {
-        Some(s) => s.finish(superseded),
-        None if !superseded => end_open_playlists(ctx),
-        None => {}
+    let grace = Duration::from_secs_f64(ctx.config.rtmp.reconnect_grace);
+    let hold = lost && !grace.is_zero();
+    if let Some(s) = session {
+        // Held playlists stay open through the flush; whether they end is decided after it.
+        s.finish(superseded || hold);
+    }
+    if !superseded {
+        if hold {
+            hold_for_reconnect(ctx, grace);
+        } else {
+            end_open_playlists(ctx);
+        }
     }
     // The thumbnail shows the stream live; once it is over there is none (its thread has been
     // joined by the transcoder's finish, so no later one comes).
     ctx.objects.remove(&ObjectName::Thumbnail);
+}
+
+/// The publisher was lost: keeps the channel's playlists open for `grace`, so that an encoder
+/// that reconnects continues them after a discontinuity (RFC 8216 §6.2.1 forbids taking back
+/// an `EXT-X-ENDLIST` once served, and players that saw one have stopped). Ends them when the
+/// grace passes without a new publish, or at once when the daemon drains.
+fn hold_for_reconnect(ctx: &PublishContext, grace: Duration) {
+    let name = &ctx.channel.name;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    {
+        // Under `live`, where a new publish looks for the sender and the drain drops it.
+        let live = lock(&ctx.state.live);
+        if live.is_some() {
+            // A new publish took the channel while this thread flushed: the playlists are its.
+            return;
+        }
+        if ctx.draining.load(Ordering::SeqCst) {
+            drop(live);
+            end_open_playlists(ctx);
+            return;
+        }
+        *lock(&ctx.state.reconnect) = Some(tx);
+        *lock(&ctx.state.reconnect_until) = Some(SystemTime::now() + grace);
+    }
+    tracing::warn!(
+        channel = %name,
+        grace_seconds = grace.as_secs_f64(),
+        config_key = "rtmp.reconnect_grace",
+        "publisher lost without ending its publish; its playlists stay open for its return"
+    );
+    let signalled = rx.recv_timeout(grace).is_ok();
+    let live = lock(&ctx.state.live);
+    lock(&ctx.state.reconnect).take();
+    *lock(&ctx.state.reconnect_until) = None;
+    // The grace may have run out just as a new publish began: it is live, so the playlists are its.
+    if signalled || live.is_some() {
+        return;
+    }
+    drop(live);
+    ctx.metrics.publishers_lost.with_label_values(&[name, "ended"]).inc();
+    tracing::info!(channel = %name, "the lost publisher did not come back; its playlists end");
+    end_open_playlists(ctx);
 }
 
 /// A publisher of one rendition of this publish; `anchor` is the wall-clock time of pts 0.

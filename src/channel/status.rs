@@ -81,9 +81,12 @@ impl Channels {
             })
             .collect();
         drop(w);
+        let reconnect_until = (*lock(&state.reconnect_until))
+            .and_then(|t| time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).ok());
         Some(ChannelStatus {
             name: channel.to_string(),
             live,
+            reconnect_until,
             publisher,
             source,
             ingest: IngestStatus {
@@ -109,6 +112,9 @@ impl Channels {
 pub struct ChannelStatus {
     pub name: String,
     pub live: bool,
+    /// While the publisher is lost and its playlists are held open (`rtmp.reconnect_grace`):
+    /// when they end unless it is back (RFC 3339).
+    pub reconnect_until: Option<String>,
     pub publisher: Option<PublisherStatus>,
     pub source: Option<SourceStatus>,
     pub ingest: IngestStatus,

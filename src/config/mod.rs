@@ -80,6 +80,13 @@ pub struct RtmpConfig {
     /// Seconds without a byte from a publisher before it is dropped.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: f64,
+    /// Seconds a channel's playlists stay open after its publisher was lost (the connection
+    /// dropped, or went idle, without the publisher ending its publish), so that an encoder that
+    /// reconnects continues them after a discontinuity; only when it passes do they end
+    /// (`EXT-X-ENDLIST`, which may not be taken back). A publish the publisher ended, or that
+    /// the daemon sent away, ends them at once. 0: at once, always.
+    #[serde(default = "default_reconnect_grace")]
+    pub reconnect_grace: f64,
     /// The RTMP application name in the publish URL (`rtmp://host/APP/KEY`).
     #[serde(default = "default_app")]
     pub app: String,
@@ -99,6 +106,7 @@ impl Default for RtmpConfig {
             max_bitrate: default_max_bitrate(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
+            reconnect_grace: default_reconnect_grace(),
             app: default_app(),
         }
     }
@@ -137,6 +145,9 @@ fn default_handshake_timeout() -> f64 {
     5.0
 }
 fn default_idle_timeout() -> f64 {
+    10.0
+}
+fn default_reconnect_grace() -> f64 {
     10.0
 }
 fn default_app() -> String {

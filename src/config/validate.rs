@@ -95,6 +95,10 @@ impl Config {
                 bad(key.into(), "must be a number of seconds between 0 and 3600".into());
             }
         }
+        let grace = self.rtmp.reconnect_grace;
+        if !(grace.is_finite() && (0.0..=600.0).contains(&grace)) {
+            bad("rtmp.reconnect_grace".into(), "must be a number of seconds from 0 to 600".into());
+        }
         if !valid_name(&self.rtmp.app) {
             bad("rtmp.app".into(), "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_'".into());
         }

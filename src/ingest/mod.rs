@@ -10,7 +10,7 @@ pub mod rtmp;
 pub mod timeline;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -69,6 +69,10 @@ pub struct Publish {
     pub queue_budget: Arc<tokio::sync::Semaphore>,
     /// The budget's size.
     pub queue_limit: usize,
+    /// Set by ingest when the publisher itself ended the publish (`FCUnpublish`, `deleteStream`)
+    /// before the media queue closes: the channel then ends its playlists at once, where a
+    /// publisher that was lost (the connection dropped or went idle) may be back shortly.
+    pub finished: Arc<AtomicBool>,
 }
 
 /// Milliseconds on a monotonic clock that ingest and the gate share.

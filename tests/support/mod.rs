@@ -195,6 +195,8 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
 /// alone sends the publish away, and what is still queued is then not packaged.)
 pub fn end_publish(channels: &ladderd::channel::Channels, publish: ladderd::ingest::Publish) {
     let channel = publish.channel.clone();
+    // As ingest says of a publisher that sent `deleteStream`: the playlists end at once.
+    publish.finished.store(true, std::sync::atomic::Ordering::Release);
     drop(publish);
     eventually(Duration::from_secs(30), "the publish to end", || (!channels.is_live(&channel)).then_some(()));
     channels.drain();

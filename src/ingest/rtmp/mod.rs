@@ -11,7 +11,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -238,6 +238,8 @@ struct ActivePublish {
     media: mpsc::Sender<Arrival>,
     kick: CancellationToken,
     activity: Arc<AtomicU64>,
+    /// [`Publish::finished`].
+    finished: Arc<AtomicBool>,
     timeline: Timeline,
     /// Each track's timestamps kept advancing before the timeline places them.
     video_clock: TrackClock,
@@ -317,6 +319,7 @@ impl ActivePublish {
             media: publish.media,
             kick: publish.kick,
             activity: publish.activity,
+            finished: publish.finished,
             timeline: Timeline::new(),
             video_clock: TrackClock::new(1000.0 / 30.0),
             // An AAC frame is 1024 samples; 48 kHz is the common rate.
@@ -446,6 +449,10 @@ impl Connection {
     /// Runs the connection to its end: handshake, `connect`, `publish` (asked of `gate`), media.
     pub async fn run<G: PublishGate>(mut self, gate: &G) -> Result<Ended, IngestError> {
         let result = self.drive(gate).await;
+        if let (Err(Stop::Ended(Ended::PublishFinished)), Some(p)) = (&result, &self.publish) {
+            // Before the queue closes, so that the channel reads it when it sees the end.
+            p.finished.store(true, Ordering::Release);
+        }
         // Dropping the sender is what ends the publish for the channel; do it before lingering.
         self.publish = None;
         match result {

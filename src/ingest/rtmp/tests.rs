@@ -32,6 +32,8 @@ struct FakeGate {
     media: Mutex<Option<mpsc::Sender<Arrival>>>,
     kick: CancellationToken,
     queue_limit: usize,
+    /// The publish's [`Publish::finished`].
+    finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeGate {
@@ -48,6 +50,7 @@ impl FakeGate {
             media: Mutex::new(Some(tx)),
             kick: CancellationToken::new(),
             queue_limit: bytes,
+            finished: Default::default(),
         };
         (Arc::new(gate), rx)
     }
@@ -73,6 +76,7 @@ impl PublishGate for FakeGate {
             timed_text: TokenBucket::new(5.0, 5),
             queue_budget: Arc::new(tokio::sync::Semaphore::new(self.queue_limit)),
             queue_limit: self.queue_limit,
+            finished: self.finished.clone(),
         })
     }
 }
@@ -236,6 +240,8 @@ async fn rtmp_ffmpeg_publish_delivers_params_then_timed_media() {
         .expect("join");
 
     assert_eq!(gate.calls(), vec![("live".to_string(), "secret-key".to_string())]);
+    // ffmpeg ends its publish (FCUnpublish, deleteStream) before it closes the connection.
+    assert!(gate.finished.load(Ordering::Acquire), "the publisher ended the publish itself");
     let first_video =
         arrivals.iter().position(|a| matches!(a.packet, MediaPacket::Video(_))).expect("video samples arrive");
     let params = arrivals[..first_video]
@@ -659,5 +665,6 @@ async fn rtmp_kick_closes_the_publisher() {
     let out = publisher.await.expect("join");
     assert!(kicked_at.elapsed() < Duration::from_secs(8), "ffmpeg gave up long before its 10 s");
     assert!(!out.status.success(), "a kicked ffmpeg reports an error");
+    assert!(!gate.finished.load(Ordering::Acquire), "the publisher did not end the publish; it was sent away");
     server.stop().await;
 }
