@@ -65,6 +65,10 @@ const ADMIN_MAX_STREAMS: u32 = 32;
 
 /// How long the origin keeps serving after the drain has ended every playlist.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the drain may take before the daemon stops without the channels still flushing:
+/// with `END_GRACE` and the five seconds in-flight responses get, well inside systemd's 30 s
+/// `TimeoutStopSec` (systemd/ladderd.service).
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -286,8 +290,16 @@ impl Daemon {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         let channels = self.channels.clone();
-        // Joining channel threads blocks; keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || channels.drain()).await;
+        // Joining channel threads blocks; keep it off the async workers. A thread stuck in a
+        // codec call must not hold the exit past the service manager's stop timeout: what has
+        // flushed by then is served, the rest is lost with the process.
+        let drain = tokio::task::spawn_blocking(move || channels.drain());
+        if tokio::time::timeout(DRAIN_LIMIT, drain).await.is_err() {
+            tracing::error!(
+                seconds = DRAIN_LIMIT.as_secs(),
+                "channels did not finish flushing in time; stopping without them"
+            );
+        }
         // The ended playlists wake every held request; give those (and a CDN's next reload) a
         // moment to be answered before the listeners go.
         tokio::time::sleep(END_GRACE).await;

@@ -198,10 +198,25 @@ fn sighup_adds_and_removes_channels_refuses_a_bad_file_and_keeps_live_publishes(
     });
     std::thread::sleep(Duration::from_millis(100));
     daemon.signal("TERM");
+    let signalled = std::time::Instant::now();
     let answer = follower.join().expect("follower").expect("answered before the listeners closed");
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(parse_media_playlist(&answer.text()).ended, "the follower gets the ended playlist");
-    let status = daemon.child.wait().expect("exit status");
+    let ended = answer.text();
+    assert!(parse_media_playlist(&ended).ended, "the follower gets the ended playlist");
+    // The part being built when the signal came was finished into the last segment: nothing is
+    // left open or hinted.
+    assert!(!ended.contains("#EXT-X-PRELOAD-HINT"), "{ended}");
+    let tail = &ended[ended.rfind("#EXTINF").expect("a segment")..];
+    assert!(!tail.contains("#EXT-X-PART:"), "no parts after the last segment:\n{ended}");
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().expect("exit status") {
+            break status;
+        }
+        // systemd/ladderd.service gives a stop 30 s (TimeoutStopSec) before SIGKILL.
+        assert!(signalled.elapsed() < Duration::from_secs(15), "still running 15 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success(), "{status:?}");
+    eprintln!("SIGTERM to exit: {:?}", signalled.elapsed());
     let _ = wait_with_timeout(publisher_b, Duration::from_secs(5));
 }
