@@ -99,6 +99,7 @@ pub struct Daemon {
 
 /// Binds every listener (so a port conflict fails here, before anything runs) and starts serving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon, RunError> {
+    transcode::faults::arm_from_environment();
     let config = Arc::new(config);
     log_warnings(&config);
     // Certificates first: a bad file should fail the start before any port is taken.

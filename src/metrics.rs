@@ -61,6 +61,8 @@ pub struct Metrics {
     pub frames_decoded: IntCounterVec,
     /// Frames encoded, per channel and rung.
     pub frames_encoded: IntCounterVec,
+    /// Cut pictures an encoder was told to make IDRs of and did not, per channel and rung.
+    pub forced_idr_missed: IntCounterVec,
     /// Frames not encoded, per channel, rung and [`DropReason`]; take a rung's set with
     /// [`Metrics::frame_drops`].
     pub frames_dropped: IntCounterVec,
@@ -379,6 +381,11 @@ impl Metrics {
         let channel_live = b.gauge("channel_live", "1 while a channel has a live publisher", &["channel"]);
         let frames_decoded = b.counter("frames_decoded_total", "Source video frames decoded", &["channel"]);
         let frames_encoded = b.counter("frames_encoded_total", "Video frames encoded", &["channel", "rung"]);
+        let forced_idr_missed = b.counter(
+            "forced_idr_missed_total",
+            "Segment starts an encoder was told to make an IDR and did not (the segment cannot start there in that rendition)",
+            &["channel", "rung"],
+        );
         let frames_dropped =
             b.counter("frames_dropped_total", "Video frames not encoded, by reason", &["channel", "rung", "reason"]);
         let encoder_queue_depth =
@@ -495,6 +502,7 @@ impl Metrics {
             channel_live,
             frames_decoded,
             frames_encoded,
+            forced_idr_missed,
             frames_dropped,
             encoder_queue_depth,
             stage_latency,

@@ -11,8 +11,8 @@ mod publish;
 mod status;
 
 pub use status::{
-    BackendStatus, ChannelStatus, IngestStatus, OriginStatus, PublisherStatus, RefusedStatus, RenditionStatus,
-    SourceStatus,
+    BackendStatus, ChannelStatus, IngestStatus, MoveStatus, OriginStatus, PublisherStatus, RefusedStatus,
+    RenditionStatus, RungBackendStatus, SourceStatus,
 };
 
 use std::collections::{HashMap, VecDeque};

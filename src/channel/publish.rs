@@ -25,13 +25,13 @@ use crate::package::publisher::{Packaging, RenditionPublisher};
 use crate::package::window::ChannelWindow;
 use crate::store::{Cacheability, ChannelObjects, ObjectName};
 use crate::sync::lock;
-use crate::transcode::Transcoder;
 use crate::transcode::backend::{self, Backend, NoHardware, NvidiaOffer, StagePlan};
 use crate::transcode::ladder;
 use crate::transcode::placement::{GpuState, Placement, Placer, Rejected, SessionGuard, Unavailable};
 use crate::transcode::probe;
 use crate::transcode::spec::{DecoderChoice, EncoderChoice, RUNG_QUEUE, TranscodeSpec};
 use crate::transcode::thumbnail::ThumbnailSpec;
+use crate::transcode::{StageMove, StageMoves, TranscodeError, Transcoder};
 
 /// Name of the audio rendition (rung names may not use it).
 const AUDIO: &str = "audio";
@@ -336,7 +336,6 @@ fn place(
         probe::nvidia_offer(probe::machine(), placement.gpu)
     };
     let stages = backend::choose_placed(hardware, &offer, &mut placement)?;
-    *lock(&ctx.state.backend) = Some(BackendStatus::of(&stages));
     if !stages.refused.is_empty() {
         let reasons: Vec<String> = stages.refused.iter().map(ToString::to_string).collect();
         tracing::warn!(channel = %name, refused = %reasons.join("; "), "hardware backends refused; those stages run on the CPU");
@@ -362,7 +361,33 @@ fn place(
     let names = plan.encoded.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     *previous = stages.export(&ctx.metrics, name, &names, &previous);
     drop(previous);
+    *lock(&ctx.state.backend) = Some(BackendStatus::of(&stages, &names));
     Ok((plan, stages, placement.sessions.take()))
+}
+
+/// Where a session's stages that move to the CPU while it runs are told: the channel's status
+/// (`backend`) and its `ladderd_backend_info` series, so both always say where each stage runs.
+fn stage_moves(ctx: &PublishContext) -> StageMoves {
+    let (state, metrics, channel) = (ctx.state.clone(), ctx.metrics.clone(), ctx.channel.name.clone());
+    StageMoves::new(move |m: StageMove| {
+        let cpu = Backend::Cpu.name();
+        let mut series = lock(&state.backend_series);
+        let (mut was, mut now) = (Vec::new(), Vec::new());
+        for s in series.iter_mut() {
+            let hit = s.stage == m.stage && m.rung.as_deref().is_none_or(|r| r == s.rung);
+            if hit && s.backend != cpu {
+                was.push(s.clone());
+                s.backend = cpu;
+                now.push(s.clone());
+            }
+        }
+        metrics.set_backend_info(&channel, &was, &now);
+        drop(series);
+        if let Some(b) = lock(&state.backend).as_mut() {
+            b.moved(&m);
+        }
+        tracing::info!(channel = %channel, rung = m.rung.as_deref().unwrap_or(""), stage = m.stage, reason = %m.reason, "stage moved to the CPU");
+    })
 }
 
 /// Where a session's thumbnails go: `thumb.jpg` in the channel's objects, cacheable until the
@@ -600,6 +625,7 @@ impl Session {
                 },
                 thumbnails: thumbnails(ctx),
                 rung_queue: RUNG_QUEUE,
+                moves: stage_moves(ctx),
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };
@@ -634,7 +660,15 @@ impl Session {
             publisher.packet(EncodedPacket { sample: s, ingest_time: at });
         }
         if let Some(t) = self.transcoder.as_mut() {
-            t.push(sample, at)?;
+            match t.push(sample, at) {
+                Err(e @ TranscodeError::DecoderStalled { .. }) => {
+                    tracing::warn!(error = %e, "the decoder is stuck; rebuilding the transcode on the CPU");
+                    if let Some(stuck) = self.transcoder.take() {
+                        self.transcoder = Some(stuck.rebuild_on_cpu()?);
+                    }
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

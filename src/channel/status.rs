@@ -174,15 +174,41 @@ pub struct RenditionStatus {
     pub ended: bool,
 }
 
-/// A serializable copy of a session's [`StagePlan`].
+/// Where a session's stages run now: its [`StagePlan`], and every stage that moved to the CPU
+/// since, with why.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendStatus {
     pub decode: &'static str,
     pub scale: &'static str,
+    /// What the plan gave the rungs' encoders; `rungs` says where each runs now.
     pub encode: &'static str,
     pub gpu: Option<u32>,
     pub refused: Vec<RefusedStatus>,
+    pub rungs: Vec<RungBackendStatus>,
+    /// Stages that moved to the CPU while the session ran, oldest first (the latest 32).
+    pub moves: Vec<MoveStatus>,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RungBackendStatus {
+    pub name: String,
+    pub encode: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MoveStatus {
+    /// The rung whose encoder moved; absent for decode and scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rung: Option<String>,
+    pub stage: &'static str,
+    pub backend: &'static str,
+    pub reason: String,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+}
+
+/// Moves kept in a [`BackendStatus`].
+const MOVES_KEPT: usize = 32;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedStatus {
@@ -194,12 +220,22 @@ pub struct RefusedStatus {
 }
 
 impl BackendStatus {
-    pub(super) fn of(plan: &StagePlan) -> Self {
+    /// The plan of a session whose encoded rungs are `rungs`, in ladder order.
+    pub(super) fn of(plan: &StagePlan, rungs: &[String]) -> Self {
         Self {
             decode: plan.decode.name(),
             scale: plan.scale.name(),
             encode: plan.encode.name(),
             gpu: plan.gpu,
+            rungs: rungs
+                .iter()
+                .enumerate()
+                .map(|(i, name)| RungBackendStatus {
+                    name: name.clone(),
+                    encode: plan.rung_encode(i).unwrap_or(plan.encode).name(),
+                })
+                .collect(),
+            moves: Vec::new(),
             refused: plan
                 .refused
                 .iter()
@@ -211,5 +247,34 @@ impl BackendStatus {
                 })
                 .collect(),
         }
+    }
+}
+
+impl BackendStatus {
+    /// Records a stage that moved to the CPU.
+    pub(super) fn moved(&mut self, m: &crate::transcode::StageMove) {
+        let cpu = crate::transcode::backend::Backend::Cpu.name();
+        match (m.stage, m.rung.as_deref()) {
+            ("decode", _) => self.decode = cpu,
+            ("scale", _) => self.scale = cpu,
+            (_, Some(rung)) => {
+                if let Some(r) = self.rungs.iter_mut().find(|r| r.name == rung) {
+                    r.encode = cpu;
+                }
+            }
+            _ => {}
+        }
+        if self.moves.len() >= MOVES_KEPT {
+            self.moves.remove(0);
+        }
+        self.moves.push(MoveStatus {
+            rung: m.rung.clone(),
+            stage: m.stage,
+            backend: cpu,
+            reason: m.reason.clone(),
+            at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
     }
 }

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::util::error::EAGAIN;
@@ -15,10 +16,16 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::ffi::{self, SharedFrame};
 use crate::media::{Sample, SegmentClock, TIMESCALE, Ticks, VideoParams};
-use crate::metrics::{DropReason, FrameDrops};
+use crate::metrics::{DropReason, FrameDrops, Metrics};
+use crate::sync::lock;
+use crate::transcode::faults::{self, Stage};
 use crate::transcode::ladder::Rung;
+use crate::transcode::rung::{self, RungThreads};
 use crate::transcode::scale::{self, Routed, SourceDecoder};
-use crate::transcode::spec::{DecodeInput, DecoderChoice, Picture, TranscodeError};
+use crate::transcode::spec::{
+    DecodeInput, DecoderChoice, EncoderChoice, Picture, STALL_LIMIT, SharedSink, StageMoves, TranscodeError,
+    TranscodeSpec, now_ms,
+};
 use crate::transcode::thumbnail::Thumbnailer;
 
 /// Source packets whose arrival time and keyframe flag are remembered until their picture is
@@ -110,11 +117,17 @@ pub(super) struct DecodeWorker {
     /// Arrival at ingest → picture out of the decoder.
     pub(super) decode_latency: Histogram,
     pub(super) thumbnails: Option<Thumbnailer>,
+    /// When this thread last took a packet ([`now_ms`]): the channel thread's stall watch.
+    pub(super) heartbeat: Arc<AtomicU64>,
+    /// Packets sent to the decoder, for injected faults.
+    pub(super) sent: u64,
+    pub(super) moves: StageMoves,
 }
 
 impl DecodeWorker {
     pub(super) fn run(mut self, rx: Receiver<DecodeInput>) {
         for DecodeInput(sample, at) in rx {
+            self.heartbeat.store(now_ms(), Ordering::Relaxed);
             self.decode(sample, at);
             if self.feeds.iter().all(|f| f.tx.is_none()) {
                 tracing::error!(channel = %self.channel, "every rung has stopped; ending the transcode");
@@ -142,7 +155,15 @@ impl DecodeWorker {
         if sample.keyframe {
             packet.set_flags(codec::packet::Flags::KEY);
         }
-        let mut sent = self.decoder.send_packet(&packet);
+        self.sent += 1;
+        let mut sent = match faults::check(Stage::Decode, &self.channel, "", self.sent) {
+            Some(faults::Kind::Fail) => Err(ffmpeg::Error::External),
+            Some(faults::Kind::Hang) => {
+                faults::hang();
+                self.decoder.send_packet(&packet)
+            }
+            None => self.decoder.send_packet(&packet),
+        };
         if sent == Err(ffmpeg::Error::Other { errno: EAGAIN }) {
             // The decoder wants its output read before it takes more input.
             self.receive();
@@ -165,6 +186,7 @@ impl DecodeWorker {
         match open_decoder(&self.channel, DecoderChoice::Cpu, &self.source, (&[], &self.gpu_fallbacks)) {
             Ok(d) => {
                 tracing::warn!(channel = %self.channel, "NVDEC failed; decoding on the CPU from the next keyframe");
+                self.moves.report(None, "decode", "NVDEC failed mid-stream");
                 self.decoder = d;
                 self.decoder_choice = DecoderChoice::Cpu;
                 self.wait_for_keyframe = true;
@@ -245,7 +267,7 @@ impl DecodeWorker {
                     t.offer(pts, &picture.frame);
                 }
                 for f in &mut self.feeds {
-                    f.offer(&self.channel, &picture);
+                    f.offer(&self.channel, &picture, &self.heartbeat);
                 }
             }
             Ok(Routed::PerRung(frames)) => {
@@ -255,7 +277,7 @@ impl DecodeWorker {
                     t.offer(pts, &top.frame);
                 }
                 for (f, picture) in self.feeds.iter_mut().zip(&pictures) {
-                    f.offer(&self.channel, picture);
+                    f.offer(&self.channel, picture, &self.heartbeat);
                 }
             }
             Err(e) => {
@@ -279,10 +301,25 @@ pub(super) struct RungFeed {
     /// Raised before a picture is queued and lowered when the rung takes it (or it is not queued),
     /// so it never reads below 0.
     pub(super) queue_depth: IntGauge,
+    /// When the rung thread last took a picture.
+    pub(super) heartbeat: Arc<AtomicU64>,
+    /// What a replacement for a stalled rung thread is made from.
+    pub(super) respawn: Respawn,
+}
+
+/// What the decode thread needs to start a rung's thread again.
+pub(super) struct Respawn {
+    pub(super) spec: Arc<TranscodeSpec>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) index: usize,
+    pub(super) sink: SharedSink,
+    pub(super) threads: RungThreads,
 }
 
 impl RungFeed {
-    pub(super) fn offer(&mut self, channel: &str, picture: &Arc<Picture>) {
+    /// Queues `picture` for the rung; `alive` is the decode thread's heartbeat, kept fresh while
+    /// a cut waits for a full queue (the decode thread is waiting on a rung, not stuck).
+    pub(super) fn offer(&mut self, channel: &str, picture: &Arc<Picture>, alive: &AtomicU64) {
         let Some(tx) = &self.tx else { return };
         if !self.lagging || picture.segment_start {
             self.queue_depth.inc();
@@ -290,8 +327,25 @@ impl RungFeed {
         let sent = if picture.segment_start {
             // A segment start is never skipped, so a rung that lagged resumes exactly on a cut
             // with an IDR. Waiting here holds the other rungs back by at most the time this rung
-            // needs for one picture, since its queue is only full of pictures it will encode.
-            tx.send(picture.clone()).map_err(|_| ())
+            // needs for one picture, since its queue is only full of pictures it will encode;
+            // a rung that takes nothing for STALL_LIMIT is stuck, and is replaced.
+            let mut wait = Duration::from_millis(1);
+            loop {
+                match tx.try_send(picture.clone()) {
+                    Ok(()) => break Ok(()),
+                    Err(TrySendError::Disconnected(_)) => break Err(()),
+                    Err(TrySendError::Full(_)) => {
+                        alive.store(now_ms(), Ordering::Relaxed);
+                        let idle = now_ms().saturating_sub(self.heartbeat.load(Ordering::Relaxed));
+                        if idle >= STALL_LIMIT.as_millis() as u64 {
+                            self.replace(channel, picture, idle);
+                            return;
+                        }
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_millis(20));
+                    }
+                }
+            }
         } else if self.lagging {
             self.drops.inc(DropReason::Lagging);
             return;
@@ -314,6 +368,65 @@ impl RungFeed {
                 tracing::debug!(channel, rung = %self.name, "rung thread has stopped");
                 self.queue_depth.dec();
                 self.tx = None;
+            }
+        }
+    }
+
+    /// The rung's thread has taken nothing for `idle_ms` with its queue full: an encoder call
+    /// that does not return. It is given up on (it cannot be stopped, only left), and a new
+    /// thread with libx264 takes the rung's sink from this cut, so the rendition goes on aligned
+    /// after a discontinuity while the other rungs never waited more than STALL_LIMIT.
+    fn replace(&mut self, channel: &str, cut: &Arc<Picture>, idle_ms: u64) {
+        let r = &self.respawn;
+        let sink = {
+            let mut threads = lock(&r.threads);
+            if let Some(t) = threads.iter_mut().rev().find(|t| t.name == self.name && !t.abandoned) {
+                t.abandoned = true;
+            }
+            drop(threads);
+            // The stuck thread holds the sink's lock only while it hands over a packet; one stuck
+            // there (in the store) cannot be replaced.
+            let taken = (0..100).find_map(|_| match r.sink.try_lock() {
+                Ok(mut s) => Some(s.take()),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                }
+            });
+            taken.flatten()
+        };
+        r.metrics.pipeline_errors.with_label_values(&[channel, "encoder_stalled"]).inc();
+        // What waited in the stuck thread's queue never comes out.
+        let queued = u64::try_from(self.queue_depth.get()).unwrap_or(0).saturating_sub(1);
+        self.drops.inc_by(DropReason::EncoderFallback, queued);
+        self.queue_depth.set(0);
+        self.tx = None;
+        let Some(sink) = sink else {
+            tracing::error!(channel, rung = %self.name, idle_ms, "rung stopped taking pictures and its sink cannot be taken back; the rung ends");
+            return;
+        };
+        tracing::warn!(channel, rung = %self.name, idle_ms, pts = cut.pts, "rung stopped taking pictures (a hung encoder call); a libx264 thread takes it from this segment");
+        let shared: SharedSink = Arc::new(std::sync::Mutex::new(Some(sink)));
+        match rung::start(&r.spec, &r.metrics, r.index, EncoderChoice::X264, shared.clone(), &r.threads) {
+            Ok(started) => {
+                let was = r.spec.encoders.get(r.index).copied().unwrap_or(EncoderChoice::X264);
+                if was.is_hardware() {
+                    r.metrics.pipeline_errors.with_label_values(&[channel, "encoder_fallback"]).inc();
+                }
+                r.spec.moves.report(Some(&self.name), "encode", format!("stopped taking pictures for {idle_ms} ms"));
+                self.respawn.sink = shared;
+                self.heartbeat = started.heartbeat;
+                self.queue_depth = started.queue_depth;
+                self.queue_depth.inc();
+                // An empty queue: the cut goes in at once.
+                self.tx = started.tx.try_send(cut.clone()).is_ok().then_some(started.tx);
+                self.lagging = false;
+            }
+            Err(e) => {
+                tracing::error!(channel, rung = %self.name, error = %e, "cannot start a replacement rung thread; the rung ends");
+                if let Some(sink) = lock(&shared).take() {
+                    sink.finish();
+                }
             }
         }
     }

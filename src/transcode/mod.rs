@@ -2,6 +2,7 @@
 
 pub mod backend;
 mod decode;
+pub mod faults;
 pub mod ladder;
 pub mod pipeline;
 pub mod placement;
@@ -12,4 +13,4 @@ pub mod spec;
 pub mod thumbnail;
 
 pub use pipeline::Transcoder;
-pub use spec::{TranscodeError, TranscodeSpec};
+pub use spec::{StageMove, StageMoves, TranscodeError, TranscodeSpec};

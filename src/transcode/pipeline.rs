@@ -15,31 +15,42 @@
 //! picture itself is always delivered, so no rung ever misses a segment boundary.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntGauge;
 
 use crate::ffi;
 use crate::media::{RenditionSink, Sample, SegmentClock, TIMESCALE, Ticks};
 use crate::metrics::Metrics;
-use crate::transcode::decode::{DecodeWorker, RungFeed, open_decoder};
-use crate::transcode::rung::RungWorker;
+use crate::sync::lock;
+use crate::transcode::decode::{DecodeWorker, Respawn, RungFeed, open_decoder};
+use crate::transcode::rung::{self, RungThreads};
 use crate::transcode::scale;
-use crate::transcode::spec::{DECODE_QUEUE, DecodeInput, DecoderChoice, EncoderChoice, TranscodeError, TranscodeSpec};
+use crate::transcode::spec::{
+    DECODE_QUEUE, DecodeInput, DecoderChoice, EncoderChoice, FINISH_LIMIT, STALL_LIMIT, SharedSink, TranscodeError,
+    TranscodeSpec, now_ms,
+};
 use crate::transcode::thumbnail::Thumbnailer;
 
 /// A running transcode.
 pub struct Transcoder {
     channel: String,
+    spec: Arc<TranscodeSpec>,
+    metrics: Arc<Metrics>,
     input: Option<SyncSender<DecodeInput>>,
     decoder: Option<JoinHandle<Result<(), TranscodeError>>>,
-    rungs: Vec<(String, JoinHandle<Result<(), TranscodeError>>)>,
+    /// When the decode thread last took a packet.
+    decode_heartbeat: Arc<AtomicU64>,
+    rungs: RungThreads,
     /// `ladderd_encoder_queue_depth` of each rung, zeroed once the threads are joined (a rung that
     /// failed leaves pictures in its queue uncounted).
     queue_depths: Vec<IntGauge>,
+    /// Packets before the next keyframe are dropped: a decoder rebuilt after a stall starts on one.
+    wait_for_keyframe: bool,
 }
 
 impl Transcoder {
@@ -47,6 +58,15 @@ impl Transcoder {
     pub fn start(
         spec: TranscodeSpec,
         sinks: Vec<Box<dyn RenditionSink>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, TranscodeError> {
+        let sinks = sinks.into_iter().map(|s| Arc::new(Mutex::new(Some(s)))).collect();
+        Self::start_shared(spec, sinks, metrics)
+    }
+
+    fn start_shared(
+        spec: TranscodeSpec,
+        sinks: Vec<SharedSink>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, TranscodeError> {
         ffi::init();
@@ -63,27 +83,35 @@ impl Transcoder {
             Err(e) if decoder_choice != DecoderChoice::Cpu => {
                 tracing::warn!(channel = %channel, error = %e, "NVDEC did not open; decoding on the CPU");
                 metrics.pipeline_errors.with_label_values(&[&channel, "decoder_fallback"]).inc();
+                spec.moves.report(None, "decode", format!("NVDEC did not open: {e}"));
                 decoder_choice = DecoderChoice::Cpu;
                 open_decoder(&channel, decoder_choice, &spec.source, (&spec.rungs, &fallbacks))?
             }
             Err(e) => return Err(e),
         };
+        let spec = Arc::new(spec);
+        let threads: RungThreads = Arc::default();
         let mut feeds = Vec::new();
-        let mut rungs = Vec::new();
         let mut queue_depths = Vec::new();
-        for (rung, sink) in spec.rungs.iter().zip(sinks) {
-            let (tx, rx) = mpsc::sync_channel(spec.rung_queue.max(1));
-            let mut worker = RungWorker::new(&spec, rung.clone(), &metrics);
-            worker.queue_depth.set(0);
-            queue_depths.push(worker.queue_depth.clone());
-            let (drops, queue_depth) = (worker.drops.clone(), worker.queue_depth.clone());
-            worker.choice = spec.encoders.get(rungs.len()).copied().unwrap_or(EncoderChoice::X264);
-            let handle = std::thread::Builder::new()
-                .name(format!("rung-{}-{}", channel, rung.name))
-                .spawn(move || worker.run(rx, sink))
-                .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
-            rungs.push((rung.name.clone(), handle));
-            feeds.push(RungFeed { name: rung.name.clone(), tx: Some(tx), lagging: false, drops, queue_depth });
+        for (index, sink) in sinks.iter().enumerate().take(spec.rungs.len()) {
+            let choice = spec.encoders.get(index).copied().unwrap_or(EncoderChoice::X264);
+            let started = rung::start(&spec, &metrics, index, choice, sink.clone(), &threads)?;
+            queue_depths.push(started.queue_depth.clone());
+            feeds.push(RungFeed {
+                name: spec.rungs[index].name.clone(),
+                tx: Some(started.tx),
+                lagging: false,
+                drops: started.drops,
+                queue_depth: started.queue_depth,
+                heartbeat: started.heartbeat,
+                respawn: Respawn {
+                    spec: spec.clone(),
+                    metrics: metrics.clone(),
+                    index,
+                    sink: sink.clone(),
+                    threads: threads.clone(),
+                },
+            });
         }
         let thumbnails = spec
             .thumbnails
@@ -92,6 +120,7 @@ impl Transcoder {
             .transpose()
             .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
         let (input, rx) = mpsc::sync_channel(DECODE_QUEUE);
+        let decode_heartbeat = Arc::new(AtomicU64::new(now_ms()));
         let worker = DecodeWorker {
             channel: channel.clone(),
             decoder,
@@ -108,6 +137,9 @@ impl Transcoder {
             decoded: metrics.frames_decoded.with_label_values(&[&channel]),
             decode_latency: metrics.stage_latency.with_label_values(&[&channel, "", "decode"]),
             thumbnails,
+            heartbeat: decode_heartbeat.clone(),
+            sent: 0,
+            moves: spec.moves.clone(),
         };
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{channel}"))
@@ -116,19 +148,102 @@ impl Transcoder {
                 Ok(())
             })
             .map_err(|source| TranscodeError::Thread { channel: channel.clone(), source })?;
-        Ok(Self { channel, input: Some(input), decoder: Some(decoder), rungs, queue_depths })
+        Ok(Self {
+            channel,
+            spec,
+            metrics,
+            input: Some(input),
+            decoder: Some(decoder),
+            decode_heartbeat,
+            rungs: threads,
+            queue_depths,
+            wait_for_keyframe: false,
+        })
     }
 
-    /// One source access unit, in decode order. Blocks while the decoder's queue is full.
+    /// One source access unit, in decode order. Waits while the decoder's queue is full, and
+    /// returns [`TranscodeError::DecoderStalled`] once the decoder has taken nothing for
+    /// [`STALL_LIMIT`]: a hung decoder call, which [`Transcoder::rebuild_on_cpu`] gets around.
     /// (New stream parameters start a new `Transcoder`: the ladder plan may change with them.)
     pub fn push(&mut self, sample: Sample, at: SystemTime) -> Result<(), TranscodeError> {
+        if self.wait_for_keyframe {
+            if !sample.keyframe {
+                return Ok(());
+            }
+            self.wait_for_keyframe = false;
+        }
         let stopped = || TranscodeError::Stopped { channel: self.channel.clone() };
         let input = self.input.as_ref().ok_or_else(stopped)?;
-        input.send(DecodeInput(sample, at)).map_err(|_| stopped())
+        let mut item = DecodeInput(sample, at);
+        let mut wait = Duration::from_millis(1);
+        loop {
+            match input.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+                Err(TrySendError::Full(back)) => {
+                    item = back;
+                    let idle = now_ms().saturating_sub(self.decode_heartbeat.load(Ordering::Relaxed));
+                    if idle >= STALL_LIMIT.as_millis() as u64 {
+                        return Err(TranscodeError::DecoderStalled {
+                            channel: self.channel.clone(),
+                            secs: idle as f64 / 1000.0,
+                        });
+                    }
+                    // Backpressure as usual: the decoder is busy, not stuck.
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// The decode thread is stuck in a call that does not return (an NVDEC or CUDA call): leaves
+    /// it and every rung thread behind, and starts the same ladder again with everything on the
+    /// CPU, serving the same sinks from the next source keyframe. The renditions go on after a
+    /// discontinuity; what the old threads held is lost.
+    pub fn rebuild_on_cpu(mut self) -> Result<Self, TranscodeError> {
+        let channel = self.channel.clone();
+        self.metrics.pipeline_errors.with_label_values(&[&channel, "decoder_stalled"]).inc();
+        let mut spec = (*self.spec).clone();
+        if spec.decoder != DecoderChoice::Cpu {
+            spec.moves.report(None, "decode", "the decoder stopped taking packets");
+            spec.moves.report(None, "scale", "the decoder stopped taking packets");
+        }
+        for (rung, choice) in spec.rungs.iter().zip(&spec.encoders) {
+            if choice.is_hardware() {
+                spec.moves.report(Some(&rung.name), "encode", "the decoder stopped taking packets");
+            }
+        }
+        spec.decoder = DecoderChoice::Cpu;
+        spec.encoders = vec![EncoderChoice::X264; spec.rungs.len()];
+        // The stuck threads are never joined; their sinks move to the new ones, so that if they
+        // ever come back they find nothing to write to.
+        drop(self.input.take());
+        self.decoder.take();
+        let mut threads = lock(&self.rungs);
+        for t in threads.iter_mut() {
+            t.abandoned = true;
+        }
+        // Each rung's sink is with its latest thread (a replacement's, if it had one).
+        let sinks: Vec<SharedSink> = spec
+            .rungs
+            .iter()
+            .map(|r| {
+                let sink = threads.iter().rev().find(|t| t.name == r.name).and_then(|t| lock(&t.sink).take());
+                Arc::new(Mutex::new(sink))
+            })
+            .collect();
+        drop(threads);
+        tracing::warn!(channel = %channel, "the decoder stopped taking packets (a hung decoder call); the transcode starts again on the CPU at the next keyframe");
+        let mut rebuilt = Self::start_shared(spec, sinks, self.metrics.clone())?;
+        rebuilt.wait_for_keyframe = true;
+        Ok(rebuilt)
     }
 
     /// Flushes the decoder and every encoder (their last packets reach the sinks, which are then
-    /// finished) and joins the threads. Returns the first error any thread met.
+    /// finished) and joins the threads. Returns the first error any thread met. A thread that
+    /// does not finish within [`FINISH_LIMIT`] (stuck in a codec call) is left behind, and the
+    /// sinks it would have finished are finished here, so that every rendition ends.
     pub fn finish(mut self) -> Result<(), TranscodeError> {
         drop(self.input.take());
         let mut first: Option<TranscodeError> = None;
@@ -138,11 +253,28 @@ impl Transcoder {
                 first.get_or_insert(e);
             }
         };
+        let deadline = Instant::now() + FINISH_LIMIT;
         if let Some(h) = self.decoder.take() {
-            keep(join(&self.channel, "decode", h));
+            match join_by(&self.channel, "decode", h, deadline) {
+                Some(r) => keep(r),
+                None => {
+                    // Its feeds are never dropped, so the rung threads wait for ever too.
+                    for t in lock(&self.rungs).iter_mut() {
+                        t.abandoned = true;
+                    }
+                }
+            }
         }
-        for (name, h) in std::mem::take(&mut self.rungs) {
-            keep(join(&self.channel, &name, h));
+        let threads = std::mem::take(&mut *lock(&self.rungs));
+        for t in threads {
+            if t.abandoned {
+                finish_sink(&self.channel, &t.name, &t.sink);
+                continue;
+            }
+            match join_by(&self.channel, &t.name, t.handle, deadline) {
+                Some(r) => keep(r),
+                None => finish_sink(&self.channel, &t.name, &t.sink),
+            }
         }
         for depth in &self.queue_depths {
             depth.set(0);
@@ -159,8 +291,35 @@ impl Drop for Transcoder {
     }
 }
 
-fn join(channel: &str, thread: &str, h: JoinHandle<Result<(), TranscodeError>>) -> Result<(), TranscodeError> {
-    h.join().unwrap_or_else(|_| Err(TranscodeError::Panicked { channel: channel.into(), thread: thread.into() }))
+/// Joins `h` if it finishes by `deadline`; `None` (and the thread left behind) if it does not.
+fn join_by(
+    channel: &str,
+    thread: &str,
+    h: JoinHandle<Result<(), TranscodeError>>,
+    deadline: Instant,
+) -> Option<Result<(), TranscodeError>> {
+    while !h.is_finished() {
+        if Instant::now() >= deadline {
+            tracing::error!(channel, thread, "transcoding thread did not finish (stuck in a codec call); left behind");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Some(h.join().unwrap_or_else(|_| Err(TranscodeError::Panicked { channel: channel.into(), thread: thread.into() })))
+}
+
+/// Ends a rendition whose thread was left behind: what was published stays, its playlist ends.
+fn finish_sink(channel: &str, rung: &str, sink: &SharedSink) {
+    // The thread may be stuck holding the lock (inside the sink); then it stays with it.
+    match sink.try_lock() {
+        Ok(mut s) => {
+            if let Some(s) = s.take() {
+                tracing::warn!(channel, rung, "ending a rendition whose thread was left behind");
+                s.finish();
+            }
+        }
+        Err(_) => tracing::error!(channel, rung, "a rendition's thread was left behind holding it; it is not ended"),
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +336,7 @@ mod tests {
     use super::*;
     use crate::media::{Alignment, EncodedPacket, TIMESCALE, Ticks, VideoParams, avc};
     use crate::metrics::DropReason;
+    use crate::transcode::faults;
     use crate::transcode::ladder::Rung;
     use crate::transcode::spec::RUNG_QUEUE;
 
@@ -277,6 +437,7 @@ mod tests {
             // Room for the whole test source: these tests count every picture, and a loaded
             // machine must not make a rung skip any (the lagging test sets the real depth).
             rung_queue: 4096,
+            moves: Default::default(),
         }
     }
 
@@ -453,21 +614,26 @@ mod tests {
     }
 
     #[test]
-    fn a_gpu_encoder_failing_mid_stream_moves_its_rung_to_libx264_at_the_next_segment() {
+    fn an_encoder_failing_mid_stream_is_rebuilt_at_the_next_segment_and_the_other_rung_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (params, samples) = source(dir.path(), 30, 3);
         let metrics = Arc::new(Metrics::new());
         let mut s = spec(params, Alignment::Cadence, 60.0);
-        // Rung 0's "GPU" encoder fails on its 41st picture (pts 120 000, in the second segment).
-        s.encoders = vec![EncoderChoice::FailAfter { pictures: 40 }, EncoderChoice::X264];
+        let moves = Arc::new(Mutex::new(Vec::new()));
+        let seen_moves = moves.clone();
+        s.moves = crate::transcode::StageMoves::new(move |m| seen_moves.lock().expect("lock").push(m));
+        // Rung 0's encoder fails on its 41st picture (pts 120 000, in the second segment), as a
+        // GPU encoder whose device was lost would.
+        faults::set(vec!["encode:fail@test/240p:after=40".parse().expect("fault")]);
         let seen = run(s, samples, metrics.clone());
+        faults::set(Vec::new());
         let failed = seen[0].lock().expect("lock");
         let healthy = seen[1].lock().expect("lock");
         assert_eq!(cuts(&healthy), vec![0, 90_000, 180_000]);
         assert_eq!(cuts(&failed), cuts(&healthy), "every segment still starts in the rung that failed, aligned");
-        assert_eq!(failed.params.len(), 2, "libx264's own parameter sets after the move");
+        assert_eq!(failed.params.len(), 2, "the new encoder's parameter sets after the rebuild");
         let moved_at = failed.params_at[1];
-        assert_eq!(failed.packets[moved_at].pts, 180_000, "the CPU encoder starts on the next cut");
+        assert_eq!(failed.packets[moved_at].pts, 180_000, "the new encoder starts on the next cut");
         assert!(failed.packets[moved_at].keyframe);
         // What each encoder made decodes on its own parameter sets.
         assert_eq!(decodes(&failed.params[0], &failed.packets[..moved_at]), moved_at);
@@ -475,8 +641,44 @@ mod tests {
         assert_eq!(moved_at, 40, "the pictures the failing encoder had made");
         let lost = metrics.frames_dropped.with_label_values(&["test", "240p", "encoder_fallback"]).get();
         assert_eq!(lost + failed.packets.len() as u64, healthy.packets.len() as u64, "every lost picture counted");
-        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_fallback"]).get(), 1);
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_restart"]).get(), 1);
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encode"]).get(), 0, "the rung did not fail");
+        assert!(moves.lock().expect("lock").is_empty(), "libx264 to libx264 is no move to the CPU");
+    }
+
+    /// An encoder call that never returns: the decode thread gives up on that rung's thread
+    /// after STALL_LIMIT at the next cut and starts a libx264 thread on the same sink from that
+    /// cut; the other rung waits no longer than that, the stuck thread is left behind, and the
+    /// move is reported.
+    #[test]
+    fn a_hung_encoder_is_replaced_at_the_next_cut_and_the_other_rung_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (params, samples) = source(dir.path(), 30, 5);
+        let metrics = Arc::new(Metrics::new());
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        s.rung_queue = RUNG_QUEUE;
+        let moves = Arc::new(Mutex::new(Vec::new()));
+        let seen_moves = moves.clone();
+        s.moves = crate::transcode::StageMoves::new(move |m| seen_moves.lock().expect("lock").push(m));
+        faults::set(vec!["encode:hang@test/240p:after=40".parse().expect("fault")]);
+        let seen = run_live(s, samples, metrics.clone(), &[]);
+        faults::set(Vec::new());
+        let hung = seen[0].lock().expect("lock");
+        let healthy = seen[1].lock().expect("lock");
+        let healthy_cuts = cuts(&healthy);
+        assert_eq!(healthy_cuts, vec![0, 90_000, 180_000, 270_000, 360_000], "the other rung never missed a cut");
+        assert!(hung.finished, "the replacement finished the rendition");
+        // The stuck encoder took picture 41 (pts 120 000, at 1.33 s) and never gave it back; the
+        // 16 behind it filled the queue by about 1.9 s, and the cut at 2 s waited until the rung
+        // had been silent for STALL_LIMIT, then went to the replacement.
+        assert_eq!(hung.params.len(), 2, "a new encoder's parameter sets");
+        let back = hung.packets[hung.params_at[1]].pts;
+        assert_eq!(back, 180_000, "the replacement starts on the cut that found the rung stuck");
+        assert!(hung.packets.iter().all(|p| p.pts < 120_000 || p.pts >= back), "nothing from the stuck encoder");
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_stalled"]).get(), 1);
+        let moves = moves.lock().expect("lock");
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        assert_eq!((moves[0].rung.as_deref(), moves[0].stage), (Some("240p"), "encode"));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! A rung's thread: each picture scaled for the rung (on the CPU, or already on the GPU), encoded
 //! with libx264 or NVENC (the encoder options are set up here), IDRs forced on the cuts the
-//! decode thread marked, and the encoded access units handed to the rung's [`RenditionSink`]. A
-//! hardware encoder that fails moves the rung to libx264 at the next segment start.
+//! decode thread marked, and the encoded access units handed to the rung's [`RenditionSink`]. An
+//! encoder that fails (or misses a forced IDR) is replaced by libx264 at the next segment start;
+//! one that hangs is replaced by the decode thread (`decode.rs`), which takes the sink over.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
-use std::sync::mpsc::Receiver;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::format::Pixel;
@@ -15,14 +18,71 @@ use ffmpeg_next::{Dictionary, Packet, Rational, codec, frame};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::ffi;
-use crate::media::{EncodedPacket, RenditionSink, Sample, TIMESCALE, Ticks, avc};
+use crate::media::{EncodedPacket, Sample, TIMESCALE, Ticks, avc};
 use crate::metrics::{DropReason, FrameDrops, Metrics};
+use crate::sync::lock;
+use crate::transcode::faults::{self, Stage};
 use crate::transcode::ladder::Rung;
 use crate::transcode::scale::{EncoderInput, FrameError, RungFrames};
-use crate::transcode::spec::{EncoderChoice, Picture, TranscodeError, TranscodeSpec};
+use crate::transcode::spec::{EncoderChoice, Picture, SharedSink, StageMoves, TranscodeError, TranscodeSpec, now_ms};
 
 /// Frame rate assumed when the source's SPS carries no timing information.
 const DEFAULT_FRAME_RATE: f64 = 30.0;
+
+/// Encoders a rung may lose in a minute (errors, missed IDRs) and still be rebuilt; one more ends
+/// its rendition, rather than flapping between broken encoders.
+const MAX_REBUILDS_PER_MINUTE: usize = 3;
+
+/// A rung's thread, with the sink it serves.
+pub(super) struct RungThread {
+    pub(super) name: String,
+    pub(super) handle: JoinHandle<Result<(), TranscodeError>>,
+    pub(super) sink: SharedSink,
+    /// Given up on (it stopped taking pictures): never joined, its sink taken by a replacement.
+    pub(super) abandoned: bool,
+}
+
+/// Every rung thread a transcode has started, replacements included: the decode thread adds to
+/// it, and the transcoder joins what it holds at the end.
+pub(super) type RungThreads = Arc<Mutex<Vec<RungThread>>>;
+
+/// The decode thread's handles on a rung thread just started.
+pub(super) struct Started {
+    pub(super) tx: SyncSender<Arc<Picture>>,
+    pub(super) heartbeat: Arc<AtomicU64>,
+    pub(super) drops: FrameDrops,
+    pub(super) queue_depth: IntGauge,
+}
+
+/// Starts the thread of `spec.rungs[index]` on `choice`, serving `sink`, and records it in
+/// `threads`.
+pub(super) fn start(
+    spec: &TranscodeSpec,
+    metrics: &Metrics,
+    index: usize,
+    choice: EncoderChoice,
+    sink: SharedSink,
+    threads: &RungThreads,
+) -> Result<Started, TranscodeError> {
+    let rung = spec.rungs[index].clone();
+    let (tx, rx) = mpsc::sync_channel(spec.rung_queue.max(1));
+    let mut worker = RungWorker::new(spec, rung.clone(), metrics);
+    worker.queue_depth.set(0);
+    worker.choice = choice;
+    let started = Started {
+        tx,
+        heartbeat: worker.heartbeat.clone(),
+        drops: worker.drops.clone(),
+        queue_depth: worker.queue_depth.clone(),
+    };
+    let thread_sink = sink.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("rung-{}-{}", spec.channel, rung.name))
+        .spawn(move || worker.run(rx, thread_sink))
+        .map_err(|source| TranscodeError::Thread { channel: spec.channel.clone(), source })?;
+    lock(threads).push(RungThread { name: rung.name, handle, sink, abandoned: false });
+    Ok(started)
+}
 
 /// One rung's thread: scales the shared pictures and encodes them with libx264.
 pub(super) struct RungWorker {
@@ -36,10 +96,16 @@ pub(super) struct RungWorker {
     pub(super) encoded: IntCounter,
     pub(super) failures: IntCounter,
     pub(super) fallbacks: IntCounter,
+    /// libx264 encoders rebuilt after an error.
+    pub(super) restarts: IntCounter,
+    pub(super) idr_missed: IntCounter,
     pub(super) drops: FrameDrops,
     pub(super) queue_depth: IntGauge,
     /// Arrival at ingest → encoded packet out of this rung's encoder.
     pub(super) encode_latency: Histogram,
+    /// When this thread last took a picture ([`now_ms`]): the decode thread's stall watch.
+    pub(super) heartbeat: Arc<AtomicU64>,
+    pub(super) moves: StageMoves,
 }
 
 /// The open encoder of a rung, with what must be matched to its output packets.
@@ -64,6 +130,8 @@ impl RungWorker {
             drops: metrics.frame_drops(&spec.channel, &rung.name),
             queue_depth: metrics.encoder_queue_depth.with_label_values(&[&spec.channel, &rung.name]),
             encode_latency: metrics.stage_latency.with_label_values(&[&spec.channel, &rung.name, "encode"]),
+            restarts: metrics.pipeline_errors.with_label_values(&[&spec.channel, "encoder_restart"]),
+            idr_missed: metrics.forced_idr_missed.with_label_values(&[&spec.channel, &rung.name]),
             channel: spec.channel.clone(),
             rung,
             preset: spec.x264_preset.clone(),
@@ -71,15 +139,13 @@ impl RungWorker {
             max_frame_rate: spec.max_frame_rate,
             choice: EncoderChoice::X264,
             fallbacks: metrics.pipeline_errors.with_label_values(&[&spec.channel, "encoder_fallback"]),
+            heartbeat: Arc::new(AtomicU64::new(now_ms())),
+            moves: spec.moves.clone(),
         }
     }
 
-    pub(super) fn run(
-        self,
-        rx: Receiver<Arc<Picture>>,
-        mut sink: Box<dyn RenditionSink>,
-    ) -> Result<(), TranscodeError> {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encode_all(rx, sink.as_mut())))
+    pub(super) fn run(self, rx: Receiver<Arc<Picture>>, sink: SharedSink) -> Result<(), TranscodeError> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encode_all(rx, &sink)))
             .unwrap_or_else(|_| {
                 Err(TranscodeError::Panicked {
                     channel: self.channel.clone(),
@@ -91,23 +157,32 @@ impl RungWorker {
             tracing::error!(channel = %self.channel, rung = %self.rung.name, error = %e, "rung failed; its rendition ends here");
             self.failures.inc();
         }
-        // Whatever happened, the rendition's last segment is published and its playlist ended.
-        sink.finish();
+        // Whatever happened, the rendition's last segment is published and its playlist ended
+        // (unless a replacement thread has the sink now: then it is that thread's to finish).
+        let sink = lock(&sink).take();
+        if let Some(sink) = sink {
+            sink.finish();
+        }
         result
     }
 
-    pub(super) fn encode_all(
-        &self,
-        rx: Receiver<Arc<Picture>>,
-        sink: &mut dyn RenditionSink,
-    ) -> Result<(), TranscodeError> {
+    pub(super) fn encode_all(&self, rx: Receiver<Arc<Picture>>, shared: &SharedSink) -> Result<(), TranscodeError> {
         // Scales on the CPU, downloads GPU pictures, or passes them on to NVENC (scale.rs).
         let mut frames = RungFrames::new(self.rung.width, self.rung.height);
         let mut encoding: Option<Encoding> = None;
         let mut choice = self.choice;
         let mut waiting_for_cut = false;
-        for picture in rx {
+        // When encoders of this rung were lost, for MAX_REBUILDS_PER_MINUTE.
+        let mut rebuilt: VecDeque<Instant> = VecDeque::new();
+        // `handled`: pictures this thread has taken, counted from 1, for injected faults.
+        for (handled, picture) in (1u64..).zip(rx) {
+            self.heartbeat.store(now_ms(), Ordering::Relaxed);
             self.queue_depth.dec();
+            if lock(shared).is_none() {
+                // The decode thread gave up on this thread (it hung) and another has the sink.
+                tracing::info!(channel = %self.channel, rung = %self.rung.name, "a replaced rung thread came back; it stops");
+                return Ok(());
+            }
             let src = picture.frame.frame();
             if encoding.is_none() {
                 if waiting_for_cut && !picture.segment_start {
@@ -123,6 +198,7 @@ impl RungWorker {
                     Err(err) if choice.is_hardware() => {
                         tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "hardware encoder did not open; this rung runs on libx264");
                         self.fallbacks.inc();
+                        self.moves.report(Some(&self.rung.name), "encode", format!("NVENC did not open: {err}"));
                         choice = EncoderChoice::X264;
                         input = EncoderInput::System;
                         self.open_encoder(choice, picture.frame_rate, &input)?
@@ -135,7 +211,9 @@ impl RungWorker {
                         rung: self.rung.name.clone(),
                         source,
                     })?;
-                sink.params(params);
+                if let Some(sink) = lock(shared).as_mut() {
+                    sink.params(params);
+                }
                 encoding = Some(Encoding {
                     encoder: e,
                     choice,
@@ -154,23 +232,36 @@ impl RungWorker {
             let sent = frames
                 .prepare(src, &enc.input, picture.pts, picture.segment_start)
                 .map_err(|e| self.frame_error(picture.pts, e))
-                .and_then(|out| self.send(enc, &out))
-                .and_then(|()| self.receive(enc, sink));
+                .and_then(|out| self.send(enc, &out, handled))
+                .and_then(|()| self.receive(enc, shared));
             if copied == 0 && frames.copied_between_pools > 0 && sent.is_ok() {
                 tracing::info!(channel = %self.channel, rung = %self.rung.name, pts = picture.pts, "GPU pictures now come from a new frames context (the decoder re-initialised); NVENC gets copies on the GPU");
             }
             match sent {
                 Ok(()) => {}
-                Err(err) if enc.choice.is_hardware() || matches!(err, TranscodeError::GpuPicture { .. }) => {
-                    // A GPU encoder that fails mid-stream (Xid error, lost device, session limit),
-                    // or a GPU picture that cannot be used (the GPU is gone, or decoding moved to
-                    // the CPU under an NVENC fed GPU frames): libx264 takes over from the next
-                    // segment. This rendition gets a new init segment and a discontinuity there,
-                    // and its segments stay aligned.
-                    tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "GPU encoding failed; this rung moves to libx264 at the next segment");
+                Err(err) if Self::replaceable(&err) => {
+                    // An encoder that fails mid-stream (a GPU's Xid error, a lost device, a session
+                    // limit; a codec error), that missed a forced IDR, or a GPU picture that cannot
+                    // be used (the GPU is gone, or decoding moved to the CPU under an NVENC fed GPU
+                    // frames): libx264 takes over from the next segment. This rendition gets a new
+                    // init segment and a discontinuity there, and its segments stay aligned.
+                    let now = Instant::now();
+                    while rebuilt.front().is_some_and(|t| now.duration_since(*t).as_secs() >= 60) {
+                        rebuilt.pop_front();
+                    }
+                    if rebuilt.len() >= MAX_REBUILDS_PER_MINUTE {
+                        tracing::error!(channel = %self.channel, rung = %self.rung.name, error = %err, rebuilt = rebuilt.len(), "this rung's encoders keep failing; its rendition ends");
+                        return Err(err);
+                    }
+                    rebuilt.push_back(now);
                     if enc.choice.is_hardware() {
-                        // A libx264 rung that lost its GPU pictures restarts; it did not move.
+                        tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "GPU encoding failed; this rung moves to libx264 at the next segment");
                         self.fallbacks.inc();
+                        self.moves.report(Some(&self.rung.name), "encode", format!("NVENC failed: {err}"));
+                    } else if !matches!(err, TranscodeError::GpuPicture { .. }) {
+                        // A libx264 rung that lost its GPU pictures restarts; it did not fail.
+                        tracing::warn!(channel = %self.channel, rung = %self.rung.name, error = %err, "encoder failed; a new one takes this rung from the next segment");
+                        self.restarts.inc();
                     }
                     // The pictures inside it (this one included) never come out.
                     self.drops.inc_by(DropReason::EncoderFallback, enc.ingest.len() as u64);
@@ -186,7 +277,7 @@ impl RungWorker {
                 .encoder
                 .send_eof()
                 .map_err(|e| self.encoder_error("flush", e))
-                .and_then(|()| self.receive(enc, sink));
+                .and_then(|()| self.receive(enc, shared));
             match flushed {
                 // The last pictures of a failing GPU encoder are lost; the publish is over anyway.
                 Err(e) if enc.choice.is_hardware() => {
@@ -198,18 +289,28 @@ impl RungWorker {
         Ok(())
     }
 
-    pub(super) fn send(&self, enc: &mut Encoding, picture: &frame::Video) -> Result<(), TranscodeError> {
+    /// Errors after which the rung goes on with a new libx264 encoder from the next cut.
+    fn replaceable(err: &TranscodeError) -> bool {
+        matches!(
+            err,
+            TranscodeError::Encoder { .. } | TranscodeError::GpuPicture { .. } | TranscodeError::MissedIdr { .. }
+        )
+    }
+
+    /// Sends the `handled`th picture of this thread to the encoder.
+    pub(super) fn send(&self, enc: &mut Encoding, picture: &frame::Video, handled: u64) -> Result<(), TranscodeError> {
         enc.sent += 1;
-        #[cfg(test)]
-        if let EncoderChoice::FailAfter { pictures } = enc.choice
-            && enc.sent > pictures
-        {
-            return Err(self.encoder_error("send a picture", ffmpeg::Error::External));
+        match faults::check(Stage::Encode, &self.channel, &self.rung.name, handled) {
+            Some(faults::Kind::Fail) => return Err(self.encoder_error("send a picture", ffmpeg::Error::External)),
+            Some(faults::Kind::Hang) => faults::hang(),
+            None => {}
         }
         enc.encoder.send_frame(picture).map_err(|e| self.encoder_error("send a picture", e))
     }
 
-    pub(super) fn receive(&self, enc: &mut Encoding, sink: &mut dyn RenditionSink) -> Result<(), TranscodeError> {
+    /// Hands what the encoder has made to the sink, which is locked per packet only: a thread
+    /// stuck in the encoder holds no lock its replacement needs.
+    pub(super) fn receive(&self, enc: &mut Encoding, shared: &SharedSink) -> Result<(), TranscodeError> {
         loop {
             let mut packet = Packet::empty();
             match enc.encoder.receive_packet(&mut packet) {
@@ -231,7 +332,15 @@ impl RungWorker {
             }
             let keyframe = packet.is_key();
             if segment_start && !keyframe {
-                tracing::warn!(channel = %self.channel, rung = %self.rung.name, pts, "encoder did not make the forced IDR");
+                // The segment cannot start here in this rendition, and an encoder that ignores
+                // forced IDRs will miss the next ones too: counted, and rebuilt from the next cut.
+                tracing::warn!(channel = %self.channel, rung = %self.rung.name, pts, "encoder did not make the forced IDR; it is replaced at the next segment start");
+                self.idr_missed.inc();
+                return Err(TranscodeError::MissedIdr {
+                    channel: self.channel.clone(),
+                    rung: self.rung.name.clone(),
+                    pts,
+                });
             }
             let ingest_time = match enc.ingest.remove(&pts) {
                 Some(at) => {
@@ -247,6 +356,8 @@ impl RungWorker {
             }
             let data = avc::annexb_to_length_prefixed(packet.data().unwrap_or_default());
             self.encoded.inc();
+            let mut guard = lock(shared);
+            let Some(sink) = guard.as_mut() else { return Ok(()) };
             sink.packet(EncodedPacket {
                 sample: Sample { pts, dts, keyframe, segment_start: segment_start && keyframe, data },
                 ingest_time,

@@ -2,13 +2,13 @@
 //! ladder, the decoder and encoders chosen for it, the pictures handed from the decode thread
 //! to the rungs, and the errors every thread reports.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use ffmpeg_next as ffmpeg;
 
 use crate::ffi::{self, SharedFrame};
-use crate::media::{Alignment, Sample, Ticks, VideoParams, avc};
+use crate::media::{Alignment, RenditionSink, Sample, Ticks, VideoParams, avc};
 use crate::transcode::ladder::Rung;
 use crate::transcode::thumbnail::ThumbnailSpec;
 
@@ -19,6 +19,60 @@ pub(super) const DECODE_QUEUE: usize = 64;
 /// full is behind real time by that much and skips to the next segment start. Pictures are
 /// shared between rungs, so this bounds memory to this many source pictures, not per rung.
 pub const RUNG_QUEUE: usize = 16;
+
+/// A stage that has taken nothing from a full queue for this long is stalled: a GPU (or codec)
+/// call that does not return. The decode thread then rebuilds that rung on libx264, and the
+/// channel the whole transcode on the CPU when it is the decoder. Long enough that a picture of a
+/// CPU encoder on a loaded machine never comes near it; short enough that the other rungs, held
+/// at a cut while a stalled one is judged, lose no more than a segment's parts.
+pub const STALL_LIMIT: Duration = Duration::from_secs(2);
+/// How long a transcode's threads have to finish once their input has ended, before those still
+/// running are given up (their renditions are ended without them).
+pub const FINISH_LIMIT: Duration = Duration::from_secs(5);
+
+/// Milliseconds on a monotonic clock, for the threads' heartbeats.
+pub(super) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A rung's [`RenditionSink`], shared by the thread that encodes for it and the decode thread:
+/// when a rung's thread is stuck in an encoder call, its replacement takes the sink, and the old
+/// thread, if it ever returns, finds it gone and stops.
+pub(super) type SharedSink = Arc<Mutex<Option<Box<dyn RenditionSink>>>>;
+
+/// A stage of a running transcode that moved to the CPU, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageMove {
+    /// The rung whose encoder moved; `None` for decode and scale, which serve every rung.
+    pub rung: Option<String>,
+    /// `decode`, `scale` or `encode`.
+    pub stage: &'static str,
+    pub reason: String,
+}
+
+/// Where a transcode reports the stages that moved while it ran (the channel's status and
+/// `ladderd_backend_info`).
+#[derive(Clone, Default)]
+pub struct StageMoves(Option<Arc<dyn Fn(StageMove) + Send + Sync>>);
+
+impl StageMoves {
+    pub fn new(report: impl Fn(StageMove) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(report)))
+    }
+
+    pub(super) fn report(&self, rung: Option<&str>, stage: &'static str, reason: impl Into<String>) {
+        if let Some(f) = &self.0 {
+            f(StageMove { rung: rung.map(str::to_string), stage, reason: reason.into() });
+        }
+    }
+}
+
+impl std::fmt::Debug for StageMoves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "StageMoves(reported)" } else { "StageMoves(none)" })
+    }
+}
 
 /// What to transcode.
 #[derive(Debug, Clone)]
@@ -38,6 +92,8 @@ pub struct TranscodeSpec {
     pub thumbnails: Option<ThumbnailSpec>,
     /// Pictures each rung may have waiting before it counts as behind real time ([`RUNG_QUEUE`]).
     pub rung_queue: usize,
+    /// Told of every stage that moves to the CPU while this transcode runs.
+    pub moves: StageMoves,
 }
 
 /// The decoder a channel's source runs on.
@@ -66,10 +122,6 @@ pub enum EncoderChoice {
     /// `h264_nvenc` on the given GPU, fed the rung's GPU pictures on the zero-copy path, or
     /// system-memory pictures (which NVENC uploads itself) otherwise.
     Nvenc { gpu: u32 },
-    /// libx264 that reports an encoder error after this many pictures, as a failing GPU encoder
-    /// would: exercises the mid-stream move to the CPU.
-    #[cfg(test)]
-    FailAfter { pictures: usize },
 }
 
 impl EncoderChoice {
@@ -77,8 +129,6 @@ impl EncoderChoice {
         match self {
             EncoderChoice::X264 => false,
             EncoderChoice::Nvenc { .. } => true,
-            #[cfg(test)]
-            EncoderChoice::FailAfter { .. } => true,
         }
     }
 }
@@ -101,8 +151,12 @@ pub enum TranscodeError {
     GpuPicture { channel: String, rung: String, pts: Ticks, source: ffi::hwctx::HwError },
     #[error("channel {channel}: cannot start a transcoding thread: {source}")]
     Thread { channel: String, source: std::io::Error },
+    #[error("channel {channel}, rung {rung}: the encoder did not make the IDR forced at pts {pts}")]
+    MissedIdr { channel: String, rung: String, pts: Ticks },
     #[error("channel {channel}: the decode thread has stopped")]
     Stopped { channel: String },
+    #[error("channel {channel}: the decoder has taken nothing for {secs:.1} s (a hung decoder or GPU call)")]
+    DecoderStalled { channel: String, secs: f64 },
     #[error("channel {channel}: the {thread} thread panicked")]
     Panicked { channel: String, thread: String },
 }
