@@ -214,3 +214,65 @@ fn a_silent_publisher_is_dropped_at_the_idle_timeout_and_its_playlists_end_after
     let _ = wait_with_timeout(publisher, Duration::from_secs(10));
     daemon.stop();
 }
+
+/// Faults injected into the encoders of a live channel (`LADDERD_FAULTS` syntax): 180p's encoder
+/// fails 1.5 s in, 360p's hangs 3 s in. Each rung is rebuilt on libx264 from the next segment
+/// start and its playlist goes on after a discontinuity, decodable; the other rung never stops;
+/// the API says what moved and why, and the metrics count both.
+#[test]
+fn an_encoder_that_fails_or_hangs_mid_stream_rebuilds_that_rung_only() {
+    init_tracing();
+    const TWO: &[TestRung] = &[("360p", 640, 360, 700_000), ("180p", 320, 180, 300_000)];
+    let mut cfg = config(&ladder(TWO, CHANNELS), 1.0);
+    cfg.admin.token = Some(TOKEN.into());
+    cfg.transcode.x264_preset = "ultrafast".into();
+    ladderd::transcode::faults::set(
+        ladderd::transcode::faults::parse("encode:fail@shop/180p:after=45,encode:hang@shop/360p:after=90")
+            .expect("faults"),
+    );
+    let daemon = Running::start(cfg);
+    let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
+    let errors = |stage: &str| daemon.metrics.pipeline_errors.with_label_values(&["shop", stage]).get();
+    let publisher = publish(rtmp, "shop-key", "640x360", 60, &["-preset", "ultrafast"]);
+
+    // Both faults have happened (by 3 s, and the stall is seen 2 s later at a cut) and each rung
+    // has segments well after them.
+    eventually(Duration::from_secs(30), "both faults handled", || {
+        (errors("encoder_restart") == 1 && errors("encoder_stalled") == 1).then_some(())
+    });
+    for rendition in ["180p", "360p"] {
+        let path = format!("/live/shop/{rendition}/index.m3u8");
+        let text = eventually(Duration::from_secs(30), "segments after the rebuild", || {
+            let r = http_get(http, &path);
+            let text = (r.status == 200).then(|| r.text())?;
+            assert!(!text.contains("#EXT-X-ENDLIST"), "{rendition} ended:\n{text}");
+            (parse_media_playlist(&text).segments.len() >= 9).then_some(text)
+        });
+        // The new encoder's segments decode (libx264 again: the same parameter sets, so the same
+        // init segment serves them; a GPU encoder's replacement gets a new one and a discontinuity).
+        let p = parse_media_playlist(&text);
+        let map = p.map.clone().expect("an init segment");
+        let mut bytes = http_get(http, &format!("/live/shop/{rendition}/{map}")).body;
+        bytes.extend(http_get(http, &format!("/live/shop/{rendition}/{}", p.segments.last().expect("segment").0)).body);
+        let frames =
+            ffprobe_stdin(&bytes, &["-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"]);
+        assert!(frames.trim().parse::<u32>().is_ok_and(|n| n >= 20), "{rendition}: {frames}");
+        for (uri, _) in &p.segments {
+            assert_eq!(http_get(http, &format!("/live/shop/{rendition}/{uri}")).status, 200, "{rendition}/{uri}");
+        }
+    }
+    assert_eq!((errors("encoder_restart"), errors("encoder_stalled"), errors("encode")), (1, 1, 0));
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get_auth(admin, "/api/v1/channels/shop", TOKEN).text()).expect("status JSON");
+    let moves = status["backend"]["moves"].as_array().expect("moves");
+    assert!(
+        moves.iter().any(|m| m["rung"] == "360p"
+            && m["stage"] == "encode"
+            && m["reason"].as_str().is_some_and(|r| r.contains("stopped taking pictures"))),
+        "the stall is shown: {status}"
+    );
+    let live = |r: &str| http_get(http, &format!("/live/shop/{r}/index.m3u8")).text();
+    assert!(!live("180p").contains("#EXT-X-ENDLIST") && !live("360p").contains("#EXT-X-ENDLIST"));
+    stop_publisher(publisher);
+    daemon.stop();
+}

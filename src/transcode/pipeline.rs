@@ -681,6 +681,60 @@ mod tests {
         assert_eq!((moves[0].rung.as_deref(), moves[0].stage), (Some("240p"), "encode"));
     }
 
+    /// A decoder call that never returns: the channel's push finds the decode queue full and the
+    /// decoder silent for STALL_LIMIT, and the transcode is rebuilt on the CPU, serving the same
+    /// sinks from the next source keyframe, with the stuck threads left behind.
+    #[test]
+    fn a_hung_decoder_is_left_behind_and_the_transcode_goes_on_from_the_next_keyframe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Keyframes every 1.5 s (the source's GOP is 45 pictures).
+        let (params, samples) = source(dir.path(), 30, 6);
+        let metrics = Arc::new(Metrics::new());
+        let mut s = spec(params, Alignment::Cadence, 60.0);
+        s.rung_queue = RUNG_QUEUE;
+        let seen: Vec<Arc<Mutex<Seen>>> = s.rungs.iter().map(|_| Arc::default()).collect();
+        let sinks =
+            seen.iter().map(|x| Box::new(FakeSink(x.clone(), Duration::ZERO)) as Box<dyn RenditionSink>).collect();
+        faults::set(vec!["decode:hang@test:after=40".parse().expect("fault")]);
+        let mut t = Transcoder::start(s, sinks, metrics.clone()).expect("start");
+        let (start, first) = (std::time::Instant::now(), samples.first().map_or(0, |s| s.dts));
+        let mut stalled_at = None;
+        for sample in samples {
+            let due = Duration::from_secs_f64((sample.dts - first).max(0) as f64 / f64::from(TIMESCALE));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            let dts = sample.dts;
+            match t.push(sample, SystemTime::now()) {
+                Err(TranscodeError::DecoderStalled { .. }) => {
+                    assert!(stalled_at.is_none(), "one stall");
+                    stalled_at = Some(dts);
+                    t = t.rebuild_on_cpu().expect("rebuilt");
+                }
+                other => other.expect("push"),
+            }
+        }
+        t.finish().expect("finish");
+        faults::set(Vec::new());
+        // Packet 41 (1.33 s) hung; 64 more filled the queue by about 3.5 s.
+        let stalled_at = stalled_at.expect("the stall was seen");
+        assert!((270_000..360_000).contains(&stalled_at), "seen when the queue filled: {stalled_at}");
+        let starts: Vec<Ticks> = seen
+            .iter()
+            .map(|x| {
+                let x = x.lock().expect("lock");
+                assert!(x.finished, "the rebuilt transcode finished every rendition");
+                assert_eq!(x.params.len(), 2, "new encoders after the rebuild");
+                let back = &x.packets[x.params_at[1]];
+                assert!(back.keyframe && back.segment_start, "it starts on a cut");
+                back.pts
+            })
+            .collect();
+        assert_eq!(starts[0], starts[1], "both rungs start again at the same instant");
+        assert_eq!(starts[0], 405_000, "the first source keyframe after the stall");
+        assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "decoder_stalled"]).get(), 1);
+    }
+
     #[test]
     fn nvdec_and_nvenc_that_do_not_open_here_fall_back_to_the_cpu_and_say_so() {
         let dir = tempfile::tempdir().expect("tempdir");
