@@ -173,6 +173,21 @@ pub fn probe(zero_copy: &dyn Fn(u32) -> ZeroCopy) -> Probe {
     Probe { driver: Ok(DriverInfo { cuda_version, driver_version }), nvml: nvml.map(drop), gpus }
 }
 
+/// Checks `gpu` again as `probe` found it: its CUDA device, then each NVENC and NVDEC engine that
+/// opened then (a GPU coming back from quarantine must do what it did before). `Err` names the
+/// first that fails now.
+pub fn recheck(gpu: &GpuInfo) -> Result<(), String> {
+    hw::cuda_driver()?;
+    hw::probe_cuda_device(gpu.index).map_err(|e| format!("CUDA device: {e}"))?;
+    if gpu.nvenc_h264.is_ok() {
+        hw::probe_encoder("h264_nvenc", gpu.index).map_err(|e| format!("h264_nvenc: {e}"))?;
+    }
+    if gpu.nvdec_h264.is_ok() {
+        hw::probe_decoder("h264_cuvid", gpu.index).map_err(|e| format!("h264_cuvid: {e}"))?;
+    }
+    Ok(())
+}
+
 /// How busy one GPU is now, from NVML: what placement's tie-breakers and the GPU gauges use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuStats {

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub backend_fallbacks: IntCounterVec,
     /// NVENC sessions ladderd holds, per GPU (CUDA device ordinal).
     pub gpu_nvenc_sessions: IntGaugeVec,
+    /// 1 while a GPU is quarantined after repeated errors (new channels are placed elsewhere).
+    pub gpu_quarantined: IntGaugeVec,
     /// Utilization of a GPU's engines (`gpu`, `encoder`, `decoder`) from 0 to 1, as NVML last
     /// reported it; set with [`Metrics::set_gpu_stats`].
     pub gpu_utilization: GaugeVec,
@@ -469,6 +471,11 @@ impl Metrics {
             backend_fallbacks.with_label_values(&[reason.as_str()]);
         }
         let gpu_nvenc_sessions = b.gauge("gpu_nvenc_sessions", "NVENC sessions ladderd holds, per GPU", &["gpu"]);
+        let gpu_quarantined = b.gauge(
+            "gpu_quarantined",
+            "1 while a GPU is quarantined after 3 errors in 60 s: new channels are placed elsewhere until a probe after a 5 minute cool-down passes",
+            &["gpu"],
+        );
         let gpu_utilization = b.float_gauge(
             "gpu_utilization_ratio",
             "Utilization of a GPU engine (gpu, encoder, decoder) from 0 to 1, as NVML reports it",
@@ -521,6 +528,7 @@ impl Metrics {
             backend_info,
             backend_fallbacks,
             gpu_nvenc_sessions,
+            gpu_quarantined,
             gpu_utilization,
             gpu_memory_used,
             gpu_memory_total,

@@ -91,7 +91,17 @@ impl Admin {
             None
         };
         match reason {
-            None => text(StatusCode::OK, "application/json", r#"{"status":"ready"}"#.into()),
+            None => {
+                // Quarantined GPUs do not make the daemon unready (the CPU or other GPUs take
+                // their work); they are listed for whoever watches.
+                let quarantined = self.channels.quarantined_gpus();
+                let body = if quarantined.is_empty() {
+                    r#"{"status":"ready"}"#.to_string()
+                } else {
+                    serde_json::json!({ "status": "ready", "quarantined_gpus": quarantined }).to_string()
+                };
+                text(StatusCode::OK, "application/json", body.into())
+            }
             Some(reason) => {
                 let body = serde_json::json!({ "status": "not_ready", "reason": reason }).to_string();
                 text(StatusCode::SERVICE_UNAVAILABLE, "application/json", body.into())

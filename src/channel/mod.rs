@@ -156,7 +156,12 @@ impl Channels {
     pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
         let channels =
             config.channels.iter().map(|c| (c.name.clone(), ChannelState::new(&c.name, &store, &metrics))).collect();
-        let placer = Placer::with_gauge(config.transcode.max_sessions_per_gpu, metrics.gpu_nvenc_sessions.clone());
+        let health = crate::transcode::health::GpuHealth::new(
+            Arc::new(crate::transcode::probe::reprobe),
+            Some(metrics.gpu_quarantined.clone()),
+        );
+        let placer =
+            Placer::with_health(config.transcode.max_sessions_per_gpu, metrics.gpu_nvenc_sessions.clone(), health);
         Self {
             config: RwLock::new(config),
             store,
@@ -281,6 +286,11 @@ impl Channels {
 
 /// The admin API's controls.
 impl Channels {
+    /// GPUs quarantined after repeated errors, for `/readyz`.
+    pub fn quarantined_gpus(&self) -> Vec<crate::transcode::health::Quarantined> {
+        self.placer.health().map(|h| h.quarantined()).unwrap_or_default()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }

@@ -367,8 +367,12 @@ fn place(
 
 /// Where a session's stages that move to the CPU while it runs are told: the channel's status
 /// (`backend`) and its `ladderd_backend_info` series, so both always say where each stage runs.
-fn stage_moves(ctx: &PublishContext) -> StageMoves {
+///
+/// A stage that moved off GPU `gpu` counts as an error of that GPU (its health, which
+/// quarantines a GPU that keeps failing).
+fn stage_moves(ctx: &PublishContext, gpu: Option<u32>) -> StageMoves {
     let (state, metrics, channel) = (ctx.state.clone(), ctx.metrics.clone(), ctx.channel.name.clone());
+    let health = ctx.placer.health().cloned();
     StageMoves::new(move |m: StageMove| {
         let cpu = Backend::Cpu.name();
         let mut series = lock(&state.backend_series);
@@ -383,6 +387,9 @@ fn stage_moves(ctx: &PublishContext) -> StageMoves {
         }
         metrics.set_backend_info(&channel, &was, &now);
         drop(series);
+        if let (false, Some(gpu), Some(health)) = (was.is_empty(), gpu, health.as_ref()) {
+            health.error(gpu, &m.reason);
+        }
         if let Some(b) = lock(&state.backend).as_mut() {
             b.moved(&m);
         }
@@ -625,7 +632,7 @@ impl Session {
                 },
                 thumbnails: thumbnails(ctx),
                 rung_queue: RUNG_QUEUE,
-                moves: stage_moves(ctx),
+                moves: stage_moves(ctx, stages.gpu),
             };
             Some(Transcoder::start(spec, sinks, ctx.metrics.clone())?)
         };

@@ -3,6 +3,7 @@
 pub mod backend;
 mod decode;
 pub mod faults;
+pub mod health;
 pub mod ladder;
 pub mod pipeline;
 pub mod placement;

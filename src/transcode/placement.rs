@@ -19,6 +19,7 @@ use prometheus::IntGaugeVec;
 use crate::config::{GpuSelection, OnGpuFull};
 use crate::gpu::{GpuInfo, GpuStats};
 use crate::metrics::FallbackReason;
+use crate::transcode::health::GpuHealth;
 
 /// Why hardware is not available: a fixed cause for metrics and a detail for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +161,8 @@ pub struct Placer {
 
 struct Sessions {
     max_per_gpu: u32,
+    /// GPUs quarantined after repeated errors are not placed on.
+    health: Option<GpuHealth>,
     /// Sessions held per GPU index. A mutex rather than atomics: placement happens once per
     /// publish, and checking then taking `n` sessions has to be one step.
     held: Mutex<BTreeMap<u32, u32>>,
@@ -234,7 +237,24 @@ impl Placer {
     }
 
     fn build(max_per_gpu: u32, gauge: Option<IntGaugeVec>) -> Self {
-        Self { inner: Arc::new(Sessions { max_per_gpu, held: Mutex::new(BTreeMap::new()), gauge }) }
+        Self { inner: Arc::new(Sessions { max_per_gpu, health: None, held: Mutex::new(BTreeMap::new()), gauge }) }
+    }
+
+    /// Like [`Placer::with_gauge`], leaving out the GPUs `health` has quarantined.
+    pub fn with_health(max_sessions_per_gpu: u32, gauge: IntGaugeVec, health: GpuHealth) -> Self {
+        Self {
+            inner: Arc::new(Sessions {
+                max_per_gpu: max_sessions_per_gpu,
+                health: Some(health),
+                held: Mutex::new(BTreeMap::new()),
+                gauge: Some(gauge),
+            }),
+        }
+    }
+
+    /// The GPU health this placer respects, if any.
+    pub fn health(&self) -> Option<&GpuHealth> {
+        self.inner.health.as_ref()
     }
 
     pub fn max_sessions_per_gpu(&self) -> u32 {
@@ -282,7 +302,22 @@ impl Placer {
         if rungs == 0 {
             return Ok(Placement::cpu(0, None));
         }
-        let usable: Vec<&GpuState> = gpus.iter().filter(|g| allowed.allows(g.index)).collect();
+        let allowed_gpus: Vec<&GpuState> = gpus.iter().filter(|g| allowed.allows(g.index)).collect();
+        let mut quarantined = Vec::new();
+        let usable: Vec<&GpuState> = allowed_gpus
+            .iter()
+            .copied()
+            .filter(|g| match self.inner.health.as_ref().and_then(|h| h.check(g.index)) {
+                Some(why) => {
+                    quarantined.push(format!("GPU {} is quarantined ({why})", g.index));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if usable.is_empty() && !quarantined.is_empty() {
+            return Ok(Placement::cpu(rungs, Some(Unavailable::new(FallbackReason::GpuError, quarantined.join("; ")))));
+        }
         let mut encoders: Vec<&GpuState> = usable.iter().copied().filter(|g| g.has_nvenc).collect();
         if encoders.is_empty() {
             return Ok(Self::without_nvenc(rungs, gpus, &usable, allowed));
@@ -415,6 +450,28 @@ mod tests {
         assert_eq!((got.gpu, got.decode_on_gpu, got.encode_on_gpu, got.reason), (Some(1), true, 4, None));
         assert_eq!(got.sessions.as_ref().map(|s| (s.gpu(), s.count())), Some((1, 4)));
         assert_eq!(p.held(1), 4);
+    }
+
+    /// A GPU that keeps failing is quarantined: new channels go to the other GPU, and to the CPU
+    /// (with the reason) when no other is left.
+    #[test]
+    fn a_quarantined_gpu_is_not_placed_on() {
+        let gauge = IntGaugeVec::new(prometheus::Opts::new("s", "s"), &["gpu"]).expect("gauge");
+        let health = GpuHealth::new(Arc::new(|_| Err("still broken".to_string())), None);
+        let p = Placer::with_health(8, gauge, health.clone());
+        assert_eq!(place(&p, 2, &two(), OnGpuFull::Cpu).gpu, Some(0));
+        for _ in 0..crate::transcode::health::QUARANTINE_ERRORS {
+            health.error(0, "NVENC failed");
+        }
+        assert_eq!(place(&p, 2, &two(), OnGpuFull::Cpu).gpu, Some(1), "GPU 0 is left out");
+        let only_zero = [two()[0].clone()];
+        let got = place(&p, 2, &only_zero, OnGpuFull::Cpu);
+        assert_eq!(got.gpu, None);
+        let reason = got.reason.expect("why the CPU");
+        assert!(
+            reason.cause == FallbackReason::GpuError && reason.to_string().contains("GPU 0 is quarantined"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub fn machine() -> &'static Probe {
     PROBE.get_or_init(probe)
 }
 
+/// Probes GPU `gpu` of this process's probe again ([`gpu::recheck`]), for the quarantine's
+/// cool-down ([`crate::transcode::health`]).
+pub fn reprobe(gpu: u32) -> Result<(), String> {
+    let info =
+        machine().gpus.iter().find(|g| g.index == gpu).ok_or_else(|| format!("GPU {gpu} is not on this machine"))?;
+    gpu::recheck(info)
+}
+
 /// How busy each of the machine's GPUs is now ([`gpu::live_stats`]). The first call waits for the
 /// probe ([`machine`]), which takes seconds when it has not run yet.
 pub fn live_stats() -> Arc<Vec<GpuStats>> {
