@@ -652,11 +652,23 @@ mod tests {
     /// move is reported.
     #[test]
     fn a_hung_encoder_is_replaced_at_the_next_cut_and_the_other_rung_goes_on() {
+        hung_encoder_is_replaced(DecoderChoice::Cpu);
+    }
+
+    /// The same on the GPU path's plumbing: each rung's own pictures from the channel's scaling
+    /// graph, as NVDEC with `scale_cuda` gives them.
+    #[test]
+    fn a_hung_encoder_fed_by_the_scaling_graph_is_replaced_the_same_way() {
+        hung_encoder_is_replaced(DecoderChoice::SoftwareGraph);
+    }
+
+    fn hung_encoder_is_replaced(decoder: DecoderChoice) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (params, samples) = source(dir.path(), 30, 5);
         let metrics = Arc::new(Metrics::new());
         let mut s = spec(params, Alignment::Cadence, 60.0);
         s.rung_queue = RUNG_QUEUE;
+        s.decoder = decoder;
         let moves = Arc::new(Mutex::new(Vec::new()));
         let seen_moves = moves.clone();
         s.moves = crate::transcode::StageMoves::new(move |m| seen_moves.lock().expect("lock").push(m));
@@ -675,6 +687,7 @@ mod tests {
         let back = hung.packets[hung.params_at[1]].pts;
         assert_eq!(back, 180_000, "the replacement starts on the cut that found the rung stuck");
         assert!(hung.packets.iter().all(|p| p.pts < 120_000 || p.pts >= back), "nothing from the stuck encoder");
+        assert_eq!(cuts(&hung), healthy_cuts, "aligned again from the replacement on");
         assert_eq!(metrics.pipeline_errors.with_label_values(&["test", "encoder_stalled"]).get(), 1);
         let moves = moves.lock().expect("lock");
         assert_eq!(moves.len(), 1, "{moves:?}");
