@@ -473,7 +473,7 @@ impl Metrics {
         let gpu_nvenc_sessions = b.gauge("gpu_nvenc_sessions", "NVENC sessions ladderd holds, per GPU", &["gpu"]);
         let gpu_quarantined = b.gauge(
             "gpu_quarantined",
-            "1 while a GPU is quarantined after 3 errors in 60 s: new channels are placed elsewhere until a probe after a 5 minute cool-down passes",
+            "1 while a GPU is quarantined after 3 error incidents in 60 s: new channels are placed elsewhere until a probe after a 5 minute cool-down passes",
             &["gpu"],
         );
         let gpu_utilization = b.float_gauge(

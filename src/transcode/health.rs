@@ -2,7 +2,8 @@
 //! quarantined, so that new channels are placed elsewhere instead of starting there and falling
 //! back while live, and it is probed again once a cool-down has passed.
 //!
-//! Errors are the stage moves channels report from a GPU to the CPU ([`GpuHealth::error`]).
+//! Errors are the stage moves channels report from a GPU to the CPU ([`GpuHealth::error`]);
+//! those within [`INCIDENT`] of the previous one are the same incident.
 //! [`QUARANTINE_ERRORS`] within [`QUARANTINE_WINDOW`] quarantine the GPU for
 //! [`QUARANTINE_COOL_DOWN`]; the first placement after that probes it again (its CUDA device, and
 //! each engine that worked before): it comes back if the probe passes, and stays out for another
@@ -21,6 +22,9 @@ pub const QUARANTINE_ERRORS: usize = 3;
 pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
 /// How long a quarantined GPU is left alone before it is probed again.
 pub const QUARANTINE_COOL_DOWN: Duration = Duration::from_secs(300);
+/// Errors of one GPU closer together than this are one incident: a stuck decoder moves decode,
+/// scale and every NVENC rung of its channel at once.
+pub const INCIDENT: Duration = Duration::from_secs(1);
 
 /// Probes one GPU again: `Ok` when it works as the startup probe found it.
 pub type Reprobe = Arc<dyn Fn(u32) -> Result<(), String> + Send + Sync>;
@@ -76,6 +80,9 @@ impl GpuHealth {
         let now = Instant::now();
         let mut gpus = lock(&self.inner.gpus);
         let h = gpus.entry(gpu).or_default();
+        if h.errors.back().is_some_and(|t| now.duration_since(*t) < INCIDENT) {
+            return;
+        }
         h.errors.push_back(now);
         while h.errors.front().is_some_and(|t| now.duration_since(*t) > QUARANTINE_WINDOW) {
             h.errors.pop_front();
@@ -174,9 +181,14 @@ mod tests {
         let gauge = prometheus::IntGaugeVec::new(prometheus::Opts::new("q", "q"), &["gpu"]).expect("gauge");
         let health = GpuHealth::with_cool_down(reprobe, Some(gauge.clone()), Duration::from_millis(200));
         health.error(0, "NVENC failed");
+        for _ in 0..4 {
+            health.error(0, "the same incident: every stage of a channel moved at once");
+        }
+        std::thread::sleep(INCIDENT);
         health.error(0, "NVENC failed");
-        assert_eq!(health.check(0), None, "two errors are not enough");
+        assert_eq!(health.check(0), None, "two incidents are not enough");
         health.error(1, "NVDEC failed");
+        std::thread::sleep(INCIDENT);
         health.error(0, "the decoder stopped taking packets");
         let reason = health.check(0).expect("quarantined");
         assert!(reason.contains("3 GPU errors") && reason.contains("stopped taking packets"), "{reason}");

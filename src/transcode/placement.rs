@@ -462,6 +462,7 @@ mod tests {
         assert_eq!(place(&p, 2, &two(), OnGpuFull::Cpu).gpu, Some(0));
         for _ in 0..crate::transcode::health::QUARANTINE_ERRORS {
             health.error(0, "NVENC failed");
+            std::thread::sleep(crate::transcode::health::INCIDENT);
         }
         assert_eq!(place(&p, 2, &two(), OnGpuFull::Cpu).gpu, Some(1), "GPU 0 is left out");
         let only_zero = [two()[0].clone()];
