@@ -16,9 +16,14 @@
 #                 (skipped when no GPU opens NVENC, e.g. H100/H200/A100);
 #      hybrid     transcode.hardware: auto with NVENC switched off (LADDERD_NVIDIA_DISABLE=nvenc) —
 #                 NVDEC -> scale_cuda -> download -> libx264, the plan of GPUs without NVENC.
+#      faults     transcode.hardware: auto with faults injected (LADDERD_FAULTS, docs/GPU.md): NVDEC
+#                 made to fail in three publishes in a row quarantines the GPU (the fourth is placed
+#                 on the CPU, ladderd_gpu_quarantined is 1, /readyz lists it); then, on a fresh
+#                 daemon, NVDEC made to hang is left behind and the channel goes on on the CPU
+#                 (decoder_stalled), every rendition still decoding.
 # Exits non-zero at the first failure, saying which step failed and why.
 #
-# Environment: MODE (all | zero-copy | hybrid; default all), DURATION, LADDERD (a built binary:
+# Environment: MODE (all | zero-copy | hybrid | faults; default all), DURATION, LADDERD (a built binary:
 # skips the build), RTMP_PORT, HTTP_PORT, ADMIN_PORT, GPU_SMOKE_KEEP=1 (keep the work directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +45,7 @@ fail() {
 step() { echo; echo "== $*"; }
 need() { command -v "$1" >/dev/null 2>&1 || fail "$1 is not installed (it is needed for: $2)"; }
 
-case "$MODE" in all | zero-copy | hybrid) ;; *) fail "MODE must be all, zero-copy or hybrid, not '$MODE'" ;; esac
+case "$MODE" in all | zero-copy | hybrid | faults) ;; *) fail "MODE must be all, zero-copy, hybrid or faults, not '$MODE'" ;; esac
 need ffmpeg "publishing the test stream and decoding the renditions"
 need ffprobe "checking the renditions"
 need curl "reading /metrics"
@@ -108,6 +113,8 @@ if mode in ("all", "zero-copy"):
         print("gpu-smoke: zero-copy pass skipped: no NVENC on this GPU; the hybrid pass is its plan", file=sys.stderr)
 if mode in ("all", "hybrid"):
     print("hybrid")
+if mode in ("all", "faults"):
+    print("faults")
 PY
 
 metrics() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics"; }
@@ -302,10 +309,111 @@ PY
   echo "  $name: PASS"
 }
 
+# start_daemon DIR [ENV=VALUE...]: ladderd on the smoke ports with hardware auto, pinned to the GPU.
+start_daemon() {
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  cat >"$dir/ladderd.yaml" <<YAML
+rtmp:  { listen: "127.0.0.1:$RTMP_PORT", reconnect_grace: 0 }
+http:  { listen: "127.0.0.1:$HTTP_PORT" }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+hls:   { segment_duration: 2.0, window: 6 }
+log:   { format: json, level: info }
+transcode:
+  hardware: auto
+  gpus: [$(cat "$work/probe.json.gpu")]
+ladders:
+  smoke:
+    - { name: "720p", width: 1280, height: 720, video_bitrate: 3000000 }
+    - { name: "480p", width: 854,  height: 480, video_bitrate: 1200000 }
+    - { name: "360p", width: 640,  height: 360, video_bitrate: 700000 }
+channels:
+  - { name: "$CHANNEL", stream_key: "$KEY", ladder: "smoke" }
+YAML
+  env "$@" "$bin" run --config "$dir/ladderd.yaml" >"$dir/ladderd.log" 2>&1 &
+  daemon=$!
+  for _ in $(seq 1 50); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$RTMP_PORT") 2>/dev/null; then return; fi
+    kill -0 "$daemon" 2>/dev/null || { cat "$dir/ladderd.log" >&2; fail "faults: ladderd exited at start"; }
+    sleep 0.2
+  done
+}
+
+stop_daemon() {
+  kill "$daemon" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+  daemon=""
+}
+
+# publish_for SECONDS: one publish of the smoke pattern, waited for.
+publish_for() {
+  ffmpeg -hide_banner -loglevel error -nostdin -re \
+    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" -t "$1" \
+    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -keyint_min 60 -sc_threshold 0 -pix_fmt yuv420p -b:v 2500k \
+    -c:a aac -b:a 128k -f flv "rtmp://127.0.0.1:$RTMP_PORT/live/$KEY" || fail "faults: the publisher (ffmpeg) failed"
+}
+
+run_faults() {
+  local gpu dir n
+  gpu=$(cat "$work/probe.json.gpu")
+  dir="$work/faults-quarantine"
+  step "faults: NVDEC made to fail once in each of three publishes (LADDERD_FAULTS)"
+  start_daemon "$dir" LADDERD_FAULTS="decode:fail@$CHANNEL:after=90:times=3"
+  for i in 1 2 3; do
+    publish_for 6
+    sleep 1
+    n=$(counter ladderd_pipeline_errors_total "channel=\"$CHANNEL\"" 'stage="decoder_fallback"')
+    [ "$n" = "$i" ] || fail "faults: after publish $i, decoder_fallback is $n (log: $dir/ladderd.log)"
+    echo "  ok    publish $i: NVDEC failed and decoding moved to the CPU (decoder_fallback $n)"
+  done
+  n=$(counter ladderd_gpu_quarantined "gpu=\"$gpu\"")
+  [ "$n" = 1 ] || fail "faults: GPU $gpu is not quarantined after three failures (ladderd_gpu_quarantined $n)"
+  curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" | tee "$dir/readyz.json" | grep -q quarantined_gpus ||
+    fail "faults: /readyz does not list the quarantined GPU: $(cat "$dir/readyz.json")"
+  echo "  ok    GPU $gpu quarantined: $(cat "$dir/readyz.json")"
+  publish_for 6
+  python3 - "$dir/ladderd.log" <<'PY' || fail "faults: the publish after the quarantine was not placed on the CPU"
+import json, sys
+plans = [e for e in map(lambda l: json.loads(l) if l.startswith("{") else {}, open(sys.argv[1], errors="replace"))
+         if e.get("message") == "transcode backends chosen"]
+last = plans[-1]
+print(f"  ok    the fourth publish: decode={last.get('decode')} scale={last.get('scale')} encode={last.get('encode')}")
+sys.exit(0 if all(str(last.get(k)).strip('"') == "cpu" for k in ("decode", "scale", "encode")) else 1)
+PY
+  stop_daemon
+
+  dir="$work/faults-stall"
+  step "faults: NVDEC made to hang 5 s into a publish (LADDERD_FAULTS)"
+  start_daemon "$dir" LADDERD_FAULTS="decode:hang@$CHANNEL:after=150"
+  publish_for 20 &
+  publisher=$!
+  sleep 14
+  n=$(counter ladderd_pipeline_errors_total "channel=\"$CHANNEL\"" 'stage="decoder_stalled"')
+  [ "$n" = 1 ] || fail "faults: decoder_stalled is $n, not 1 (log: $dir/ladderd.log)"
+  echo "  ok    the stuck decoder was left behind (decoder_stalled 1)"
+  metrics | grep '^ladderd_backend_info{.*stage="decode".*} 1' | grep -q 'backend="cpu"' ||
+    fail "faults: ladderd_backend_info does not show decode on the CPU after the stall"
+  echo "  ok    ladderd_backend_info: decode on the CPU"
+  local spec rung url errors
+  for spec in $RUNGS; do
+    rung=${spec%%:*}
+    url="http://127.0.0.1:$HTTP_PORT/live/$CHANNEL/$rung/index.m3u8"
+    errors=$(ffmpeg -hide_banner -nostdin -v error -live_start_index -2 -i "$url" -map 0:v:0 -t 2 -f null - 2>&1) ||
+      fail "faults: $rung: decoding after the stall failed: $errors"
+    echo "  ok    $rung decodes after the stall"
+  done
+  wait "$publisher" || true
+  publisher=""
+  stop_daemon
+  echo "  faults: PASS"
+}
+
 for pass in $(cat "$work/passes"); do
   case "$pass" in
     zero-copy) run_pass zero-copy nvidia nvidia nvidia nvidia ;;
     hybrid) run_pass hybrid auto nvidia nvidia cpu LADDERD_NVIDIA_DISABLE=nvenc ;;
+    faults) run_faults ;;
   esac
 done
 echo

@@ -10,8 +10,9 @@
 //!   packet sent);
 //! - `KIND`: `fail` (the call returns an error, as a lost GPU's does) or `hang` (it does not
 //!   return for ten minutes, as a wedged driver call);
-//! - `after=N`: once the stage has handled N pictures or packets (default 0);
-//! - `times=M`: for M calls in all, across every matching stage (default 1).
+//! - `after=N`: on the N+1th picture or packet of each stage instance (each rung thread, each
+//!   decoder: a new publish starts counting again; default 0);
+//! - `times=M`: in M stage instances in all (default 1).
 //!
 //! For example `encode:hang@shop/360p:after=90` wedges the 360p encoder of channel `shop` three
 //! seconds in at 30 fps.
@@ -124,7 +125,7 @@ pub fn arm_from_environment() {
 }
 
 /// What `stage` of `channel` (and `rung`, for encoders) is to do on its `count`th picture or
-/// packet (counted from 1): nothing (`None`), fail, or hang.
+/// packet (counted from 1 by each stage instance): nothing (`None`), fail, or hang.
 pub fn check(stage: Stage, channel: &str, rung: &str, count: u64) -> Option<Kind> {
     let plan = plan();
     if !plan.armed.load(Ordering::Acquire) {
@@ -134,7 +135,7 @@ pub fn check(stage: Stage, channel: &str, rung: &str, count: u64) -> Option<Kind
     let fault = faults.iter_mut().find(|f| {
         f.stage == stage
             && f.times > 0
-            && count > f.after
+            && count == f.after + 1
             && f.channel.as_deref().is_none_or(|c| c == channel)
             && f.rung.as_deref().is_none_or(|r| r == rung)
     })?;
@@ -181,5 +182,21 @@ mod tests {
         for bad in ["scale:fail", "encode", "encode:explode", "encode:fail:after=x", "encode:fail:every=2"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_fault_fires_on_its_call_once_per_stage_instance_as_many_times_as_asked() {
+        set(parse("decode:fail@shop:after=2:times=2,encode:hang@shop/720p").expect("valid"));
+        // One decoder: calls 1, 2 pass, 3 fails, and no later call of the same decoder.
+        let first: Vec<Option<Kind>> = (1..=5).map(|n| check(Stage::Decode, "shop", "", n)).collect();
+        assert_eq!(first, [None, None, Some(Kind::Fail), None, None]);
+        assert_eq!(check(Stage::Decode, "other", "", 3), None, "another channel");
+        // The next publish's decoder counts again: the second and last time.
+        assert_eq!(check(Stage::Decode, "shop", "", 3), Some(Kind::Fail));
+        assert_eq!(check(Stage::Decode, "shop", "", 3), None, "times=2 used up");
+        assert_eq!(check(Stage::Encode, "shop", "360p", 1), None, "another rung");
+        assert_eq!(check(Stage::Encode, "shop", "720p", 1), Some(Kind::Hang));
+        set(Vec::new());
+        assert_eq!(check(Stage::Encode, "shop", "720p", 1), None, "disarmed");
     }
 }
