@@ -174,44 +174,46 @@ async fn viewer(shared: Arc<Shared>) {
     }
 }
 
+/// A new connection to `origin` for a hostile client, counted in `opened`; tried again every
+/// 500 ms while the origin refuses, `None` once the phase is over.
+async fn hostile_connection(origin: SocketAddr, stop: &AtomicBool, opened: &AtomicU64) -> Option<TcpStream> {
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(s) = TcpStream::connect(origin).await {
+            opened.fetch_add(1, Ordering::Relaxed);
+            return Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// Waits (two minutes at most) for the origin to close `s`, reading nothing it does not send.
+async fn until_closed(s: &mut (impl AsyncReadExt + Unpin)) {
+    let mut byte = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(120), s.read(&mut byte)).await;
+}
+
 /// A connection that never sends a byte; opened again whenever the origin closes it.
 async fn silent(origin: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(mut s) = TcpStream::connect(origin).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        opened.fetch_add(1, Ordering::Relaxed);
-        let mut byte = [0u8; 1];
-        let _ = tokio::time::timeout(Duration::from_secs(120), s.read(&mut byte)).await;
+    while let Some(mut s) = hostile_connection(origin, &stop, &opened).await {
+        until_closed(&mut s).await;
     }
 }
 
 /// A connection that made one request and went quiet on keep-alive; again when closed.
 async fn quiet(origin: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(mut c) = Conn::open(origin).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        opened.fetch_add(1, Ordering::Relaxed);
-        if c.get("/live/shop/master.m3u8").await.is_err() {
-            continue;
+    while let Some(s) = hostile_connection(origin, &stop, &opened).await {
+        let mut c = Conn { io: BufReader::new(s) };
+        if c.get("/live/shop/master.m3u8").await.is_ok() {
+            until_closed(&mut c.io).await;
         }
-        let mut byte = [0u8; 1];
-        let _ = tokio::time::timeout(Duration::from_secs(120), c.io.read(&mut byte)).await;
     }
 }
 
 /// Slowloris: a request head a byte every 500 ms, again when the origin closes the connection.
 async fn slowloris(origin: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
     let head = b"GET /live/shop/360p/index.m3u8 HTTP/1.1\r\nHost: bench\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(mut s) = TcpStream::connect(origin).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        opened.fetch_add(1, Ordering::Relaxed);
+    while let Some(mut s) = hostile_connection(origin, &stop, &opened).await {
         for b in head.iter() {
             if stop.load(Ordering::Relaxed) || s.write_all(std::slice::from_ref(b)).await.is_err() {
                 break;
@@ -225,7 +227,10 @@ async fn slowloris(origin: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<Atomic
 /// written at once, nothing read. The origin's writes to it block; they must block only it.
 async fn stalled_reader(origin: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut c) = Conn::open(origin).await else { continue };
+        let Ok(mut c) = Conn::open(origin).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
         let Ok((200, body)) = c.get("/live/shop/360p/index.m3u8").await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
@@ -240,7 +245,7 @@ async fn stalled_reader(origin: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<A
         opened.fetch_add(1, Ordering::Relaxed);
         let request = format!("GET /live/shop/360p/{segment} HTTP/1.1\r\nHost: bench\r\n\r\n").repeat(50);
         let _ = s.write_all(request.as_bytes()).await;
-        // Never read; the origin's idle limit (or this) ends it.
+        // Never read, and held to the end of the phase (shorter than the origin's idle limit).
         while !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

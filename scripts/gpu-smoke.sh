@@ -131,15 +131,14 @@ for line in sys.stdin:
 print(int(total))' "$name" "$@"
 }
 
-# run_pass NAME HARDWARE DECODE SCALE ENCODE [ENV=VALUE...]: one daemon, one publish, every check.
-run_pass() {
-  local name=$1 hardware=$2 want_decode=$3 want_scale=$4 want_encode=$5
-  shift 5
-  local dir="$work/$name"
+# start_daemon NAME DIR HARDWARE [ENV=VALUE...]: ladderd on the smoke ports with the smoke ladder,
+# pinned to the GPU the probe chose, with ENV in its environment; returns once RTMP listens.
+start_daemon() {
+  local name=$1 dir=$2 hardware=$3
+  shift 3
   mkdir -p "$dir"
-  step "$name: start ladderd (transcode.hardware: $hardware${*:+, $*})"
   cat >"$dir/ladderd.yaml" <<YAML
-rtmp:  { listen: "127.0.0.1:$RTMP_PORT" }
+rtmp:  { listen: "127.0.0.1:$RTMP_PORT", reconnect_grace: 0 }
 http:  { listen: "127.0.0.1:$HTTP_PORT" }
 admin: { listen: "127.0.0.1:$ADMIN_PORT" }
 hls:   { segment_duration: 2.0, window: 6 }
@@ -159,16 +158,37 @@ YAML
   env "$@" "$bin" run --config "$dir/ladderd.yaml" >"$dir/ladderd.log" 2>&1 &
   daemon=$!
   for _ in $(seq 1 50); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$RTMP_PORT") 2>/dev/null; then break; fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$RTMP_PORT") 2>/dev/null; then return; fi
     kill -0 "$daemon" 2>/dev/null || { cat "$dir/ladderd.log" >&2; fail "$name: ladderd exited at start"; }
     sleep 0.2
   done
+}
+
+stop_daemon() {
+  kill "$daemon" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+  daemon=""
+}
+
+# publish_for SECONDS: one publish of the 1280x720 testsrc2 pattern with a tone, waited for.
+publish_for() {
+  ffmpeg -hide_banner -loglevel error -nostdin -re \
+    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" -t "$1" \
+    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -keyint_min 60 -sc_threshold 0 -pix_fmt yuv420p -b:v 2500k \
+    -c:a aac -b:a 128k -f flv "rtmp://127.0.0.1:$RTMP_PORT/live/$KEY"
+}
+
+# run_pass NAME HARDWARE DECODE SCALE ENCODE [ENV=VALUE...]: one daemon, one publish, every check.
+run_pass() {
+  local name=$1 hardware=$2 want_decode=$3 want_scale=$4 want_encode=$5
+  shift 5
+  local dir="$work/$name"
+  mkdir -p "$dir"
+  step "$name: start ladderd (transcode.hardware: $hardware${*:+, $*})"
+  start_daemon "$name" "$dir" "$hardware" "$@"
 
   step "$name: publish ${DURATION}s of 1280x720 testsrc2"
-  ffmpeg -hide_banner -loglevel error -nostdin -re \
-    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" -t "$DURATION" \
-    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -keyint_min 60 -sc_threshold 0 -pix_fmt yuv420p -b:v 2500k \
-    -c:a aac -b:a 128k -f flv "rtmp://127.0.0.1:$RTMP_PORT/live/$KEY" &
+  publish_for "$DURATION" &
   publisher=$!
 
   # GPU utilization while the stream runs: nvidia-smi dmon's sm/mem/enc/dec columns, once a second.
@@ -303,55 +323,8 @@ PY
   wait "$publisher" || fail "$name: the publisher (ffmpeg) failed"
   publisher=""
   kill -0 "$daemon" 2>/dev/null || { tail -20 "$dir/ladderd.log" >&2; fail "$name: ladderd exited during the test"; }
-  kill "$daemon" 2>/dev/null || true
-  wait "$daemon" 2>/dev/null || true
-  daemon=""
+  stop_daemon
   echo "  $name: PASS"
-}
-
-# start_daemon DIR [ENV=VALUE...]: ladderd on the smoke ports with hardware auto, pinned to the GPU.
-start_daemon() {
-  local dir=$1
-  shift
-  mkdir -p "$dir"
-  cat >"$dir/ladderd.yaml" <<YAML
-rtmp:  { listen: "127.0.0.1:$RTMP_PORT", reconnect_grace: 0 }
-http:  { listen: "127.0.0.1:$HTTP_PORT" }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-hls:   { segment_duration: 2.0, window: 6 }
-log:   { format: json, level: info }
-transcode:
-  hardware: auto
-  gpus: [$(cat "$work/probe.json.gpu")]
-ladders:
-  smoke:
-    - { name: "720p", width: 1280, height: 720, video_bitrate: 3000000 }
-    - { name: "480p", width: 854,  height: 480, video_bitrate: 1200000 }
-    - { name: "360p", width: 640,  height: 360, video_bitrate: 700000 }
-channels:
-  - { name: "$CHANNEL", stream_key: "$KEY", ladder: "smoke" }
-YAML
-  env "$@" "$bin" run --config "$dir/ladderd.yaml" >"$dir/ladderd.log" 2>&1 &
-  daemon=$!
-  for _ in $(seq 1 50); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$RTMP_PORT") 2>/dev/null; then return; fi
-    kill -0 "$daemon" 2>/dev/null || { cat "$dir/ladderd.log" >&2; fail "faults: ladderd exited at start"; }
-    sleep 0.2
-  done
-}
-
-stop_daemon() {
-  kill "$daemon" 2>/dev/null || true
-  wait "$daemon" 2>/dev/null || true
-  daemon=""
-}
-
-# publish_for SECONDS: one publish of the smoke pattern, waited for.
-publish_for() {
-  ffmpeg -hide_banner -loglevel error -nostdin -re \
-    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" -t "$1" \
-    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -keyint_min 60 -sc_threshold 0 -pix_fmt yuv420p -b:v 2500k \
-    -c:a aac -b:a 128k -f flv "rtmp://127.0.0.1:$RTMP_PORT/live/$KEY" || fail "faults: the publisher (ffmpeg) failed"
 }
 
 run_faults() {
@@ -359,9 +332,9 @@ run_faults() {
   gpu=$(cat "$work/probe.json.gpu")
   dir="$work/faults-quarantine"
   step "faults: NVDEC made to fail once in each of three publishes (LADDERD_FAULTS)"
-  start_daemon "$dir" LADDERD_FAULTS="decode:fail@$CHANNEL:after=90:times=3"
+  start_daemon faults "$dir" auto LADDERD_FAULTS="decode:fail@$CHANNEL:after=90:times=3"
   for i in 1 2 3; do
-    publish_for 6
+    publish_for 6 || fail "faults: the publisher (ffmpeg) failed"
     sleep 1
     n=$(counter ladderd_pipeline_errors_total "channel=\"$CHANNEL\"" 'stage="decoder_fallback"')
     [ "$n" = "$i" ] || fail "faults: after publish $i, decoder_fallback is $n (log: $dir/ladderd.log)"
@@ -372,7 +345,7 @@ run_faults() {
   curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" | tee "$dir/readyz.json" | grep -q quarantined_gpus ||
     fail "faults: /readyz does not list the quarantined GPU: $(cat "$dir/readyz.json")"
   echo "  ok    GPU $gpu quarantined: $(cat "$dir/readyz.json")"
-  publish_for 6
+  publish_for 6 || fail "faults: the publisher (ffmpeg) failed"
   python3 - "$dir/ladderd.log" <<'PY' || fail "faults: the publish after the quarantine was not placed on the CPU"
 import json, sys
 plans = [e for e in map(lambda l: json.loads(l) if l.startswith("{") else {}, open(sys.argv[1], errors="replace"))
@@ -385,7 +358,7 @@ PY
 
   dir="$work/faults-stall"
   step "faults: NVDEC made to hang 5 s into a publish (LADDERD_FAULTS)"
-  start_daemon "$dir" LADDERD_FAULTS="decode:hang@$CHANNEL:after=150"
+  start_daemon faults "$dir" auto LADDERD_FAULTS="decode:hang@$CHANNEL:after=150"
   publish_for 20 &
   publisher=$!
   sleep 14

@@ -7,22 +7,38 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
 
 const TOKEN: &str = "test-token-0123456789";
 
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
-    assert!(status.success());
-}
-
 /// The 180p playlist's text, when there is one.
 fn playlist_text(http: SocketAddr) -> Option<String> {
     let r = http_get(http, "/live/shop/180p/index.m3u8");
     (r.status == 200).then(|| r.text())
+}
+
+/// Starts a 60 s publish of `shop` and waits for its 180p playlist to list three segments.
+fn publish_three_segments(rtmp: SocketAddr, http: SocketAddr) -> std::process::Child {
+    let publisher = publish(rtmp, "shop-key", "320x180", 60, &[]);
+    eventually(Duration::from_secs(20), "three segments", || {
+        playlist_text(http).filter(|t| parse_media_playlist(t).segments.len() >= 3)
+    });
+    publisher
+}
+
+/// `ladderd_publishers_lost_total{channel="shop"}` by outcome: (resumed, ended).
+fn lost(daemon: &Running) -> (u64, u64) {
+    let outcome = |o: &str| daemon.metrics.publishers_lost.with_label_values(&["shop", o]).get();
+    (outcome("resumed"), outcome("ended"))
+}
+
+/// Every segment of `playlist` in `rendition` of `shop` is served.
+fn all_served(http: SocketAddr, rendition: &str, playlist: &MediaPlaylist) {
+    for (uri, _) in &playlist.segments {
+        assert_eq!(http_get(http, &format!("/live/shop/{rendition}/{uri}")).status, 200, "{rendition}/{uri}");
+    }
 }
 
 /// Watches the playlist for `how_long`, failing if it ever ends; returns its last text.
@@ -130,12 +146,8 @@ fn a_publisher_killed_mid_segment_and_back_within_the_grace_continues_the_same_p
     cfg.admin.token = Some(TOKEN.into());
     let daemon = Running::start(cfg);
     let (rtmp, http, admin) = (daemon.rtmp, daemon.http, daemon.admin);
-    let lost = |outcome: &str| daemon.metrics.publishers_lost.with_label_values(&["shop", outcome]).get();
 
-    let first = publish(rtmp, "shop-key", "320x180", 60, &[]);
-    eventually(Duration::from_secs(20), "three segments", || {
-        playlist_text(http).filter(|t| parse_media_playlist(t).segments.len() >= 3)
-    });
+    let first = publish_three_segments(rtmp, http);
     // Into the next segment, then the encoder dies.
     std::thread::sleep(Duration::from_millis(400));
     let mut first = first;
@@ -162,10 +174,8 @@ fn a_publisher_killed_mid_segment_and_back_within_the_grace_continues_the_same_p
     let disc = after.find("#EXT-X-DISCONTINUITY\n").expect("a discontinuity before the new segments");
     let last_old = after.find(&before.segments.last().expect("a segment").0).expect("the old last segment");
     assert!(disc > last_old, "the discontinuity follows the old segments:\n{after}");
-    for (uri, _) in &p.segments {
-        assert_eq!(http_get(http, &format!("/live/shop/180p/{uri}")).status, 200, "{uri}");
-    }
-    assert_eq!((lost("resumed"), lost("ended")), (1, 0));
+    all_served(http, "180p", &p);
+    assert_eq!(lost(&daemon), (1, 0));
 
     // The publisher ends its publish: no grace for that.
     let stopped = Instant::now();
@@ -174,7 +184,7 @@ fn a_publisher_killed_mid_segment_and_back_within_the_grace_continues_the_same_p
         playlist_text(http).filter(|t| t.contains("#EXT-X-ENDLIST"))
     });
     assert!(stopped.elapsed() < Duration::from_secs(7), "well inside the 8 s grace");
-    assert_eq!((lost("resumed"), lost("ended")), (1, 0));
+    assert_eq!(lost(&daemon), (1, 0));
     daemon.stop();
 }
 
@@ -189,12 +199,8 @@ fn a_silent_publisher_is_dropped_at_the_idle_timeout_and_its_playlists_end_after
     cfg.rtmp.reconnect_grace = 3.0;
     let daemon = Running::start(cfg);
     let (rtmp, http) = (daemon.rtmp, daemon.http);
-    let lost = |outcome: &str| daemon.metrics.publishers_lost.with_label_values(&["shop", outcome]).get();
 
-    let publisher = publish(rtmp, "shop-key", "320x180", 60, &[]);
-    eventually(Duration::from_secs(20), "three segments", || {
-        playlist_text(http).filter(|t| parse_media_playlist(t).segments.len() >= 3)
-    });
+    let publisher = publish_three_segments(rtmp, http);
     signal(publisher.id(), "STOP");
     let stopped = Instant::now();
     // Idle timeout and grace, less a margin for the last bytes still on their way.
@@ -206,10 +212,8 @@ fn a_silent_publisher_is_dropped_at_the_idle_timeout_and_its_playlists_end_after
     let (before, ended) = (parse_media_playlist(&before), parse_media_playlist(&ended));
     assert_eq!(ended.media_sequence, before.media_sequence);
     assert_eq!(&ended.segments[..before.segments.len()], &before.segments[..], "the window is intact");
-    for (uri, _) in &ended.segments {
-        assert_eq!(http_get(http, &format!("/live/shop/180p/{uri}")).status, 200, "{uri}");
-    }
-    assert_eq!((lost("resumed"), lost("ended")), (0, 1));
+    all_served(http, "180p", &ended);
+    assert_eq!(lost(&daemon), (0, 1));
     signal(publisher.id(), "CONT");
     let _ = wait_with_timeout(publisher, Duration::from_secs(10));
     daemon.stop();
@@ -257,9 +261,7 @@ fn an_encoder_that_fails_or_hangs_mid_stream_rebuilds_that_rung_only() {
         let frames =
             ffprobe_stdin(&bytes, &["-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"]);
         assert!(frames.trim().parse::<u32>().is_ok_and(|n| n >= 20), "{rendition}: {frames}");
-        for (uri, _) in &p.segments {
-            assert_eq!(http_get(http, &format!("/live/shop/{rendition}/{uri}")).status, 200, "{rendition}/{uri}");
-        }
+        all_served(http, rendition, &p);
     }
     assert_eq!((errors("encoder_restart"), errors("encoder_stalled"), errors("encode")), (1, 1, 0));
     let status: serde_json::Value =

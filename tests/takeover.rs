@@ -4,18 +4,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
 
 const RUNGS: &[TestRung] = &[("180p", 320, 180, 300_000)];
 const CHANNELS: &[&str] = &["shop"];
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
-    assert!(status.success());
-}
 
 fn playlist(http: std::net::SocketAddr) -> Option<(MediaPlaylist, String)> {
     let r = http_get(http, "/live/shop/180p/index.m3u8");

@@ -24,8 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -389,7 +387,7 @@ impl PublishGate for Channels {
         let resumes = lock(&state.reconnect).take().is_some_and(|held| held.send(()).is_ok());
         *live = Some(LivePublish { id, kick: kick.clone(), activity: activity.clone() });
         // Set under `live` so that a status read never pairs this publish with the last one's facts.
-        let since = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let since = status::rfc3339(SystemTime::now());
         *lock(&state.publisher) = Some(PublisherStatus { peer: peer.to_string(), since });
         *lock(&state.source) = None;
         self.metrics.publishes.with_label_values(&[name]).inc();

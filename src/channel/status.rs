@@ -1,13 +1,18 @@
 //! What the admin API shows of a channel (`GET /api/v1/channels`, see docs/api.md): who
 //! publishes, the source, ingest and request rates, each rendition's window, and the stage plan.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use super::Channels;
 use crate::sync::lock;
 use crate::transcode::backend::StagePlan;
+
+/// `t` as the API shows times: RFC 3339 in UTC.
+pub(super) fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
 
 /// Samples of a counter further apart than this give no rate: it would no longer describe the
 /// last few seconds.
@@ -81,8 +86,7 @@ impl Channels {
             })
             .collect();
         drop(w);
-        let reconnect_until = (*lock(&state.reconnect_until))
-            .and_then(|t| time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).ok());
+        let reconnect_until = (*lock(&state.reconnect_until)).map(rfc3339);
         Some(ChannelStatus {
             name: channel.to_string(),
             live,
@@ -272,9 +276,7 @@ impl BackendStatus {
             stage: m.stage,
             backend: cpu,
             reason: m.reason.clone(),
-            at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            at: rfc3339(SystemTime::now()),
         });
     }
 }

@@ -102,9 +102,6 @@ pub struct RenditionLog {
     /// Segments that left the playlist but stay available until their time is up, in the order
     /// they left.
     leaving: VecDeque<(Instant, Leaving)>,
-    /// Seconds of media listed: the complete segments, and the parts of the open one.
-    listed_seconds: f64,
-    open_seconds: f64,
     /// The longest the playlist has been while it listed parts of the open segment.
     open_longest: f64,
     /// Media sequence number of `segments[0]` (or of the next segment when empty).
@@ -173,8 +170,6 @@ impl RenditionLog {
         Self {
             segments: VecDeque::new(),
             leaving: VecDeque::new(),
-            listed_seconds: 0.0,
-            open_seconds: 0.0,
             open_longest: 0.0,
             media_sequence: msn,
             next_msn: msn,
@@ -282,25 +277,21 @@ impl RenditionLog {
             self.open_pdt = Some(start);
         }
         self.open_parts.push(PlaylistPart { uri, duration, independent });
-        self.open_seconds += duration;
         self.note_playlist_length();
         self.open_parts.len() as u64
     }
 
-    /// Records the playlist's present length against every segment it lists (and the open one).
+    /// Records the playlist's present length (its segments and the parts of the open one) against
+    /// every segment it lists, and the open one.
     fn note_playlist_length(&mut self) {
-        let length = self.listed_seconds + self.open_seconds;
+        let listed: f64 = self.segments.iter().map(|s| s.line.duration).sum();
+        let length = listed + self.open_parts.iter().map(|p| p.duration).sum::<f64>();
         for s in &mut self.segments {
             s.longest_playlist = s.longest_playlist.max(length);
         }
         if !self.open_parts.is_empty() {
             self.open_longest = self.open_longest.max(length);
         }
-    }
-
-    /// Segments that left the playlist and are still available, oldest first.
-    pub fn leaving(&self) -> impl Iterator<Item = &Leaving> {
-        self.leaving.iter().map(|(_, l)| l)
     }
 
     /// Lists segment [`RenditionLog::next_msn`], named `uri`, with the parts listed so far, and
@@ -326,7 +317,6 @@ impl RenditionLog {
         self.target_duration = self.target_duration.max(rounded);
         let parts = std::mem::take(&mut self.open_parts);
         self.open_pdt = None;
-        self.open_seconds = 0.0;
         let map_uri = self.init.map(init_file).unwrap_or_default();
         self.segments.push_back(LoggedSegment {
             msn,
@@ -342,11 +332,9 @@ impl RenditionLog {
             bytes: segment.bytes,
             longest_playlist: std::mem::take(&mut self.open_longest),
         });
-        self.listed_seconds += duration;
         while self.segments.len() > window {
             let Some(old) = self.segments.pop_front() else { break };
             self.media_sequence += 1;
-            self.listed_seconds -= old.line.duration;
             if old.line.discontinuity {
                 self.discontinuity_sequence += 1;
             }
@@ -360,10 +348,6 @@ impl RenditionLog {
                     parts: old.line.parts.len() as u64,
                 },
             ));
-        }
-        if self.segments.is_empty() {
-            // Float sums drift; an empty playlist lists nothing.
-            self.listed_seconds = 0.0;
         }
         self.note_playlist_length();
         // Segments leave in the order they left the playlist; one kept longer (it was listed by
@@ -694,7 +678,7 @@ mod tests {
         assert_eq!(segment(&mut w, "a", 4, 3).expired, [Leaving { msn: first, init: None, parts: 4 }]);
         let log = w.rendition("a").expect("a");
         assert_eq!((log.segments_in_window(), log.media_sequence, log.last_msn()), (3, first + 6, Some(first + 8)));
-        let leaving: Vec<u64> = log.leaving().map(|l| l.msn).collect();
+        let leaving: Vec<u64> = log.leaving.iter().map(|(_, l)| l.msn).collect();
         assert_eq!(leaving, (first + 1..first + 6).collect::<Vec<_>>(), "left the playlist, still served");
         let text = playlist::render_media(&w.media_playlist("a", HOW).expect("playlist"));
         assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{}", first + 6)), "{text}");

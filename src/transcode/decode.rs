@@ -23,8 +23,8 @@ use crate::transcode::ladder::Rung;
 use crate::transcode::rung::{self, RungThreads};
 use crate::transcode::scale::{self, Routed, SourceDecoder};
 use crate::transcode::spec::{
-    DecodeInput, DecoderChoice, EncoderChoice, Picture, STALL_LIMIT, SharedSink, StageMoves, TranscodeError,
-    TranscodeSpec, now_ms,
+    DecodeInput, DecoderChoice, EncoderChoice, Picture, SharedSink, StageMoves, TranscodeError, TranscodeSpec, Watched,
+    now_ms, send_watched,
 };
 use crate::transcode::thumbnail::Thumbnailer;
 
@@ -329,21 +329,13 @@ impl RungFeed {
             // with an IDR. Waiting here holds the other rungs back by at most the time this rung
             // needs for one picture, since its queue is only full of pictures it will encode;
             // a rung that takes nothing for STALL_LIMIT is stuck, and is replaced.
-            let mut wait = Duration::from_millis(1);
-            loop {
-                match tx.try_send(picture.clone()) {
-                    Ok(()) => break Ok(()),
-                    Err(TrySendError::Disconnected(_)) => break Err(()),
-                    Err(TrySendError::Full(_)) => {
-                        alive.store(now_ms(), Ordering::Relaxed);
-                        let idle = now_ms().saturating_sub(self.heartbeat.load(Ordering::Relaxed));
-                        if idle >= STALL_LIMIT.as_millis() as u64 {
-                            self.replace(channel, picture, idle);
-                            return;
-                        }
-                        std::thread::sleep(wait);
-                        wait = (wait * 2).min(Duration::from_millis(20));
-                    }
+            let alive_now = || alive.store(now_ms(), Ordering::Relaxed);
+            match send_watched(tx, picture.clone(), &self.heartbeat, alive_now) {
+                Watched::Sent => Ok(()),
+                Watched::Closed => Err(()),
+                Watched::Stalled { idle_ms } => {
+                    self.replace(channel, picture, idle_ms);
+                    return;
                 }
             }
         } else if self.lagging {
@@ -375,7 +367,8 @@ impl RungFeed {
     /// The rung's thread has taken nothing for `idle_ms` with its queue full: an encoder call
     /// that does not return. It is given up on (it cannot be stopped, only left), and a new
     /// thread with libx264 takes the rung's sink from this cut, so the rendition goes on aligned
-    /// after a discontinuity while the other rungs never waited more than STALL_LIMIT.
+    /// (after a discontinuity where the new encoder's parameter sets differ) while the other
+    /// rungs never waited more than STALL_LIMIT.
     fn replace(&mut self, channel: &str, cut: &Arc<Picture>, idle_ms: u64) {
         let r = &self.respawn;
         let sink = {

@@ -15,8 +15,8 @@
 //! picture itself is always delivered, so no rung ever misses a segment boundary.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,8 +31,8 @@ use crate::transcode::decode::{DecodeWorker, Respawn, RungFeed, open_decoder};
 use crate::transcode::rung::{self, RungThreads};
 use crate::transcode::scale;
 use crate::transcode::spec::{
-    DECODE_QUEUE, DecodeInput, DecoderChoice, EncoderChoice, FINISH_LIMIT, STALL_LIMIT, SharedSink, TranscodeError,
-    TranscodeSpec, now_ms,
+    DECODE_QUEUE, DecodeInput, DecoderChoice, EncoderChoice, FINISH_LIMIT, SharedSink, TranscodeError, TranscodeSpec,
+    Watched, now_ms, send_watched,
 };
 use crate::transcode::thumbnail::Thumbnailer;
 
@@ -174,39 +174,29 @@ impl Transcoder {
         }
         let stopped = || TranscodeError::Stopped { channel: self.channel.clone() };
         let input = self.input.as_ref().ok_or_else(stopped)?;
-        let mut item = DecodeInput(sample, at);
-        let mut wait = Duration::from_millis(1);
-        loop {
-            match input.try_send(item) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err(stopped()),
-                Err(TrySendError::Full(back)) => {
-                    item = back;
-                    let idle = now_ms().saturating_sub(self.decode_heartbeat.load(Ordering::Relaxed));
-                    if idle >= STALL_LIMIT.as_millis() as u64 {
-                        return Err(TranscodeError::DecoderStalled {
-                            channel: self.channel.clone(),
-                            secs: idle as f64 / 1000.0,
-                        });
-                    }
-                    // Backpressure as usual: the decoder is busy, not stuck.
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_millis(20));
-                }
+        match send_watched(input, DecodeInput(sample, at), &self.decode_heartbeat, || {}) {
+            Watched::Sent => Ok(()),
+            Watched::Closed => Err(stopped()),
+            Watched::Stalled { idle_ms } => {
+                Err(TranscodeError::DecoderStalled { channel: self.channel.clone(), secs: idle_ms as f64 / 1000.0 })
             }
         }
     }
 
     /// The decode thread is stuck in a call that does not return (an NVDEC or CUDA call): leaves
     /// it and every rung thread behind, and starts the same ladder again with everything on the
-    /// CPU, serving the same sinks from the next source keyframe. The renditions go on after a
-    /// discontinuity; what the old threads held is lost.
+    /// CPU, serving the same sinks from the next source keyframe. The renditions go on (after a
+    /// discontinuity where the encoders' parameter sets change); what the old threads held is
+    /// lost.
     pub fn rebuild_on_cpu(mut self) -> Result<Self, TranscodeError> {
         let channel = self.channel.clone();
         self.metrics.pipeline_errors.with_label_values(&[&channel, "decoder_stalled"]).inc();
         let mut spec = (*self.spec).clone();
         if spec.decoder != DecoderChoice::Cpu {
             spec.moves.report(None, "decode", "the decoder stopped taking packets");
+        }
+        if matches!(spec.decoder, DecoderChoice::NvdecCuda { .. }) {
+            // Only this path scales on the decode thread's GPU graph.
             spec.moves.report(None, "scale", "the decoder stopped taking packets");
         }
         for (rung, choice) in spec.rungs.iter().zip(&spec.encoders) {
@@ -475,6 +465,14 @@ mod tests {
         run_live(spec, samples, metrics, &[])
     }
 
+    /// Makes `spec` report its stage moves into the returned list.
+    fn record_moves(spec: &mut TranscodeSpec) -> Arc<Mutex<Vec<crate::transcode::StageMove>>> {
+        let moves = Arc::new(Mutex::new(Vec::new()));
+        let seen = moves.clone();
+        spec.moves = crate::transcode::StageMoves::new(move |m| seen.lock().expect("lock").push(m));
+        moves
+    }
+
     fn cuts(seen: &Seen) -> Vec<Ticks> {
         seen.packets.iter().filter(|p| p.segment_start).map(|p| p.pts).collect()
     }
@@ -619,9 +617,7 @@ mod tests {
         let (params, samples) = source(dir.path(), 30, 3);
         let metrics = Arc::new(Metrics::new());
         let mut s = spec(params, Alignment::Cadence, 60.0);
-        let moves = Arc::new(Mutex::new(Vec::new()));
-        let seen_moves = moves.clone();
-        s.moves = crate::transcode::StageMoves::new(move |m| seen_moves.lock().expect("lock").push(m));
+        let moves = record_moves(&mut s);
         // Rung 0's encoder fails on its 41st picture (pts 120 000, in the second segment), as a
         // GPU encoder whose device was lost would.
         faults::set(vec!["encode:fail@test/240p:after=40".parse().expect("fault")]);
@@ -669,9 +665,7 @@ mod tests {
         let mut s = spec(params, Alignment::Cadence, 60.0);
         s.rung_queue = RUNG_QUEUE;
         s.decoder = decoder;
-        let moves = Arc::new(Mutex::new(Vec::new()));
-        let seen_moves = moves.clone();
-        s.moves = crate::transcode::StageMoves::new(move |m| seen_moves.lock().expect("lock").push(m));
+        let moves = record_moves(&mut s);
         faults::set(vec!["encode:hang@test/240p:after=40".parse().expect("fault")]);
         let seen = run_live(s, samples, metrics.clone(), &[]);
         faults::set(Vec::new());

@@ -243,8 +243,9 @@ impl RungWorker {
                     // An encoder that fails mid-stream (a GPU's Xid error, a lost device, a session
                     // limit; a codec error), that missed a forced IDR, or a GPU picture that cannot
                     // be used (the GPU is gone, or decoding moved to the CPU under an NVENC fed GPU
-                    // frames): libx264 takes over from the next segment. This rendition gets a new
-                    // init segment and a discontinuity there, and its segments stay aligned.
+                    // frames): libx264 takes over from the next segment, and the segments stay
+                    // aligned. Where its parameter sets differ (after NVENC) the rendition gets a
+                    // new init segment and a discontinuity there.
                     let now = Instant::now();
                     while rebuilt.front().is_some_and(|t| now.duration_since(*t).as_secs() >= 60) {
                         rebuilt.pop_front();

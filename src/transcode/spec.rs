@@ -2,6 +2,8 @@
 //! ladder, the decoder and encoders chosen for it, the pictures handed from the decode thread
 //! to the rungs, and the errors every thread reports.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +36,45 @@ pub const FINISH_LIMIT: Duration = Duration::from_secs(5);
 pub(super) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// How a [`send_watched`] ended.
+pub(super) enum Watched {
+    Sent,
+    /// The receiver is gone.
+    Closed,
+    /// The queue stayed full and its consumer took nothing for `idle_ms` (≥ [`STALL_LIMIT`]);
+    /// the item was not queued.
+    Stalled {
+        idle_ms: u64,
+    },
+}
+
+/// Longest sleep between two tries of a full queue in [`send_watched`].
+const WATCHED_WAIT: Duration = Duration::from_millis(5);
+
+/// Puts `item` in a bounded queue, waiting while it is full, unless the consumer, whose heartbeat
+/// ([`now_ms`] when it last took an item) is `consumer`, has taken nothing for [`STALL_LIMIT`]:
+/// then it gives up. `waiting` runs before each wait.
+pub(super) fn send_watched<T>(tx: &SyncSender<T>, item: T, consumer: &AtomicU64, mut waiting: impl FnMut()) -> Watched {
+    let mut item = item;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return Watched::Sent,
+            Err(TrySendError::Disconnected(_)) => return Watched::Closed,
+            Err(TrySendError::Full(back)) => {
+                let idle_ms = now_ms().saturating_sub(consumer.load(Ordering::Relaxed));
+                if idle_ms >= STALL_LIMIT.as_millis() as u64 {
+                    return Watched::Stalled { idle_ms };
+                }
+                waiting();
+                item = back;
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(WATCHED_WAIT);
+            }
+        }
+    }
 }
 
 /// A rung's [`RenditionSink`], shared by the thread that encodes for it and the decode thread:

@@ -129,9 +129,14 @@ pub fn publish_url(url: &str, size: &str, secs: u32, extra_video_args: &[&str]) 
 /// enough" and end the stream when their live checks are done, however slow the machine.
 pub fn stop_publisher(mut child: Child) -> Output {
     assert!(matches!(child.try_wait(), Ok(None)), "the publisher ended before the test was done with it");
-    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
-    assert!(status.success());
+    signal(child.id(), "INT");
     wait_with_timeout(child, Duration::from_secs(20))
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, `INT`…) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Waits for a child for at most `limit`, killing it after that.
